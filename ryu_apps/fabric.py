@@ -1,0 +1,261 @@
+"""Base fabric: connectivity between the declared hosts over any topology.
+
+Launch like any Ryu app::
+
+    ryu-manager --fabric-topology topologies/diamond.yaml ryu_apps/fabric.py
+
+What it installs (all proactive, computed from the topology file):
+
+* ``ingress`` (table 0): a host may send only from its own port, with its own
+  MAC and IP (anti-spoofing); ARP and neighbour solicitations go to
+  ``arp_nd``; packets a host sends to the fabric's router MAC are routed
+  (TTL decremented, source MAC rewritten); fabric ports go to ``forward``.
+* ``arp_nd`` (table 80): ARP for every declared address and gateway is
+  answered by the switch itself; an IPv6 neighbour solicitation for a
+  declared address is sent to the controller (metered, 256 bytes), which
+  answers it.
+* ``forward`` (table 90): a /32 and /128 route per host address: output to
+  the host (rewriting the destination MAC) on its own switch, else to the next
+  hop along shortest paths; several equal-cost next hops become an OpenFlow
+  select group (one bucket per port, ``watch_port`` set so a dead link's
+  bucket is skipped at once, before the controller recomputes).
+* everything else is dropped by the table-miss flows of the core.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import defaultdict
+
+import networkx as nx
+from os_ken.lib.packet import ethernet, icmpv6, ipv6, packet
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from ryu_apps.lib import cookies, pktparse
+from ryu_apps.lib.app import FabricApp, FabricView, PacketIn
+from ryu_apps.lib.core import PACKET_IN_BYTES, PUNT_METER, FabricCore
+from ryu_apps.lib.ofdata import (OFPP_CONTROLLER, OFPP_IN_PORT, Bucket, DecTtl, Flow, Group, GroupAction, Match,
+                                 Output, RegMove, SetField)
+from ryu_apps.lib.pipeline import ARP_ND, FORWARD, INGRESS
+from ryu_apps.lib.state import SwitchState
+from ryu_apps.lib.topology import MAC_RE
+
+APP = "fabric"
+ETH_IP, ETH_ARP, ETH_IPV6 = 0x0800, 0x0806, 0x86DD
+
+# cookie kinds
+K_HOST_PORT = 1    # admission of one host on its port
+K_FABRIC_PORT = 2  # a switch-to-switch port
+K_ARP = 3          # ARP responder for one address
+K_ND = 4           # ND punt for one address
+K_ROUTE = 5        # routes to one host
+K_ECMP = 6         # an ECMP group (metadata only: groups have no cookie in OF1.3)
+
+# priorities (fabric band 100..999 in every table)
+P_FABRIC_PORT = 200
+P_HOST = 500
+P_HOST_ROUTED = 510
+P_HOST_ND = 520
+P_RESPONDER = 500
+P_ROUTE = 500
+
+
+class FabricIntent(BaseModel):
+    """The ``apps.fabric`` section of a topology file."""
+
+    model_config = ConfigDict(extra="forbid")
+    #: MAC the fabric answers for every gateway address (a virtual router MAC).
+    router_mac: str = "0e:fa:b0:00:00:01"
+    #: spread traffic over equal-cost paths with select groups
+    ecmp: bool = True
+
+    @field_validator("router_mac")
+    @classmethod
+    def _mac(cls, v: str) -> str:
+        v = v.lower()
+        if not MAC_RE.match(v) or int(v[:2], 16) & 1:
+            raise ValueError(f"{v!r} is not a unicast MAC address")
+        return v
+
+
+def next_hops(graph: nx.MultiGraph, switch: str, dest: str, dist_to_dest: dict[str, int]) -> list[int]:
+    """Ports of ``switch`` on a shortest path to ``dest`` (all of them: ECMP)."""
+    here = dist_to_dest.get(switch)
+    if here is None or switch == dest:
+        return []
+    ports = []
+    for _, nbr, data in graph.edges(switch, data=True):
+        if dist_to_dest.get(nbr) == here - 1:
+            ports.append(data["ports"][switch])
+    return sorted(set(ports))
+
+
+def ecmp_group_id(ports: tuple[int, ...], taken: dict[int, tuple]) -> int:
+    """A group id that depends only on the port set, so it is stable across restarts."""
+    gid = (cookies.app_id(APP) << 24) | (zlib.crc32(",".join(map(str, ports)).encode()) & 0xFFFFFF)
+    while gid in taken and taken[gid] != ports:  # collision: probe deterministically
+        gid = (gid & 0xFF000000) | ((gid + 1) & 0xFFFFFF)
+    return gid
+
+
+def arp_responder(ip: str, mac: str, cookie: int) -> Flow:
+    """Answer 'who has ip' with ``mac``, in the switch (move/set, back out the in-port)."""
+    return Flow(table=ARP_ND, priority=P_RESPONDER, cookie=cookie,
+                match=Match(eth_type=ETH_ARP, arp_op=1, arp_tpa=ip),
+                actions=(RegMove("eth_src", "eth_dst", 48), SetField("eth_src", mac),
+                         SetField("arp_op", 2),
+                         RegMove("arp_sha", "arp_tha", 48), SetField("arp_sha", mac),
+                         RegMove("arp_spa", "arp_tpa", 32), SetField("arp_spa", ip),
+                         Output(OFPP_IN_PORT)))
+
+
+def compute_fabric(view: FabricView, intent: FabricIntent) -> dict[str, SwitchState]:
+    """Desired fabric state of every switch (pure)."""
+    topo = view.topology
+    graph = view.graph()
+    states = {name: SwitchState() for name in topo.switches}
+    router_mac = intent.router_mac
+    dist = {d: nx.single_source_shortest_path_length(graph, d) for d in topo.switches if d in graph}
+
+    hosts_on: dict[str, list] = defaultdict(list)
+    for h in topo.hosts.values():
+        hosts_on[h.switch].append(h)
+
+    # addresses the edge switches answer for: every host address and every gateway
+    arp_targets: dict[str, str] = {}
+    nd_targets: dict[str, str] = {}
+    for h in topo.hosts.values():
+        if h.ipv4:
+            arp_targets[str(h.ipv4.ip)] = h.mac
+        if h.ipv6:
+            nd_targets[str(h.ipv6.ip)] = h.mac
+    for h in topo.hosts.values():
+        if h.gateway4:
+            arp_targets.setdefault(str(h.gateway4), router_mac)
+        if h.gateway6:
+            nd_targets.setdefault(str(h.gateway6), router_mac)
+
+    for name, st in states.items():
+        # -- ingress: fabric ports
+        for p in topo.switch_ports(name):
+            if p.kind != "host":
+                c = cookies.make(APP, K_FABRIC_PORT, f"{name}:{p.port}")
+                st.add_flow(Flow(table=INGRESS, priority=P_FABRIC_PORT, match=Match(in_port=p.port),
+                                 goto=FORWARD, cookie=c))
+                st.label(c, f"fabric port {name}:{p.port} -> {p.peer}")
+        # -- ingress: hosts on their own port, with their own addresses
+        for h in hosts_on.get(name, []):
+            c = cookies.make(APP, K_HOST_PORT, h.name)
+            st.label(c, f"host {h.name} admission on {name}:{h.port}")
+            port = h.port
+            if h.ipv4:
+                ip4 = str(h.ipv4.ip)
+                st.add_flow(Flow(table=INGRESS, priority=P_HOST, cookie=c, goto=ARP_ND,
+                                 match=Match(in_port=port, eth_src=h.mac, eth_type=ETH_ARP, arp_spa=ip4)))
+                st.add_flow(Flow(table=INGRESS, priority=P_HOST, cookie=c, goto=FORWARD,
+                                 match=Match(in_port=port, eth_src=h.mac, eth_type=ETH_IP, ipv4_src=ip4)))
+                st.add_flow(Flow(table=INGRESS, priority=P_HOST_ROUTED, cookie=c, goto=FORWARD,
+                                 match=Match(in_port=port, eth_src=h.mac, eth_dst=router_mac,
+                                             eth_type=ETH_IP, ipv4_src=ip4),
+                                 actions=(DecTtl(), SetField("eth_src", router_mac))))
+            if h.ipv6:
+                ip6 = str(h.ipv6.ip)
+                st.add_flow(Flow(table=INGRESS, priority=P_HOST_ND, cookie=c, goto=ARP_ND,
+                                 match=Match(in_port=port, eth_src=h.mac, eth_type=ETH_IPV6, ip_proto=58,
+                                             icmpv6_type=135)))
+                st.add_flow(Flow(table=INGRESS, priority=P_HOST, cookie=c, goto=FORWARD,
+                                 match=Match(in_port=port, eth_src=h.mac, eth_type=ETH_IPV6, ipv6_src=ip6)))
+                st.add_flow(Flow(table=INGRESS, priority=P_HOST_ROUTED, cookie=c, goto=FORWARD,
+                                 match=Match(in_port=port, eth_src=h.mac, eth_dst=router_mac,
+                                             eth_type=ETH_IPV6, ipv6_src=ip6),
+                                 actions=(DecTtl(), SetField("eth_src", router_mac))))
+        # -- arp_nd: responders on edge switches
+        if hosts_on.get(name):
+            for ip, mac in arp_targets.items():
+                c = cookies.make(APP, K_ARP, ip)
+                st.add_flow(arp_responder(ip, mac, c))
+                st.label(c, f"ARP responder {ip} is-at {mac}")
+            for ip, mac in nd_targets.items():
+                c = cookies.make(APP, K_ND, ip)
+                st.add_flow(Flow(table=ARP_ND, priority=P_RESPONDER, cookie=c, meter=PUNT_METER,
+                                 match=Match(eth_type=ETH_IPV6, ip_proto=58, icmpv6_type=135, ipv6_nd_target=ip),
+                                 actions=(Output(OFPP_CONTROLLER, PACKET_IN_BYTES),)))
+                st.label(c, f"ND for {ip} (answered by the controller: {mac})")
+
+        # -- forward: a route per host address
+        groups: dict[int, tuple] = {}
+        for h in topo.hosts.values():
+            c = cookies.make(APP, K_ROUTE, h.name)
+            st.label(c, f"routes to host {h.name}")
+            matches = []
+            if h.ipv4:
+                matches.append(Match(eth_type=ETH_IP, ipv4_dst=str(h.ipv4.ip)))
+            if h.ipv6:
+                matches.append(Match(eth_type=ETH_IPV6, ipv6_dst=str(h.ipv6.ip)))
+            if h.switch == name:
+                actions = (SetField("eth_dst", h.mac), Output(h.port))
+            else:
+                if h.switch not in dist or name not in graph:
+                    continue
+                ports = next_hops(graph, name, h.switch, dist[h.switch])
+                if not ports:
+                    continue  # unreachable now: the table miss drops
+                if len(ports) == 1 or not intent.ecmp:
+                    actions = (Output(ports[0]),)
+                else:
+                    key = tuple(ports)
+                    gid = ecmp_group_id(key, groups)
+                    groups[gid] = key
+                    actions = (GroupAction(gid),)
+            for m in matches:
+                st.add_flow(Flow(table=FORWARD, priority=P_ROUTE, match=m, actions=actions, cookie=c))
+        for gid, ports in groups.items():
+            st.add_group(Group(group_id=gid, type="select", cookie=cookies.make(APP, K_ECMP, gid & 0xFFFFFF),
+                               buckets=tuple(Bucket(actions=(Output(p),), weight=1, watch_port=p) for p in ports)))
+    return states
+
+
+def neighbor_advertisement(ns: pktparse.NeighborSolicitation, mac: str) -> bytes:
+    """A solicited NA answering ``ns`` for its target with ``mac`` (os-ken builds it)."""
+    pkt = packet.Packet()
+    pkt.add_protocol(ethernet.ethernet(dst=ns.eth.src, src=mac, ethertype=ETH_IPV6))
+    pkt.add_protocol(ipv6.ipv6(src=str(ns.target), dst=str(ns.src), nxt=58, hop_limit=255))
+    pkt.add_protocol(icmpv6.icmpv6(type_=icmpv6.ND_NEIGHBOR_ADVERT, data=icmpv6.nd_neighbor(
+        res=0b011, dst=str(ns.target), option=icmpv6.nd_option_tla(hw_src=mac))))  # solicited + override
+    pkt.serialize()
+    return bytes(pkt.data)
+
+
+class Fabric(FabricApp):
+    """The base fabric app (``ryu_apps/fabric.py``)."""
+
+    _CONTEXTS = {"fabric_core": FabricCore}
+    APP_NAME = APP
+    IntentModel = FabricIntent
+
+    def compute(self, view: FabricView) -> dict[str, SwitchState]:
+        return compute_fabric(view, self.intent)
+
+    def _nd_answer(self, target: str) -> str | None:
+        topo = self.core.topology
+        for h in topo.hosts.values():
+            if h.ipv6 and str(h.ipv6.ip) == target:
+                return h.mac
+        for h in topo.hosts.values():
+            if h.gateway6 and str(h.gateway6) == target:
+                return self.intent.router_mac
+        return None
+
+    def packet_in(self, pkt: PacketIn) -> None:
+        ns = pktparse.neighbor_solicitation(pkt.data)
+        if ns.src.is_unspecified:
+            return  # duplicate address detection: the fabric never claims a host's address
+        if ns.hop_limit != 255:
+            raise pktparse.BadPacket("neighbor solicitation with hop limit != 255")
+        mac = self._nd_answer(str(ns.target))
+        if mac is None:
+            return
+        self.core.packet_out(pkt.switch, pkt.in_port, neighbor_advertisement(ns, mac))
+
+
+

@@ -1,0 +1,109 @@
+"""The base class of every fabric app, and the view of the network apps compute on.
+
+A fabric app is an os-ken app that computes, as pure data, what each switch
+should hold for its intent (:meth:`FabricApp.compute`); it never sends flows
+itself.  The shared core (:mod:`ryu_apps.lib.core`, an os-ken context every
+fabric app declares) merges all apps' states per switch, checks them against
+the pipeline and hands them to the switch programmers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+from os_ken.base import app_manager
+from os_ken.ofproto import ofproto_v1_3
+from pydantic import BaseModel, ValidationError
+
+from ryu_apps.lib import cookies
+from ryu_apps.lib.state import SwitchState
+from ryu_apps.lib.topology import Topology
+
+
+@dataclass(frozen=True)
+class FabricView:
+    """The topology as declared plus what is live right now."""
+
+    topology: Topology
+    down_ports: frozenset = frozenset()      # (switch, port) with link down or port down
+    dead_switches: frozenset = frozenset()   # switches that were connected and went away
+
+    def graph(self) -> nx.MultiGraph:
+        g = self.topology.graph(self.down_ports)
+        g.remove_nodes_from(self.dead_switches)
+        return g
+
+    def port_live(self, switch: str, port: int) -> bool:
+        return (switch, port) not in self.down_ports and switch not in self.dead_switches
+
+
+@dataclass(frozen=True)
+class PacketIn:
+    """A packet-in as apps see it: where it came from, and the first bytes."""
+
+    switch: str
+    in_port: int
+    table: int
+    cookie: int
+    data: bytes
+
+
+class IntentError(ValueError):
+    """Intent failed validation; ``field`` names the offending key."""
+
+    def __init__(self, message: str, field: str | None = None, status: int = 422):
+        super().__init__(message)
+        self.field, self.status = field, status
+
+
+@dataclass
+class Intent:
+    """An app's validated intent and where it came from."""
+
+    model: BaseModel
+    source: str = "topology"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class FabricApp(app_manager.OSKenApp):
+    """Subclass, set ``APP_NAME`` and ``Intent``, implement :meth:`compute`."""
+
+    OFP_VERSIONS = [ofproto_v1_3.OFP_VERSION]
+    APP_NAME = "fabric"
+    #: pydantic model of the app's intent (the ``apps.<name>`` section of the topology)
+    IntentModel: type[BaseModel] = BaseModel
+
+    def __init__(self, *args, **kwargs):
+        from ryu_apps.lib.core import FabricCore
+
+        super().__init__(*args, **kwargs)
+        self.core: FabricCore = kwargs["fabric_core"]
+        self.app_id = cookies.app_id(self.APP_NAME)
+        raw = self.core.topology.apps.get(self.APP_NAME, {})
+        saved = self.core.load_intent(self.APP_NAME)
+        try:
+            self.intent = self.IntentModel.model_validate(saved if saved is not None else raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            loc = ".".join(str(p) for p in first["loc"])
+            raise IntentError(f"{self.core.topology.source}: apps.{self.APP_NAME}.{loc}: {first['msg']}") from None
+        self.core.register(self)
+
+    # -- what subclasses implement -------------------------------------------
+    def compute(self, view: FabricView) -> dict[str, SwitchState]:
+        """Desired state per switch name for the current intent and view (pure)."""
+        return {}
+
+    def packet_in(self, pkt: PacketIn) -> None:
+        """A packet-in whose flow carried this app's cookie."""
+
+    def add_routes(self, api) -> None:
+        """Register REST routes on ``api`` (a :class:`ryu_apps.lib.rest.RestApi`)."""
+
+    def intent_json(self) -> dict:
+        return self.intent.model_dump(mode="json")
+
+    def cookie(self, kind: int, obj: int | str = 0) -> int:
+        return cookies.make(self.APP_NAME, kind, obj)

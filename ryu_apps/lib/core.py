@@ -1,0 +1,390 @@
+"""The fabric core: topology, switch programmers, packet-in dispatch, REST.
+
+Shared by every fabric app as the os-ken context ``fabric_core``.  The os-ken
+handlers here are thin: they record what happened (a switch came or went, a
+port changed, a packet arrived) and either schedule a recompute or hand the
+packet to the app whose cookie the flow carried.  Recompute asks every app
+for its desired state (pure), merges and checks it, and gives each switch's
+programmer its new desired state; the programmers do the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from os_ken.base import app_manager
+from os_ken.controller import ofp_event
+from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
+from os_ken.lib import hub
+from os_ken.ofproto import ofproto_v1_3
+
+from ryu_apps.lib import config, cookies, pipeline
+from ryu_apps.lib.app import FabricApp, FabricView, IntentError, PacketIn
+from ryu_apps.lib.ofdata import Flow, Match, Meter, MeterBand
+from ryu_apps.lib.programmer import SwitchProgrammer
+from ryu_apps.lib.rest import ApiError, RestApi
+from ryu_apps.lib.state import StateConflict, SwitchState
+from ryu_apps.lib.topology import Topology, TopologyError, load
+
+LOG = logging.getLogger(__name__)
+
+#: Meter every flow that sends to the controller goes through.
+PUNT_METER = 1
+PACKET_IN_BYTES = 256  # max_len of every output-to-controller action
+
+
+class TokenBucket:
+    """Packet-ins per second per switch, checked before any parsing."""
+
+    def __init__(self, rate: float, burst: float):
+        self.rate, self.burst = rate, burst
+        self.tokens, self.stamp = burst, time.monotonic()
+        self.dropped = 0
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        self.dropped += 1
+        return False
+
+
+class FabricCore(app_manager.OSKenApp):
+    """Owns the switches; fabric apps register with it and supply desired state."""
+
+    OFP_VERSIONS = [ofproto_v1_3.OFP_VERSION]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.name = "fabric_core"
+        config.register()
+        path = config.get("topology")
+        if not path:
+            raise TopologyError("no topology: start with --fabric-topology FILE "
+                                "(or FABRIC_TOPOLOGY=FILE, or [fabric] topology= in --config-file)")
+        self.topology: Topology = load(path)
+        state_dir = config.get("state-dir")
+        self.state_dir = Path(state_dir) if state_dir else None
+        self.apps: dict[str, FabricApp] = {}
+        self.programmers = {name: SwitchProgrammer(name, sw.dpid) for name, sw in self.topology.switches.items()}
+        self.datapaths: dict[str, object] = {}
+        self.down_ports: set[tuple[str, int]] = set()
+        self.dead: set[str] = set()
+        self.ever_connected: set[str] = set()
+        rate = config.get("packet-in-rate")
+        self.buckets = {name: TokenBucket(rate, rate) for name in self.topology.switches}
+        self.packet_ins = {"handled": 0, "rate_limited": 0, "no_owner": 0, "bad": 0}
+        self.compute_error: str | None = None
+        self.generation = 0
+        self._recompute = hub.Event()
+        self.api = RestApi()
+        self._add_routes()
+        self.threads.append(hub.spawn(self._recompute_loop))
+
+    def start(self):
+        thread = super().start()
+        for app in self.apps.values():
+            app.add_routes(self.api)
+        port = config.get("rest-port")
+        if port:
+            self.threads.append(self.api.serve(config.get("rest-host"), port))
+        self.schedule_recompute()
+        return thread
+
+    # -- apps and intent --------------------------------------------------------
+    def register(self, app: FabricApp) -> None:
+        if app.APP_NAME in self.apps:
+            raise IntentError(f"app {app.APP_NAME} loaded twice")
+        self.apps[app.APP_NAME] = app
+        self.schedule_recompute()
+
+    def load_intent(self, app: str):
+        if self.state_dir is None:
+            return None
+        path = self.state_dir / f"{app}.json"
+        if not path.exists():
+            return None
+        return json.loads(path.read_text())
+
+    def save_intent(self, app: str, data) -> None:
+        if self.state_dir is None:
+            return
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_dir / f".{app}.json.tmp"
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, self.state_dir / f"{app}.json")
+
+    def view(self) -> FabricView:
+        return FabricView(self.topology, frozenset(self.down_ports), frozenset(self.dead))
+
+    # -- desired state ---------------------------------------------------------
+    def core_state(self, switch: str) -> SwitchState:
+        """The framework's own entries: table-miss drops and the punt meter."""
+        st = SwitchState()
+        miss = cookies.make("core", 1, 0)
+        for table in pipeline.PIPELINE:
+            st.add_flow(Flow(table=table.table_id, priority=0, match=Match(), cookie=miss), "core")
+        st.label(miss, "core table-miss drop")
+        rate = config.get("packet-in-rate")
+        st.add_meter(Meter(meter_id=PUNT_METER, unit="pktps", bands=(MeterBand(rate=rate, burst_size=rate // 4 or 1),)))
+        return st
+
+    def compute(self, view: FabricView, overrides: dict | None = None) -> dict[str, SwitchState]:
+        """Merge every app's desired state; raise StateConflict/PipelineError on bad output."""
+        merged = {name: self.core_state(name) for name in self.topology.switches}
+        for name, app in self.apps.items():
+            app_states = overrides[name] if overrides and name in overrides else app.compute(view)
+            for switch, st in app_states.items():
+                if switch not in merged:
+                    raise StateConflict(f"{name} computed state for unknown switch {switch}")
+                merged[switch].merge(st, name)
+        for st in merged.values():
+            st.check_references()
+        return merged
+
+    def schedule_recompute(self) -> None:
+        self._recompute.set()
+
+    def _recompute_loop(self) -> None:
+        while True:
+            self._recompute.wait()
+            hub.sleep(0.01)  # coalesce bursts of port events
+            self._recompute.clear()
+            try:
+                self.push(self.compute(self.view()))
+                self.compute_error = None
+            except Exception as exc:  # keep what the switches have
+                self.compute_error = f"{type(exc).__name__}: {exc}"
+                LOG.exception("recompute failed; switches keep their current state")
+
+    def push(self, states: dict[str, SwitchState]) -> None:
+        self.generation += 1
+        for name, st in states.items():
+            prog = self.programmers[name]
+            if st.flows != prog.desired.flows or st.groups != prog.desired.groups or st.meters != prog.desired.meters:
+                prog.set_desired(st)
+            else:
+                prog.desired.owners = st.owners
+
+    def try_intent(self, app: FabricApp, candidate) -> dict[str, SwitchState]:
+        """Compute the fabric with ``candidate`` as ``app``'s intent, without applying it.
+
+        Apps call this before committing a REST change, so a change that
+        would produce a bad state is refused and nothing is half-applied.
+        """
+        old = app.intent
+        app.intent = candidate
+        try:
+            return self.compute(self.view())
+        finally:
+            app.intent = old
+
+    def commit_intent(self, app: FabricApp, candidate, states: dict[str, SwitchState]) -> None:
+        app.intent = candidate
+        self.save_intent(app.APP_NAME, app.intent_json())
+        self.push(states)
+
+    # -- OpenFlow events (thin) ------------------------------------------------
+    def _switch_of(self, dp) -> str | None:
+        sw = self.topology.switch_by_dpid(dp.id)
+        return sw.name if sw else None
+
+    @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
+    def _state_change(self, ev):
+        dp = ev.datapath
+        name = self._switch_of(dp) if dp.id is not None else None
+        if name is None:
+            if ev.state == MAIN_DISPATCHER:
+                LOG.warning("switch dpid %s is not in the topology; ignoring it", dp.id)
+            return
+        if ev.state == MAIN_DISPATCHER:
+            LOG.info("switch %s (dpid %#x) connected", name, dp.id)
+            self.datapaths[name] = dp
+            self.ever_connected.add(name)
+            parser = dp.ofproto_parser
+            dp.send_msg(parser.OFPPortDescStatsRequest(dp, 0))
+            self.programmers[name].connected(dp)
+            if name in self.dead:
+                self.dead.discard(name)
+                self.schedule_recompute()
+        elif self.datapaths.get(name) is dp:
+            LOG.warning("switch %s disconnected", name)
+            del self.datapaths[name]
+            self.programmers[name].disconnected()
+            self.dead.add(name)
+            self.schedule_recompute()
+
+    @staticmethod
+    def _live(ofp, port) -> bool:
+        return not (port.state & ofp.OFPPS_LINK_DOWN) and not (port.config & ofp.OFPPC_PORT_DOWN)
+
+    @set_ev_cls(ofp_event.EventOFPPortDescStatsReply, MAIN_DISPATCHER)
+    def _port_desc(self, ev):
+        name = self._switch_of(ev.msg.datapath)
+        if name is None:
+            return
+        ofp = ev.msg.datapath.ofproto
+        declared = {p.port for p in self.topology.switch_ports(name)}
+        present = set()
+        changed = False
+        for port in ev.msg.body:
+            if port.port_no not in declared:
+                continue
+            present.add(port.port_no)
+            changed |= self._set_port(name, port.port_no, self._live(ofp, port))
+        for port_no in declared - present:  # declared but missing on the switch
+            changed |= self._set_port(name, port_no, False)
+        if changed:
+            self.schedule_recompute()
+
+    @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
+    def _port_status(self, ev):
+        msg = ev.msg
+        name = self._switch_of(msg.datapath)
+        if name is None:
+            return
+        ofp = msg.datapath.ofproto
+        live = msg.reason != ofp.OFPPR_DELETE and self._live(ofp, msg.desc)
+        if self._set_port(name, msg.desc.port_no, live):
+            LOG.info("port %s:%d is %s", name, msg.desc.port_no, "up" if live else "down")
+            self.schedule_recompute()
+
+    def _set_port(self, switch: str, port: int, live: bool) -> bool:
+        key = (switch, port)
+        if live and key in self.down_ports:
+            self.down_ports.discard(key)
+            return True
+        if not live and key not in self.down_ports:
+            self.down_ports.add(key)
+            return True
+        return False
+
+    @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
+    def _packet_in(self, ev):
+        msg = ev.msg
+        name = self._switch_of(msg.datapath)
+        if name is None:
+            return
+        if not self.buckets[name].take():
+            self.packet_ins["rate_limited"] += 1
+            return
+        app = self.apps.get(cookies.APP_NAMES.get(msg.cookie >> cookies.APP_SHIFT, ""))
+        if app is None:
+            self.packet_ins["no_owner"] += 1
+            return
+        pkt = PacketIn(name, msg.match.get("in_port", 0), msg.table_id, msg.cookie,
+                       bytes(msg.data[:PACKET_IN_BYTES]))
+        try:
+            app.packet_in(pkt)
+            self.packet_ins["handled"] += 1
+        except ValueError as exc:  # BadPacket and friends: count, never crash the loop
+            self.packet_ins["bad"] += 1
+            LOG.debug("%s: bad packet-in on %s:%d: %s", app.APP_NAME, name, pkt.in_port, exc)
+
+    def packet_out(self, switch: str, port: int, data: bytes) -> bool:
+        dp = self.datapaths.get(switch)
+        if dp is None:
+            return False
+        parser, ofp = dp.ofproto_parser, dp.ofproto
+        dp.send_msg(parser.OFPPacketOut(datapath=dp, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
+                                        actions=[parser.OFPActionOutput(port, 0)], data=data))
+        return True
+
+    # -- REST ---------------------------------------------------------------------
+    def _switch_or_404(self, name: str) -> str:
+        if name not in self.topology.switches:
+            raise ApiError(404, f"no switch named {name!r}; known: {sorted(self.topology.switches)}")
+        return name
+
+    def _add_routes(self) -> None:
+        api = self.api
+        api.add("GET", "/v1/topology", lambda r: self._topology_json(), "The declared topology and live link state")
+        api.add("GET", "/v1/switches", lambda r: [self._switch_json(n) for n in self.topology.switches],
+                "Switches: connection, sync state, entry counts")
+        api.add("GET", "/v1/switches/{name}", lambda r: self._switch_json(self._switch_or_404(r.params["name"])),
+                "One switch")
+        api.add("GET", "/v1/switches/{name}/flows", self._flows_json,
+                "Desired flows of a switch (?app=NAME filters by owner)")
+        api.add("GET", "/v1/switches/{name}/desired", self._desired_json,
+                "Desired flows/groups/meters in ovs-ofctl syntax (used by `ovslab flows --diff`)")
+        api.add("POST", "/v1/switches/{name}/resync", self._resync,
+                "Re-read the switch and repair any difference from the desired state")
+        api.add("GET", "/v1/apps", lambda r: {n: {"app_id": a.app_id, "intent": a.intent_json()}
+                                              for n, a in self.apps.items()}, "Loaded apps and their intent")
+        api.add("GET", "/v1/apps/{app}/intent", self._intent_json, "One app's intent")
+        api.add("GET", "/v1/cookies", lambda r: self._cookies_json(), "Object names by cookie")
+        api.add("GET", "/v1/pipeline", lambda r: pipeline.describe(), "The table plan and priority bands")
+        api.add("GET", "/v1/health", lambda r: self._health(), "Controller health and packet-in counters")
+
+    def _health(self) -> dict:
+        return {"compute_error": self.compute_error, "generation": self.generation,
+                "packet_ins": dict(self.packet_ins,
+                                   rate_limited_by_switch={n: b.dropped for n, b in self.buckets.items()}),
+                "switches_connected": sorted(self.datapaths),
+                "all_synced": all(p.synced for p in self.programmers.values())}
+
+    def _topology_json(self) -> dict:
+        t = self.topology
+        return {
+            "name": t.name, "source": t.source,
+            "switches": {n: {"dpid": s.dpid, "bridge": s.bridge, "node": s.node} for n, s in t.switches.items()},
+            "hosts": {n: {"mac": h.mac, "ipv4": str(h.ipv4) if h.ipv4 else None,
+                          "ipv6": str(h.ipv6) if h.ipv6 else None, "switch": h.switch, "port": h.port}
+                      for n, h in t.hosts.items()},
+            "links": [{"name": ln.name, "a": ln.a, "a_port": ln.a_port, "b": ln.b, "b_port": ln.b_port,
+                       "kind": ln.kind,
+                       "up": self.view().port_live(ln.a, ln.a_port) and self.view().port_live(ln.b, ln.b_port)}
+                      for ln in t.links],
+            "down_ports": [f"{s}:{p}" for s, p in sorted(self.down_ports)],
+        }
+
+    def _switch_json(self, name: str) -> dict:
+        sw = self.topology.switches[name]
+        return {"name": name, "dpid": sw.dpid, "bridge": sw.bridge, **self.programmers[name].status()}
+
+    def _flows_json(self, r) -> list:
+        name = self._switch_or_404(r.params["name"])
+        app = r.query.get("app")
+        if app is not None and app not in cookies.APPS:
+            raise ApiError(422, f"unknown app {app!r}; known: {sorted(cookies.APPS)}", "app")
+        st = self.programmers[name].desired
+        out = []
+        for flow in sorted(st.flows.values(), key=lambda f: (f.table, -f.priority)):
+            c = cookies.decode(flow.cookie)
+            if app is None or c.app == app:
+                out.append({**flow.to_dict(), "app": c.app, "object": st.owners.get(flow.cookie, str(c))})
+        return out
+
+    def _desired_json(self, r) -> dict:
+        st = self.programmers[self._switch_or_404(r.params["name"])].desired
+        return {"flows": [str(f) for f in sorted(st.flows.values(), key=lambda f: (f.table, -f.priority))],
+                "groups": [str(g) for g in sorted(st.groups.values(), key=lambda g: g.group_id)],
+                "meters": [str(m) for m in sorted(st.meters.values(), key=lambda m: m.meter_id)]}
+
+    def _resync(self, r):
+        name = self._switch_or_404(r.params["name"])
+        self.programmers[name].resync()
+        return 202, {"resync": name}
+
+    def _intent_json(self, r) -> dict:
+        app = self.apps.get(r.params["app"])
+        if app is None:
+            raise ApiError(404, f"app {r.params['app']!r} is not loaded; loaded: {sorted(self.apps)}")
+        return app.intent_json()
+
+    def _cookies_json(self) -> dict:
+        out = {}
+        for prog in self.programmers.values():
+            for cookie, label in prog.desired.owners.items():
+                out[f"{cookie:#018x}"] = label
+        return out
+
+
+

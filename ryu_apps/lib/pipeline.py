@@ -1,0 +1,116 @@
+r"""The table plan: which tables exist, who may write them, at which priorities.
+
+Written down as data (as Faucet's ``faucet_pipeline.py`` does) and checked on
+every flow an app computes, so two apps can share a bridge without stepping on
+each other: each app owns a priority band in each table it writes, and a flow
+can only jump forward to the tables listed as its table's successors.
+
+Packet walk::
+
+    0 ingress --> 10 fence  --+
+       |     \--> 20 mcast  --+--> 80 arp_nd (responders, ND to controller)
+       |      \-> 30 oam    --+--> 90 forward (host routes, ECMP groups)
+       +---------------------------^
+
+Function apps add their tables and bands here when they land.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ryu_apps.lib import cookies
+
+
+class PipelineError(ValueError):
+    """A flow breaks the table plan (unknown table, foreign band, backward goto)."""
+
+
+@dataclass(frozen=True)
+class Band:
+    """Priorities ``low..high`` (inclusive) of one table belong to ``app``."""
+
+    app: str
+    low: int
+    high: int
+    purpose: str
+
+
+@dataclass(frozen=True)
+class Table:
+    table_id: int
+    name: str
+    purpose: str
+    bands: tuple[Band, ...]
+    next_tables: tuple[int, ...] = ()
+
+
+INGRESS, ARP_ND, FORWARD = 0, 80, 90
+
+PIPELINE: tuple[Table, ...] = (
+    Table(INGRESS, "ingress", "admit declared hosts on their own port (anti-spoofing), fabric ports; steer to apps",
+          bands=(Band("core", 0, 0, "table miss: drop"),
+                 Band("fabric", 100, 999, "host admission and fabric ports")),
+          next_tables=(ARP_ND, FORWARD)),
+    Table(ARP_ND, "arp_nd", "answer ARP in the switch; send IPv6 neighbor solicitations to the controller",
+          bands=(Band("core", 0, 0, "table miss: drop"),
+                 Band("fabric", 100, 999, "ARP responders, ND punts")),
+          next_tables=(FORWARD,)),
+    Table(FORWARD, "forward", "route to declared hosts along shortest paths, ECMP over select groups",
+          bands=(Band("core", 0, 0, "table miss: drop"),
+                 Band("fabric", 100, 999, "host routes")),
+          next_tables=()),
+)
+
+TABLES: dict[int, Table] = {t.table_id: t for t in PIPELINE}
+TABLE_BY_NAME: dict[str, Table] = {t.name: t for t in PIPELINE}
+
+
+def table_id(name: str) -> int:
+    return TABLE_BY_NAME[name].table_id
+
+
+def validate_plan(pipeline: tuple[Table, ...] = PIPELINE) -> None:
+    """Check the plan itself: unique ids, forward-only gotos, no overlapping bands."""
+    ids = [t.table_id for t in pipeline]
+    if len(set(ids)) != len(ids):
+        raise PipelineError(f"duplicate table ids in {ids}")
+    known = set(ids)
+    for t in pipeline:
+        for nxt in t.next_tables:
+            if nxt not in known:
+                raise PipelineError(f"table {t.name}: next table {nxt} does not exist")
+            if nxt <= t.table_id:
+                raise PipelineError(f"table {t.name}: goto {nxt} is not forward")
+        bands = sorted(t.bands, key=lambda b: b.low)
+        for b in bands:
+            cookies.app_id(b.app)
+            if not 0 <= b.low <= b.high <= 0xFFFF:
+                raise PipelineError(f"table {t.name}: band {b} out of range")
+        for a, b in zip(bands, bands[1:]):
+            if b.low <= a.high:
+                raise PipelineError(f"table {t.name}: bands of {a.app} and {b.app} overlap")
+
+
+def check_flow(app: str, flow) -> None:
+    """Raise PipelineError unless ``app`` may install ``flow`` as computed."""
+    table = TABLES.get(flow.table)
+    if table is None:
+        raise PipelineError(f"{app}: flow in unknown table {flow.table}")
+    if not any(b.app == app and b.low <= flow.priority <= b.high for b in table.bands):
+        raise PipelineError(f"{app}: priority {flow.priority} in table {table.name} is outside {app}'s band")
+    if flow.goto is not None and flow.goto not in table.next_tables:
+        raise PipelineError(f"{app}: goto {flow.goto} from table {table.name} is not allowed "
+                            f"(allowed: {list(table.next_tables)})")
+    if flow.cookie >> cookies.APP_SHIFT != cookies.app_id(app):
+        raise PipelineError(f"{app}: flow cookie {flow.cookie:#x} does not carry {app}'s app id")
+
+
+def describe() -> list[dict]:
+    """The plan as JSON-able data (served at /v1/pipeline)."""
+    return [{"table": t.table_id, "name": t.name, "purpose": t.purpose, "next_tables": list(t.next_tables),
+             "bands": [{"app": b.app, "priorities": [b.low, b.high], "purpose": b.purpose} for b in t.bands]}
+            for t in PIPELINE]
+
+
+validate_plan()
