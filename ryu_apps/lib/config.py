@@ -14,6 +14,7 @@ import os
 
 from oslo_config import cfg
 from os_ken import cfg as osken_cfg
+from os_ken.controller import controller as _ofp_controller  # noqa: F401  registers ofp-listen-host
 
 CONF = osken_cfg.CONF
 

@@ -1,0 +1,877 @@
+"""The lab builder: a topology file made real with namespaces, veths and private OVS instances.
+
+Layout of one lab (``PREFIX`` is ``lab.prefix`` of the topology)::
+
+    PREFIX-sw      the lab's switch namespace: the "root sandbox" (a private
+                   ovsdb-server + ovs-vswitchd) holding every switch without
+                   ``node:``; switch-side veth ends live here
+    PREFIX-<host>  one namespace per host; its veth end is ``eth0``
+    PREFIX-<node>  one namespace per node, running the node's own sandbox:
+                   its switches plus ``PREFIX-<node>-p`` (br-phy, NORMAL) with
+                   the node's underlay IP on its internal port and the veth
+                   ``underlay`` into ...
+    PREFIX-ul      the underlay segment: a Linux bridge ``ul0`` and one veth
+                   per node (named after the node)
+
+Nothing is created in the namespace the tool runs in: no interface, address
+or route, so lab subnets can never leak into the host's routing.  (The root
+sandbox runs in ``PREFIX-sw`` rather than in the caller's namespace because
+the userspace datapath's ``ovs-netdev`` tap is one per namespace: a second
+netdev ovs-vswitchd in the same namespace fails with "creating tap device
+failed: Device or resource busy", which made labs collide with every other
+private OVS on the machine.)
+
+Control channel: the controller listens on 127.0.0.1 only, which no lab
+namespace can reach.  Each sandbox's bridges use the controller
+``unix:<sandbox dir>/controller.sock``; a relay started and recorded by the
+lab, ``socat UNIX-LISTEN:<sandbox dir>/controller.sock,fork,unlink-early
+TCP:127.0.0.1:<of_port>``, runs in the caller's namespace and forks one
+TCP connection per switch connection.  The socket is a file on the shared
+filesystem, so ovs-vswitchd in any namespace reaches it.  (One relay per
+sandbox, because ovs-vswitchd refuses unix controller sockets outside its
+own rundir.)
+
+Run directory ``$OVSLAB_RUNDIR/<lab>`` (default ``/run/ovslab/<lab>``)::
+
+    state.json      intent log: each object is recorded (kind, name, how to
+                    remove it) BEFORE it is created, so ``down`` can undo a
+                    crash at any point and removes nothing it did not create
+    topology.yaml   the topology as built (the controller reads this copy)
+    sw/, <node>/    sandbox directories (OVS_RUNDIR of each instance)
+    */controller.sock  control-channel relay of each sandbox
+    controller.log  controller output (relay-*.log, <host>.log: relays, lab.popen)
+
+In ``--no-controller`` mode the bridges get no Controller row and no relay
+runs: they are fail_mode=secure and forward nothing until flows are added
+with ovs-ofctl (``lab.ofctl(switch, ...)``).  A controller left configured
+would connect to whatever listens on the port (another lab's controller).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ovs_scripts import netns as nsutil
+from ovs_scripts.netns import CommandError
+from ovs_scripts.ovsdb import BridgeConfig, OvsdbError, PortConfig
+from ovs_scripts.sandbox import Sandbox, find_pids, kill_pid, pid_alive, pid_cmdline
+from ryu_apps.lib import topology as topo_mod
+from ryu_apps.lib.topology import IFNAMSIZ, Topology, TopologyError
+
+DEFAULT_BASE = "/run/ovslab"
+STATE_VERSION = 1
+UNDERLAY_MTU = 9000  # room for VXLAN/Geneve headers around full-size host frames
+ROOT_SANDBOX = "sw"
+
+
+class LabError(RuntimeError):
+    """The lab cannot do what was asked; the message says what and what to do."""
+
+    def __init__(self, message: str, details: str = ""):
+        super().__init__(message)
+        self.details = details
+
+
+def base_dir(rundir: str | os.PathLike | None = None) -> Path:
+    """Directory holding one run directory per lab (``rundir``, $OVSLAB_RUNDIR, /run/ovslab)."""
+    return Path(rundir or os.environ.get("OVSLAB_RUNDIR") or DEFAULT_BASE).absolute()
+
+
+# ---------------------------------------------------------------------------
+# Names: a pure function of the topology, checked before anything is created.
+
+
+@dataclass
+class Plan:
+    """Every name the lab will create, derived from the topology."""
+
+    prefix: str
+    sw_netns: str | None
+    ul_netns: str | None
+    host_netns: dict[str, str]
+    node_netns: dict[str, str]
+    switch_netns: dict[str, str]
+    switch_sandbox: dict[str, str]  # switch -> sandbox key ("sw" or a node name)
+    phy_bridge: dict[str, str]  # node -> br-phy bridge
+    ul_ifname: dict[str, str]  # node -> its veth end in the underlay namespace
+    node_uplink: str = "underlay"  # the node's veth end, in the node namespace
+    ul_bridge: str = "ul0"
+    sandboxes: dict[str, str | None] = field(default_factory=dict)  # key -> netns
+
+    def all_netns(self) -> list[str]:
+        out = [n for n in (self.sw_netns, self.ul_netns) if n]
+        return out + list(self.node_netns.values()) + list(self.host_netns.values())
+
+
+def make_plan(topo: Topology) -> Plan:
+    """Names for everything; raises LabError for names that would collide or not fit."""
+    p = topo.prefix
+    root_switches = [s for s in topo.switches.values() if s.node is None]
+    sw_netns = f"{p}-{ROOT_SANDBOX}" if root_switches else None
+    ul_netns = f"{p}-ul" if topo.nodes else None
+    node_netns = {n: node.netns for n, node in topo.nodes.items()}
+    host_netns = {h: host.netns for h, host in topo.hosts.items()}
+    switch_netns = {s: (node_netns[sw.node] if sw.node else sw_netns) for s, sw in topo.switches.items()}
+    switch_sandbox = {s: (sw.node or ROOT_SANDBOX) for s, sw in topo.switches.items()}
+    phy_bridge = {n: f"{p}-{n}-p" for n in topo.nodes}
+    ul_ifname = {n: n for n in topo.nodes}
+    sandboxes: dict[str, str | None] = {}
+    if sw_netns:
+        sandboxes[ROOT_SANDBOX] = sw_netns
+    sandboxes.update(node_netns)
+    plan = Plan(p, sw_netns, ul_netns, host_netns, node_netns, switch_netns, switch_sandbox,
+                phy_bridge, ul_ifname, sandboxes=sandboxes)
+
+    seen: dict[str, str] = {}
+    for what, ns in ([("the switch namespace", sw_netns), ("the underlay namespace", ul_netns)]
+                     + [(f"node {n}", ns) for n, ns in node_netns.items()]
+                     + [(f"host {h}", ns) for h, ns in host_netns.items()]):
+        if ns is None:
+            continue
+        if ns in seen:
+            raise LabError(f"{topo.source}: namespace {ns} would be used by both {seen[ns]} and {what}; "
+                           f"rename one (names 'sw' and 'ul' are reserved)")
+        seen[ns] = what
+    for n in topo.nodes:
+        if n == ROOT_SANDBOX:
+            raise LabError(f"{topo.source}: nodes.{n}: the name {n!r} is reserved for the lab's switch namespace")
+        for name in (phy_bridge[n], ul_ifname[n]):
+            if len(name) > IFNAMSIZ:
+                raise LabError(f"{topo.source}: nodes.{n}: interface name {name!r} is longer than "
+                               f"{IFNAMSIZ} characters; shorten the node name or the lab prefix")
+    bridges = {sw.bridge for sw in topo.switches.values()} | set(phy_bridge.values())
+    for pi in topo.ports.values():
+        if pi.ifname in bridges:
+            raise LabError(f"{topo.source}: interface {pi.ifname} clashes with a bridge name")
+    return plan
+
+
+def resolve_datapath(topo: Topology) -> str:
+    dp = topo.spec.lab.datapath
+    if dp == "auto":
+        return "system" if os.path.exists("/sys/module/openvswitch") else "netdev"
+    return dp
+
+
+# ---------------------------------------------------------------------------
+# The intent log.
+
+
+class State:
+    """``state.json``: lab facts plus the ordered list of objects created (intent first)."""
+
+    def __init__(self, path: Path, data: dict | None = None):
+        self.path = path
+        self.data: dict[str, Any] = data if data is not None else {"version": STATE_VERSION, "objects": []}
+
+    @classmethod
+    def load(cls, path: Path) -> "State":
+        try:
+            return cls(path, json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError) as exc:
+            raise LabError(f"cannot read {path}: {exc}") from None
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2, sort_keys=False) + "\n")
+        os.replace(tmp, self.path)
+
+    @property
+    def objects(self) -> list[dict]:
+        return self.data["objects"]
+
+    def intend(self, kind: str, **info: Any) -> dict:
+        """Record an object about to be created; returns its (mutable) entry."""
+        entry = {"kind": kind, **info}
+        self.objects.append(entry)
+        self.save()
+        return entry
+
+
+def _proc_starttime(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _kill_recorded(entry: dict) -> str | None:
+    """Kill a recorded process (its process group) if it is still the one we started."""
+    pid = entry.get("pid")
+    marker = entry.get("marker")
+    if pid:
+        start = entry.get("starttime")
+        if not pid_alive(pid):
+            return None
+        if start is not None:
+            if _proc_starttime(pid) != start:  # the pid was reused: not ours
+                return None
+            identity = (pid_cmdline(pid) or ["?"])[0]  # starttime proved it is ours
+        elif marker:
+            identity = marker
+        else:
+            return None
+        kill_pid(pid, identity, group=entry.get("group", True))
+        return f"stopped {entry.get('what', 'process')} (pid {pid})"
+    if marker:  # crashed between starting it and recording its pid
+        for p in find_pids(marker):
+            kill_pid(p, marker, group=entry.get("group", True))
+        return None
+    return None
+
+
+# ---------------------------------------------------------------------------
+# The lab.
+
+
+class Lab:
+    """A lab that is up (or was being built).  Create with :meth:`up` or :meth:`attach`."""
+
+    def __init__(self, labdir: Path, state: State, topology: Topology):
+        self.dir = labdir
+        self.state = state
+        self.topology = topology
+        self.plan = make_plan(topology)
+        self._controller_proc: subprocess.Popen | None = None
+
+    # -- construction ---------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.topology.name
+
+    @classmethod
+    def up(cls, path: str | os.PathLike, controller: bool = True, timeout: float = 60,
+           rundir: str | os.PathLike | None = None, log=None) -> "Lab":
+        """Build the lab described by ``path``; on any failure everything created is removed.
+
+        ``rundir`` is the base directory (default $OVSLAB_RUNDIR or /run/ovslab);
+        the lab's own directory is ``<rundir>/<lab name>``.
+        """
+        topo = topo_mod.load(path)
+        plan = make_plan(topo)
+        base = base_dir(rundir)
+        labdir = base / topo.name
+        if (labdir / "state.json").exists() or labdir.exists():
+            raise LabError(f"lab {topo.name} is already up (run directory {labdir}); "
+                           f"run `ovslab down {topo.name}` first")
+        _preflight(topo, plan, controller)
+        base.mkdir(parents=True, exist_ok=True)
+        try:
+            labdir.mkdir()
+        except FileExistsError:
+            raise LabError(f"lab {topo.name} is already up (run directory {labdir}); "
+                           f"run `ovslab down {topo.name}` first") from None
+        copy = labdir / "topology.yaml"
+        shutil.copyfile(path, copy)
+        state = State(labdir / "state.json")
+        state.data.update({
+            "name": topo.name, "prefix": topo.prefix, "source": str(Path(path).resolve()),
+            "topology": str(copy), "status": "building", "created": time.time(),
+            "datapath": resolve_datapath(topo),
+            "controller": {"enabled": controller, "of_port": topo.spec.controller.of_port,
+                           "rest_port": topo.spec.controller.rest_port,
+                           "rest_url": f"http://127.0.0.1:{topo.spec.controller.rest_port}" if controller else None},
+            "switches": {s: {"bridge": sw.bridge, "dpid": sw.dpid, "node": sw.node,
+                             "netns": plan.switch_netns[s],
+                             "sandbox": str(labdir / plan.switch_sandbox[s])}
+                         for s, sw in topo.switches.items()},
+            "hosts": dict(plan.host_netns),
+            "nodes": dict(plan.node_netns),
+        })
+        state.save()
+        lab = cls(labdir, state, topology=topo_mod.load(copy))
+        try:
+            lab._build(controller=controller, timeout=timeout, log=log)
+        except BaseException as exc:
+            state.data["status"] = "failed"
+            with contextlib.suppress(Exception):
+                state.save()
+            try:
+                lab.down()
+            except Exception as down_exc:  # noqa: BLE001
+                if isinstance(exc, Exception):
+                    raise LabError(f"{exc}; and teardown failed too: {down_exc}") from exc
+            raise
+        return lab
+
+    @classmethod
+    def attach(cls, name: str, rundir: str | os.PathLike | None = None) -> "Lab":
+        labdir = base_dir(rundir) / name
+        try:
+            state = State.load(labdir / "state.json")
+        except FileNotFoundError:
+            up = [n for n in list_labs(rundir)]
+            raise LabError(f"no lab {name!r} is up under {base_dir(rundir)}"
+                           + (f" (labs up: {', '.join(up)})" if up else "")) from None
+        try:
+            topo = topo_mod.load(state.data["topology"])
+        except (TopologyError, KeyError) as exc:
+            raise LabError(f"lab {name}: cannot read its topology copy: {exc}") from None
+        return cls(labdir, state, topo)
+
+    # -- build ----------------------------------------------------------------
+
+    def _build(self, controller: bool, timeout: float, log=None) -> None:
+        topo, plan, st = self.topology, self.plan, self.state
+        say = log or (lambda msg: None)
+        datapath = st.data["datapath"]
+
+        # 1. namespaces
+        for ns in plan.all_netns():
+            st.intend("netns", name=ns)
+            nsutil.add_netns(ns)
+            if ns in plan.host_netns.values():
+                nsutil.sysctl(ns, {"net.ipv6.conf.all.accept_ra": 0, "net.ipv6.conf.default.accept_ra": 0,
+                                   "net.ipv6.conf.all.accept_dad": 0, "net.ipv6.conf.default.accept_dad": 0})
+            else:  # switch, node and underlay namespaces carry no IPv6 at all
+                nsutil.sysctl(ns, {"net.ipv6.conf.all.disable_ipv6": 1, "net.ipv6.conf.default.disable_ipv6": 1})
+        say(f"namespaces: {', '.join(plan.all_netns())}")
+
+        # 2. OVS sandboxes
+        for key, ns in plan.sandboxes.items():
+            entry = st.intend("sandbox", key=key, dir=str(self.dir / key), netns=ns, pids={})
+
+            def record(daemon: str, pid: int, entry=entry) -> None:
+                entry["pids"][daemon] = pid
+                st.save()
+
+            Sandbox(self.dir / key, ns).start(on_started=record)
+        say(f"OVS sandboxes: {', '.join(plan.sandboxes)}")
+
+        # 3. underlay segment
+        if plan.ul_netns:
+            ul = plan.ul_netns
+            st.intend("link", name=plan.ul_bridge, netns=ul)
+            nsutil.add_bridge(plan.ul_bridge, ul)
+            nsutil.set_link(plan.ul_bridge, ul, mtu=UNDERLAY_MTU)
+            nsutil.link_up(plan.ul_bridge, ul)
+            for n in topo.nodes:
+                ns = plan.node_netns[n]
+                st.intend("link", name=plan.ul_ifname[n], netns=ul)
+                nsutil.add_veth(plan.node_uplink, plan.ul_ifname[n], netns=ns, peer_netns=ul)
+                nsutil.set_link(plan.ul_ifname[n], ul, mtu=UNDERLAY_MTU, master=plan.ul_bridge)
+                nsutil.set_link(plan.node_uplink, ns, mtu=UNDERLAY_MTU)
+                for ifname, where in ((plan.ul_ifname[n], ul), (plan.node_uplink, ns)):
+                    nsutil.tx_checksum_off(ifname, where)
+                    nsutil.link_up(ifname, where)
+
+        # 4. host veths: switch end named PortInfo.ifname, host end eth0
+        for host, sw, port in topo.host_links:
+            h = topo.hosts[host]
+            pi = topo.ports[(sw, port)]
+            swns = plan.switch_netns[sw]
+            st.intend("link", name=pi.ifname, netns=swns, peer="eth0", peer_netns=h.netns)
+            nsutil.add_veth(pi.ifname, "eth0", netns=swns, peer_netns=h.netns, peer_mac=h.mac)
+            nsutil.link_up(pi.ifname, swns)
+
+        # 5. switch-to-switch veths
+        for link in topo.links:
+            if link.kind != "veth":
+                continue
+            pa, pb = topo.ports[(link.a, link.a_port)], topo.ports[(link.b, link.b_port)]
+            nsa, nsb = plan.switch_netns[link.a], plan.switch_netns[link.b]
+            st.intend("link", name=pa.ifname, netns=nsa, peer=pb.ifname, peer_netns=nsb)
+            nsutil.add_veth(pa.ifname, pb.ifname, netns=nsa, peer_netns=nsb)
+            nsutil.link_up(pa.ifname, nsa)
+            nsutil.link_up(pb.ifname, nsb)
+        say(f"links: {len(topo.host_links)} host, {sum(l.kind == 'veth' for l in topo.links)} veth, "
+            f"{sum(l.kind != 'veth' for l in topo.links)} tunnel")
+
+        # 6. control channel (before the bridges, so they connect at once)
+        # ovs-vswitchd only connects to unix sockets inside its own rundir ("Not
+        # connecting to socket controller ... due to possibility for remote
+        # exploit"), so each sandbox gets its own relay socket.
+        ctl_targets: dict[str, str | None] = {key: None for key in plan.sandboxes}
+        if controller:
+            of_port = topo.spec.controller.of_port
+            for key in plan.sandboxes:
+                sock = self.dir / key / "controller.sock"
+                ctl_targets[key] = f"unix:{sock}"
+                self._spawn(f"relay {key}",
+                            ["socat", f"UNIX-LISTEN:{sock},fork,unlink-early", f"TCP:127.0.0.1:{of_port}"],
+                            marker=str(sock), log=self.dir / f"relay-{key}.log")
+            self._start_controller()
+
+        # 7. bridges, one transaction each, then wait for every ofport
+        for key, ns in plan.sandboxes.items():
+            sb = self.sandbox(key)
+            wanted: dict[str, int | None] = {}
+            with sb.db() as db:
+                if key != ROOT_SANDBOX:  # a node: br-phy first
+                    phy = plan.phy_bridge[key]
+                    db.add_bridge(BridgeConfig(phy, datapath_type=datapath, fail_mode="standalone", protocols=(),
+                                               ports=(PortConfig(plan.node_uplink),),
+                                               external_ids={"ovslab-role": "underlay"}))
+                    wanted[plan.node_uplink] = None
+                for s, sw in topo.switches.items():
+                    if plan.switch_sandbox[s] != key:
+                        continue
+                    ports = []
+                    for pi in topo.switch_ports(s):
+                        if pi.kind in ("host", "veth"):
+                            ports.append(PortConfig(pi.ifname, pi.port))
+                        else:
+                            peer_node = topo.switches[pi.peer].node
+                            link = next(l for l in topo.links if (l.a, l.a_port) == (s, pi.port)
+                                        or (l.b, l.b_port) == (s, pi.port))
+                            ports.append(PortConfig(pi.ifname, pi.port, type=pi.kind, options={
+                                "remote_ip": str(topo.nodes[peer_node].underlay_ip.ip), "key": str(link.key)}))
+                        wanted[pi.ifname] = pi.port
+                    spec = topo.spec.controller
+                    db.add_bridge(BridgeConfig(
+                        sw.bridge, datapath_type=datapath, dpid=sw.dpid, fail_mode="secure",
+                        controller=ctl_targets[key], controller_rate_limit=spec.rate_limit,
+                        controller_burst_limit=spec.burst_limit, ports=tuple(ports),
+                        external_ids={"ovslab-lab": topo.name, "ovslab-switch": s}))
+                try:
+                    db.wait_ofports(wanted, timeout=20)
+                except OvsdbError as exc:
+                    raise LabError(f"{exc} (see {sb.dir / 'ovs-vswitchd.log'})") from None
+            if key != ROOT_SANDBOX:
+                node = topo.nodes[key]
+                phy = plan.phy_bridge[key]
+                nsutil.add_addr(phy, str(node.underlay_ip), ns)
+                nsutil.link_up(phy, ns)
+        say(f"bridges: {', '.join(sw.bridge for sw in topo.switches.values())}")
+
+        # 8. hosts
+        for h in topo.hosts.values():
+            ns = h.netns
+            nsutil.sysctl(ns, {"net.ipv6.conf.eth0.accept_ra": 0})
+            if h.ipv4:
+                nsutil.add_addr("eth0", str(h.ipv4), ns)
+            if h.ipv6:
+                nsutil.add_addr("eth0", str(h.ipv6), ns, nodad=True)
+            nsutil.tx_checksum_off("eth0", ns)
+            nsutil.link_up("eth0", ns)
+            if h.gateway4:
+                nsutil.add_route("default", str(h.gateway4), ns, dev="eth0")
+            if h.gateway6:
+                nsutil.add_route("default", str(h.gateway6), ns, dev="eth0")
+        say(f"hosts: {', '.join(topo.hosts)}")
+
+        # 9. controller readiness
+        if controller:
+            self._wait_controller(timeout)
+        st.data["status"] = "up"
+        st.save()
+
+    def _spawn(self, what: str, argv: list[str], *, marker: str | None = None, netns: str | None = None,
+               log: Path | None = None, **popen: Any) -> subprocess.Popen:
+        """Start a background process in its own process group, recorded before and after it starts."""
+        full = nsutil.in_netns(netns, argv)
+        entry = self.state.intend("process", what=what, argv=full, marker=marker, pid=None, group=True)
+        if log is not None:
+            popen.setdefault("stdout", open(log, "ab"))  # noqa: SIM115 - handed to the child
+            popen.setdefault("stderr", subprocess.STDOUT)
+        popen.setdefault("stdin", subprocess.DEVNULL)
+        try:
+            proc = subprocess.Popen(full, start_new_session=True, **popen)
+        except FileNotFoundError as exc:
+            raise LabError(f"cannot start {what}: {exc.filename}: command not found") from None
+        finally:
+            if log is not None and hasattr(popen.get("stdout"), "close"):
+                popen["stdout"].close()
+        entry["pid"] = proc.pid
+        entry["starttime"] = _proc_starttime(proc.pid)
+        self.state.save()
+        return proc
+
+    def _start_controller(self) -> None:
+        from ryu_apps.manager import controller_command
+
+        spec = self.topology.spec.controller
+        argv = controller_command(str(self.dir / "topology.yaml"), list(self.topology.apps),
+                                  of_port=spec.of_port, rest_port=spec.rest_port,
+                                  state_dir=str(self.dir / "controller-state"))
+        self._controller_proc = self._spawn("controller", argv, marker=str(self.dir / "topology.yaml"),
+                                            log=self.dir / "controller.log", cwd=str(self.dir))
+        self.state.data["controller"]["pid"] = self._controller_proc.pid
+        self.state.save()
+
+    def _wait_controller(self, timeout: float) -> None:
+        url = self.state.data["controller"]["rest_url"] + "/v1/switches"
+        deadline = time.monotonic() + timeout
+        last = "no answer yet"
+        want = {sw.dpid for sw in self.topology.switches.values()}
+        while True:
+            proc = self._controller_proc
+            if proc is not None and proc.poll() is not None:
+                self._fail_controller(f"the controller exited with code {proc.returncode}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    data = json.loads(resp.read().decode())
+                if isinstance(data, dict):
+                    data = data.get("switches", data)
+                if isinstance(data, list) and data:
+                    ready = [s for s in data if isinstance(s, dict) and s.get("connected") is True
+                             and s.get("synced") is True]
+                    dpids = {_as_dpid(s.get("dpid")) for s in ready}
+                    if len(ready) == len(data) and (want <= dpids or len(ready) >= len(want)):
+                        return
+                    last = f"{len(ready)} of {len(want)} switches connected and synced"
+                else:
+                    last = f"unexpected answer {str(data)[:100]}"
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                last = f"{url}: {getattr(exc, 'reason', exc)}"
+            if time.monotonic() > deadline:
+                self._fail_controller(f"controller not ready after {timeout:g} s ({last})")
+            time.sleep(0.25)
+
+    def _fail_controller(self, why: str) -> None:
+        tail = self.controller_log_tail()
+        if tail:
+            print(f"--- last lines of {self.dir / 'controller.log'} ---\n{tail}\n---", file=sys.stderr)
+        raise LabError(why, details=tail)
+
+    def controller_log_tail(self, lines: int = 30) -> str:
+        try:
+            text = (self.dir / "controller.log").read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    # -- teardown -------------------------------------------------------------
+
+    def down(self) -> list[str]:
+        """Remove everything the intent log records, newest first; idempotent.
+
+        Returns notes about what needed a fallback.  Raises LabError (and keeps
+        the run directory, so it can be retried) if something could not be removed.
+        """
+        return teardown(self.dir)
+
+    # -- using the lab --------------------------------------------------------
+
+    def sandbox(self, key: str) -> Sandbox:
+        """The sandbox ``"sw"`` (root sandbox) or of a node."""
+        for e in self.state.objects:
+            if e["kind"] == "sandbox" and e["key"] == key:
+                return Sandbox(e["dir"], e["netns"], pids=e.get("pids"))
+        if key in self.plan.sandboxes:
+            return Sandbox(self.dir / key, self.plan.sandboxes[key])
+        raise LabError(f"lab {self.name} has no sandbox {key!r}")
+
+    def _switch(self, name: str) -> str:
+        if name in self.topology.switches:
+            return name
+        for s, sw in self.topology.switches.items():
+            if sw.bridge == name:
+                return s
+        raise LabError(f"lab {self.name} has no switch or bridge {name!r} "
+                       f"(switches: {', '.join(self.topology.switches)})")
+
+    def switch_target(self, name: str) -> tuple[str, str]:
+        """``(bridge, sandbox rundir)`` of a switch (by name or bridge): ovs-ofctl ... unix:<rundir>/<bridge>.mgmt."""
+        s = self._switch(name)
+        return self.topology.switches[s].bridge, str(self.dir / self.plan.switch_sandbox[s])
+
+    def ofctl(self, switch: str, *args: str, **kw: Any) -> subprocess.CompletedProcess:
+        """``ovs-ofctl -O OpenFlow13`` against a switch: ``lab.ofctl("s1", "add-flow", "actions=NORMAL")``."""
+        s = self._switch(switch)
+        return self.sandbox(self.plan.switch_sandbox[s]).ofctl(self.topology.switches[s].bridge, *args, **kw)
+
+    def netns_of(self, name: str) -> str:
+        """Namespace of a host, node or switch."""
+        if name in self.plan.host_netns:
+            return self.plan.host_netns[name]
+        if name in self.plan.node_netns:
+            return self.plan.node_netns[name]
+        if name in self.plan.switch_netns:
+            return self.plan.switch_netns[name]
+        raise LabError(f"lab {self.name} has no host, node or switch {name!r} "
+                       f"(hosts: {', '.join(self.topology.hosts) or '-'}; "
+                       f"nodes: {', '.join(self.topology.nodes) or '-'})")
+
+    def exec(self, host: str, argv: list[str], check: bool = True, timeout: float | None = 60,
+             **popen: Any) -> subprocess.CompletedProcess:
+        """Run ``argv`` in a host's (or node's, or switch's) namespace and wait for it.
+
+        Output is captured as text unless ``popen`` says otherwise; with
+        ``check`` a non-zero exit raises :class:`CommandError` with its stderr.
+        """
+        full = nsutil.in_netns(self.netns_of(host), argv)
+        if not any(k in popen for k in ("stdout", "stderr", "capture_output")):
+            popen["capture_output"] = True
+        if not any(k in popen for k in ("text", "universal_newlines", "encoding")):
+            popen["text"] = True
+        try:
+            cp = subprocess.run(full, timeout=timeout, **popen)
+        except subprocess.TimeoutExpired as exc:
+            raise CommandError(full, -1, f"timed out after {timeout} s") from exc
+        if check and cp.returncode != 0:
+            err = cp.stderr if isinstance(cp.stderr, str) else (cp.stderr or b"").decode(errors="replace")
+            raise CommandError(full, cp.returncode, err or (cp.stdout if isinstance(cp.stdout, str) else ""))
+        return cp
+
+    def popen(self, host: str, argv: list[str], **popen: Any) -> subprocess.Popen:
+        """Start a background process in a host's namespace; ``down`` stops it (recorded in the state).
+
+        By default its stdout is a text pipe (``proc.stdout.readline()`` for a
+        readiness line) and its stderr goes to ``<rundir>/<host>.log``.
+        """
+        log = None
+        if "stdout" not in popen:
+            popen["stdout"] = subprocess.PIPE
+            popen.setdefault("text", True)
+        if "stderr" not in popen:
+            log = self.dir / f"{host}.log"
+            popen["stderr"] = open(log, "ab")  # noqa: SIM115 - handed to the child, closed below
+        try:
+            return self._spawn(f"process in {host}", argv, netns=self.netns_of(host), **popen)
+        finally:
+            if log is not None:
+                popen["stderr"].close()
+
+    @property
+    def rest_url(self) -> str | None:
+        """``http://127.0.0.1:<rest_port>`` of the lab's controller, or None without a controller."""
+        return self.state.data.get("controller", {}).get("rest_url")
+
+    def stop_controller(self) -> None:
+        """Stop the lab's controller (the switches keep their flows: fail_mode=secure)."""
+        if not self.state.data.get("controller", {}).get("enabled"):
+            raise LabError(f"lab {self.name} runs without a controller")
+        for e in self.state.objects:
+            if e["kind"] == "process" and e.get("what") == "controller" and not e.get("stopped"):
+                _kill_recorded(e)
+                e["stopped"] = True
+        self.state.data["controller"]["pid"] = None
+        self.state.save()
+        self._controller_proc = None
+
+    def restart_controller(self, timeout: float = 60) -> None:
+        """Stop the controller, start it again and wait until every switch is connected and synced."""
+        self.stop_controller()
+        self._start_controller()
+        self._wait_controller(timeout)
+
+    def link(self, a: str, b: str, state: str) -> list[tuple[str, str]]:
+        """Set a link down or up: host-switch, switch-switch (veth), or ``(NODE, "underlay")``.
+
+        Returns the ``(ifname, netns)`` ends changed.
+        """
+        if state not in ("up", "down"):
+            raise LabError(f"link state must be 'up' or 'down', not {state!r}")
+        ends = self._link_ends(a, b)
+        for ifname, ns in ends:
+            (nsutil.link_up if state == "up" else nsutil.link_down)(ifname, ns)
+        return ends
+
+    def _link_ends(self, a: str, b: str) -> list[tuple[str, str]]:
+        topo, plan = self.topology, self.plan
+        for x, y in ((a, b), (b, a)):
+            if x in topo.nodes and y == "underlay":
+                return [(plan.ul_ifname[x], plan.ul_netns), (plan.node_uplink, plan.node_netns[x])]
+            if x in topo.hosts:
+                h = topo.hosts[x]
+                if y != h.switch:
+                    raise LabError(f"host {x} is linked to {h.switch}, not {y!r}")
+                return [(topo.ports[(h.switch, h.port)].ifname, plan.switch_netns[h.switch])]
+        if a in topo.switches and b in topo.switches:
+            links = [l for l in topo.links if {l.a, l.b} == {a, b}]
+            if not links:
+                raise LabError(f"switches {a} and {b} are not linked")
+            veths = [l for l in links if l.kind == "veth"]
+            if not veths:
+                nodes = " or ".join(sorted({topo.switches[a].node, topo.switches[b].node} - {None}))
+                raise LabError(f"{a} and {b} are joined by a tunnel; cut a node's underlay instead: "
+                               f"`ovslab link {nodes} underlay down`")
+            ends = []
+            for l in veths:
+                ends.append((topo.ports[(l.a, l.a_port)].ifname, plan.switch_netns[l.a]))
+                ends.append((topo.ports[(l.b, l.b_port)].ifname, plan.switch_netns[l.b]))
+            return ends
+        known = set(topo.hosts) | set(topo.switches) | set(topo.nodes)
+        for x in (a, b):
+            if x not in known and x != "underlay":
+                raise LabError(f"lab {self.name} has no host, switch or node {x!r}")
+        raise LabError(f"{a} and {b} are not a host and its switch, two linked switches, or NODE underlay")
+
+    def status(self) -> dict:
+        """A JSON-able description of the lab and the live state of its parts."""
+        topo, plan, st = self.topology, self.plan, self.state
+        links: dict[str, dict[str, dict]] = {}
+        for ns in set(plan.switch_netns.values()) | set(plan.node_netns.values()) | {plan.ul_netns} - {None}:
+            links[ns] = {}
+            cp = nsutil.run(["ip", "-n", ns, "-j", "link", "show"], check=False)
+            if cp.returncode == 0 and cp.stdout.strip():
+                for l in json.loads(cp.stdout):
+                    links[ns][l["ifname"]] = {"up": "UP" in l.get("flags", []),
+                                              "carrier": "LOWER_UP" in l.get("flags", [])}
+        procs = {}
+        for e in st.objects:
+            if e["kind"] == "process":
+                pid = e.get("pid")
+                alive = bool(pid) and pid_alive(pid) and _proc_starttime(pid) == e.get("starttime")
+                procs.setdefault(e["what"], []).append({"pid": pid, "alive": alive, "argv": e.get("argv")})
+        sandboxes = {}
+        for key, ns in plan.sandboxes.items():
+            sb = self.sandbox(key)
+            sandboxes[key] = {"dir": str(sb.dir), "netns": ns, "ovsdb_server": sb.pid("ovsdb-server"),
+                              "ovs_vswitchd": sb.pid("ovs-vswitchd")}
+        ctl = dict(st.data.get("controller", {}))
+        if ctl.get("enabled"):
+            ctl["alive"] = any(p["alive"] for p in procs.get("controller", []))
+            ctl["log"] = str(self.dir / "controller.log")
+        switches = {}
+        for s, sw in topo.switches.items():
+            ns = plan.switch_netns[s]
+            ports = {}
+            for pi in topo.switch_ports(s):
+                ports[pi.port] = {"ifname": pi.ifname, "kind": pi.kind, "peer": pi.peer, "peer_port": pi.peer_port,
+                                  **links.get(ns, {}).get(pi.ifname, {} if pi.kind not in ("host", "veth")
+                                                          else {"up": None})}
+            switches[s] = {"bridge": sw.bridge, "dpid": f"{sw.dpid:016x}", "node": sw.node, "netns": ns,
+                           "sandbox": str(self.dir / plan.switch_sandbox[s]), "ports": ports}
+        hosts = {h: {"netns": x.netns, "mac": x.mac, "ipv4": str(x.ipv4) if x.ipv4 else None,
+                     "ipv6": str(x.ipv6) if x.ipv6 else None, "switch": x.switch, "port": x.port}
+                 for h, x in topo.hosts.items()}
+        nodes = {n: {"netns": x.netns, "underlay_ip": str(x.underlay_ip), "br_phy": plan.phy_bridge[n],
+                     "underlay": links.get(plan.ul_netns or "", {}).get(plan.ul_ifname[n], {})}
+                 for n, x in topo.nodes.items()}
+        return {"name": self.name, "status": st.data.get("status"), "rundir": str(self.dir),
+                "source": st.data.get("source"), "datapath": st.data.get("datapath"),
+                "namespaces": plan.all_netns(), "controller": ctl, "processes": procs, "sandboxes": sandboxes,
+                "switches": switches, "hosts": hosts, "nodes": nodes}
+
+
+def _as_dpid(v: Any) -> int | None:
+    if isinstance(v, int):
+        return v
+    if isinstance(v, str):
+        with contextlib.suppress(ValueError):
+            return int(v.replace(":", ""), 16)
+    return None
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return False
+            raise
+    return True
+
+
+def _preflight(topo: Topology, plan: Plan, controller: bool) -> None:
+    """Checks that need the machine, before anything is created."""
+    for tool in ("ovsdb-server", "ovs-vswitchd", "ovsdb-tool", "ovs-appctl", "ip", "ethtool"):
+        if shutil.which(tool) is None:
+            raise LabError(f"{tool} is not installed (needs Open vSwitch, iproute2 and ethtool)")
+    if os.geteuid() != 0:
+        raise LabError("building a lab needs root (network namespaces and Open vSwitch)")
+    existing = set(nsutil.list_netns())
+    clash = [ns for ns in plan.all_netns() if ns in existing]
+    if clash:
+        raise LabError(f"namespace {clash[0]} already exists (another lab with prefix {plan.prefix!r} is up, "
+                       f"or a leftover); take that lab down or change lab.prefix in {topo.source}")
+    if controller:
+        if shutil.which("socat") is None:
+            raise LabError("socat is not installed (it relays the switches' control channel)")
+        spec = topo.spec.controller
+        for what, port in (("OpenFlow", spec.of_port), ("REST", spec.rest_port)):
+            if not _port_free(port):
+                raise LabError(f"127.0.0.1:{port} ({what} port) is in use, another lab's controller? "
+                               f"Change controller.{'of_port' if what == 'OpenFlow' else 'rest_port'} "
+                               f"in {topo.source} or take the other lab down")
+
+
+def teardown(labdir: Path) -> list[str]:
+    """Undo a lab's intent log, newest object first; then remove its run directory."""
+    notes: list[str] = []
+    errors: list[str] = []
+    try:
+        state = State.load(labdir / "state.json")
+    except FileNotFoundError:
+        if labdir.exists():  # created the directory, crashed before the first state write
+            shutil.rmtree(labdir, ignore_errors=True)
+        return notes
+    state.data["status"] = "tearing-down"
+    with contextlib.suppress(OSError):
+        state.save()
+    for entry in reversed(state.objects):
+        kind = entry.get("kind")
+        try:
+            if kind == "process":
+                note = _kill_recorded(entry)
+                if note:
+                    notes.append(note)
+            elif kind == "sandbox":
+                notes += Sandbox(entry["dir"], entry.get("netns"), pids=entry.get("pids")).stop()
+            elif kind == "link":
+                nsutil.del_link_if_exists(entry["name"], entry.get("netns"))
+            elif kind == "netns":
+                name = entry["name"]
+                if nsutil.netns_exists(name):
+                    strays = nsutil.netns_pids(name)
+                    if strays:
+                        notes.append(f"namespace {name} still has processes {strays} that ovslab did not "
+                                     f"start; it lives on (unnamed) until they exit")
+                    nsutil.del_netns_if_exists(name)
+            else:
+                notes.append(f"unknown object in the state file: {entry}")
+        except (CommandError, OSError, RuntimeError) as exc:
+            errors.append(f"{kind} {entry.get('name') or entry.get('dir') or entry.get('what')}: {exc}")
+    if errors:
+        state.data["status"] = "teardown-failed"
+        with contextlib.suppress(OSError):
+            state.save()
+        raise LabError(f"could not remove everything ({'; '.join(errors)}); fix it and run `ovslab down` again")
+    shutil.rmtree(labdir, ignore_errors=True)
+    return notes
+
+
+def down(name: str, rundir: str | os.PathLike | None = None) -> list[str]:
+    """Tear down lab ``name``; a no-op (returns a note) if it is not up."""
+    labdir = base_dir(rundir) / name
+    if not labdir.exists():
+        return [f"lab {name} is not up under {base_dir(rundir)}; nothing to do"]
+    return teardown(labdir)
+
+
+def list_labs(rundir: str | os.PathLike | None = None) -> list[str]:
+    """Names of labs with a run directory (up, or left by a crash) under the base directory."""
+    base = base_dir(rundir)
+    try:
+        return sorted(d.name for d in base.iterdir() if d.is_dir() and (d / "state.json").exists())
+    except OSError:
+        return []
+
+
+def find_switch(name_or_bridge: str, rundir: str | os.PathLike | None = None
+                ) -> tuple[str, str, str, str | None] | None:
+    """``(lab_name, bridge, sandbox_rundir, rest_url)`` of a switch (name or bridge) in any lab that is up.
+
+    ``rest_url`` is ``http://127.0.0.1:<rest_port>`` when the lab runs its controller, else None.
+    A switch name used by several labs matches the first lab in name order; bridges are unique.
+    """
+    for lab in list_labs(rundir):
+        try:
+            data = json.loads((base_dir(rundir) / lab / "state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        for s, info in data.get("switches", {}).items():
+            if name_or_bridge in (s, info.get("bridge")):
+                return lab, info["bridge"], info["sandbox"], data.get("controller", {}).get("rest_url")
+    return None
