@@ -14,7 +14,6 @@ import os
 
 from oslo_config import cfg
 from os_ken import cfg as osken_cfg
-from os_ken.controller import controller as _ofp_controller  # noqa: F401  registers ofp-listen-host
 
 CONF = osken_cfg.CONF
 
@@ -35,6 +34,9 @@ def register(cli: bool = False) -> None:
     global _registered
     if _registered:
         return
+    from os_ken.base import app_manager  # noqa: F401  (os-ken's import order)
+    from os_ken.controller import controller  # noqa: F401  registers ofp-listen-host
+
     group = cfg.OptGroup("fabric", title="fabric controller options")
     CONF.register_group(group)
     if cli:

@@ -31,7 +31,7 @@ from os_ken.lib import hub
 from os_ken.ofproto import ofproto_parser
 
 from ryu_apps.lib import ofwire
-from ryu_apps.lib.ofdata import Flow
+from ryu_apps.lib.ofdata import Flow, Group, Meter
 from ryu_apps.lib.state import ActualState, Changes, SwitchState, diff
 
 LOG = logging.getLogger(__name__)
@@ -201,13 +201,13 @@ def send_changes(channel: OFChannel, changes: Changes) -> None:
     # 1. new and changed meters and groups, before flows that use them
     buf, xids = bytearray(), []
     for meter in changes.meter_adds:
-        x = channel.xid(); xids.append(x); buf += ofwire.meter_mod(meter, ofwire.MC_ADD, x)
+        x = channel.xid(); xids.append(x); buf += ofwire.meter_mod(meter, ofwire.OFPMC_ADD, x)
     for meter in changes.meter_mods:
-        x = channel.xid(); xids.append(x); buf += ofwire.meter_mod(meter, ofwire.MC_MODIFY, x)
+        x = channel.xid(); xids.append(x); buf += ofwire.meter_mod(meter, ofwire.OFPMC_MODIFY, x)
     for group in changes.group_adds:
-        x = channel.xid(); xids.append(x); buf += ofwire.group_mod(group, ofwire.GC_ADD, x)
+        x = channel.xid(); xids.append(x); buf += ofwire.group_mod(group, ofwire.OFPGC_ADD, x)
     for group in changes.group_mods:
-        x = channel.xid(); xids.append(x); buf += ofwire.group_mod(group, ofwire.GC_MODIFY, x)
+        x = channel.xid(); xids.append(x); buf += ofwire.group_mod(group, ofwire.OFPGC_MODIFY, x)
     if buf:
         errors = channel.round_trip(buf, watch=xids)
         if errors:
@@ -217,41 +217,41 @@ def send_changes(channel: OFChannel, changes: Changes) -> None:
     n_flow = len(changes.flow_deletes) + len(changes.flow_adds) + len(changes.flow_mods)
     if n_flow:
         bid = next(_bundle_ids) & 0xFFFFFFFF
-        flags = ofwire.BUNDLE_ATOMIC | ofwire.BUNDLE_ORDERED
+        flags = ofwire.ONF_BF_ATOMIC | ofwire.ONF_BF_ORDERED
         buf = bytearray()
         x = channel.xid()
-        buf += ofwire.bundle_ctrl(bid, ofwire.BUNDLE_OPEN_REQUEST, flags, x)
+        buf += ofwire.bundle_ctrl(bid, ofwire.ONF_BCT_OPEN_REQUEST, flags, x)
         first = x
         for ident in changes.flow_deletes:
             table, priority, match_bytes = ident
             flow = Flow(table=table, priority=priority, match=ofwire.decode_match(match_bytes))
             x = channel.xid()
-            buf += ofwire.bundle_add(bid, flags, ofwire.flow_mod(flow, ofwire.FC_DELETE_STRICT, x), x)
+            buf += ofwire.bundle_add(bid, flags, ofwire.flow_mod(flow, ofwire.OFPFC_DELETE_STRICT, x), x)
         for flow in changes.flow_adds:
             x = channel.xid()
-            buf += ofwire.bundle_add(bid, flags, ofwire.flow_mod(flow, ofwire.FC_ADD, x), x)
+            buf += ofwire.bundle_add(bid, flags, ofwire.flow_mod(flow, ofwire.OFPFC_ADD, x), x)
         for flow in changes.flow_mods:
             x = channel.xid()
-            buf += ofwire.bundle_add(bid, flags, ofwire.flow_mod(flow, ofwire.FC_MODIFY_STRICT, x), x)
+            buf += ofwire.bundle_add(bid, flags, ofwire.flow_mod(flow, ofwire.OFPFC_MODIFY_STRICT, x), x)
         last = x
         # A refused bundle add is reported by its xid and left out of the bundle,
         # so check for refusals (barrier) before committing, and discard if any.
         errors = channel.round_trip(buf) + channel.take_errors(first, last)
         if errors:
             channel.round_trip(b"", kind="bundle", final=lambda xid: ofwire.bundle_ctrl(
-                bid, ofwire.BUNDLE_DISCARD_REQUEST, flags, xid))
+                bid, ofwire.ONF_BCT_DISCARD_REQUEST, flags, xid))
             raise ProgrammingError(f"flow bundle discarded: {_fmt_errors(errors)}")
         errors = channel.round_trip(b"", kind="bundle", final=lambda xid: ofwire.bundle_ctrl(
-            bid, ofwire.BUNDLE_COMMIT_REQUEST, flags, xid))
+            bid, ofwire.ONF_BCT_COMMIT_REQUEST, flags, xid))
         if errors:
             raise ProgrammingError(f"flow bundle commit refused, nothing changed: {_fmt_errors(errors)}")
 
     # 3. groups and meters no flow uses any more
     buf, xids = bytearray(), []
     for gid in changes.group_deletes:
-        x = channel.xid(); xids.append(x); buf += ofwire.group_delete(gid, x)
+        x = channel.xid(); xids.append(x); buf += ofwire.group_mod(Group(group_id=gid, type='all', buckets=()), ofwire.OFPGC_DELETE, x)
     for mid in changes.meter_deletes:
-        x = channel.xid(); xids.append(x); buf += ofwire.meter_delete(mid, x)
+        x = channel.xid(); xids.append(x); buf += ofwire.meter_mod(Meter(meter_id=mid, bands=()), ofwire.OFPMC_DELETE, x)
     if buf:
         errors = channel.round_trip(buf, watch=xids)
         if errors:
