@@ -94,6 +94,12 @@ def cmd_up(ns: argparse.Namespace) -> int:
 
 
 def cmd_down(ns: argparse.Namespace) -> int:
+    if getattr(ns, "all", False):
+        for name in labmod.list_labs():
+            for n in labmod.down(name):
+                print(f"  {n}", file=sys.stderr)
+            print(f"lab {name} is down")
+        return 0
     name = _pick_lab(ns.lab)
     if name is None:
         print(f"no lab is up under {labmod.base_dir()}; nothing to do")
@@ -188,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("down", help="tear a lab down (idempotent; also after a crash)")
     s.add_argument("lab", nargs="?", help="lab name (optional when exactly one lab is up)")
+    s.add_argument("--all", action="store_true", help="tear down every lab under the run directory")
     s.set_defaults(func=cmd_down)
 
     s = sub.add_parser("status", help="show labs, their switches, hosts and processes")

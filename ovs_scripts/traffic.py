@@ -5,6 +5,8 @@
   source ports, so ECMP hashing spreads them), send B bytes on each, check the
   echo; prints JSON ``{"ok": n, "failed": m, "errors": [...]}``.
 * ``ping HOST [--count N]``: wraps ping(8) and prints JSON with loss.
+* ``flood-ns TARGET [--seconds S]``: a neighbour-solicitation storm from this
+  host's eth0 (raw frames, at most 60 s), to show packet-in protection.
 
 Every loop is bounded in count and time; these only ever target lab hosts.
 """
@@ -80,6 +82,31 @@ def ping(host: str, count: int, interval: float, deadline: float) -> dict:
     return {"sent": sent, "received": recv, "loss": 1 - recv / sent if sent else 1.0}
 
 
+def flood_ns(target: str, seconds: float, iface: str = "eth0") -> dict:
+    """Send neighbour solicitations for ``target`` as fast as possible for ``seconds`` (a packet-in storm)."""
+    from scapy.layers.inet6 import ICMPv6ND_NS, ICMPv6NDOptSrcLLAddr, IPv6
+    from scapy.layers.l2 import Ether
+    from scapy.utils6 import in6_getnsma, in6_getnsmac
+    from socket import inet_pton
+
+    mac = open(f"/sys/class/net/{iface}/address").read().strip()
+    src = next((line.split()[0] for line in open("/proc/net/if_inet6") if line.split()[-1] == iface
+                and not line.startswith("fe80")), None)
+    src = ":".join(src[i:i + 4] for i in range(0, 32, 4)) if src else "::1"
+    mcast = in6_getnsma(inet_pton(socket.AF_INET6, target))
+    frame = bytes(Ether(src=mac, dst=in6_getnsmac(mcast)) /
+                  IPv6(src=src, dst=socket.inet_ntop(socket.AF_INET6, mcast), hlim=255) /
+                  ICMPv6ND_NS(tgt=target) / ICMPv6NDOptSrcLLAddr(lladdr=mac))
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    sock.bind((iface, 0))
+    sent, end = 0, time.monotonic() + seconds
+    while time.monotonic() < end:
+        for _ in range(100):
+            sock.send(frame)
+        sent += 100
+    return {"sent": sent, "seconds": seconds, "pps": round(sent / seconds)}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ovs_scripts.traffic")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -96,7 +123,13 @@ def main(argv=None) -> int:
     p.add_argument("--count", type=int, default=3)
     p.add_argument("--interval", type=float, default=0.2)
     p.add_argument("--deadline", type=float, default=10)
+    f = sub.add_parser("flood-ns")
+    f.add_argument("target")
+    f.add_argument("--seconds", type=float, default=3.0)
     args = ap.parse_args(argv)
+    if args.cmd == "flood-ns":
+        print(json.dumps(flood_ns(args.target, min(args.seconds, 60.0))))
+        return 0
     if args.cmd == "serve":
         serve(args.port)
         return 0

@@ -29,13 +29,13 @@ from collections import defaultdict
 
 import networkx as nx
 from os_ken.lib.packet import ethernet, icmpv6, ipv6, packet
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ryu_apps.lib import cookies, pktparse
 from ryu_apps.lib.app import FabricApp, FabricView, PacketIn
 from ryu_apps.lib.core import PACKET_IN_BYTES, PUNT_METER, FabricCore
 from ryu_apps.lib.ofdata import (OFPP_CONTROLLER, OFPP_IN_PORT, Bucket, DecTtl, Flow, Group, GroupAction, Match,
-                                 Output, RegMove, SetField)
+                                 Meter, MeterBand, Output, RegMove, SetField)
 from ryu_apps.lib.pipeline import ARP_ND, FORWARD, INGRESS
 from ryu_apps.lib.state import SwitchState
 from ryu_apps.lib.topology import MAC_RE
@@ -59,6 +59,13 @@ P_HOST_ND = 520
 P_RESPONDER = 500
 P_ROUTE = 500
 
+ND_METER_BASE = 0x100  # meter id of host port p: ND_METER_BASE + p
+
+
+def nd_meter_id(port: int) -> int:
+    """The per-host-port meter that polices that host's neighbour solicitations."""
+    return ND_METER_BASE + port
+
 
 class FabricIntent(BaseModel):
     """The ``apps.fabric`` section of a topology file."""
@@ -68,6 +75,9 @@ class FabricIntent(BaseModel):
     router_mac: str = "0e:fa:b0:00:00:01"
     #: spread traffic over equal-cost paths with select groups
     ecmp: bool = True
+    #: neighbour solicitations per second one host port may send to the controller;
+    #: a storm from one host then cannot starve its neighbours' address resolution
+    nd_rate_per_host: int = Field(default=50, ge=1, le=10000)
 
     @field_validator("router_mac")
     @classmethod
@@ -161,8 +171,12 @@ def compute_fabric(view: FabricView, intent: FabricIntent) -> dict[str, SwitchSt
             if h.ipv6:
                 ip6 = str(h.ipv6.ip)
                 st.add_flow(Flow(table=INGRESS, priority=P_HOST_ND, cookie=c, goto=ARP_ND,
+                                 meter=nd_meter_id(port),
                                  match=Match(in_port=port, eth_src=h.mac, eth_type=ETH_IPV6, ip_proto=58,
                                              icmpv6_type=135)))
+                rate = intent.nd_rate_per_host
+                st.add_meter(Meter(meter_id=nd_meter_id(port), unit="pktps",
+                                   bands=(MeterBand(rate=rate, burst_size=max(1, rate // 2)),)))
                 st.add_flow(Flow(table=INGRESS, priority=P_HOST, cookie=c, goto=FORWARD,
                                  match=Match(in_port=port, eth_src=h.mac, eth_type=ETH_IPV6, ipv6_src=ip6)))
                 st.add_flow(Flow(table=INGRESS, priority=P_HOST_ROUTED, cookie=c, goto=FORWARD,

@@ -21,12 +21,14 @@ from os_ken.controller import ofp_event
 from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
 from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3
+from pydantic import ValidationError
 
 from ryu_apps.lib import config, cookies, pipeline
 from ryu_apps.lib.app import FabricApp, FabricView, IntentError, PacketIn
 from ryu_apps.lib.ofdata import Flow, Match, Meter, MeterBand
 from ryu_apps.lib.programmer import SwitchProgrammer
-from ryu_apps.lib.rest import ApiError, RestApi
+from ryu_apps.lib.pipeline import PipelineError
+from ryu_apps.lib.rest import ApiError, RestApi, validation_error
 from ryu_apps.lib.state import StateConflict, SwitchState
 from ryu_apps.lib.topology import Topology, TopologyError, load
 
@@ -79,7 +81,8 @@ class FabricCore(app_manager.OSKenApp):
         self.dead: set[str] = set()
         self.ever_connected: set[str] = set()
         rate = config.get("packet-in-rate")
-        self.buckets = {name: TokenBucket(rate, rate) for name in self.topology.switches}
+        # a backstop behind the switches' meters (the first line of defence)
+        self.buckets = {name: TokenBucket(2 * rate, 2 * rate) for name in self.topology.switches}
         self.packet_ins = {"handled": 0, "rate_limited": 0, "no_owner": 0, "bad": 0}
         self.compute_error: str | None = None
         self.generation = 0
@@ -319,6 +322,8 @@ class FabricCore(app_manager.OSKenApp):
         api.add("GET", "/v1/apps", lambda r: {n: {"app_id": a.app_id, "intent": a.intent_json()}
                                               for n, a in self.apps.items()}, "Loaded apps and their intent")
         api.add("GET", "/v1/apps/{app}/intent", self._intent_json, "One app's intent")
+        api.add("PUT", "/v1/apps/{app}/intent", self._put_intent,
+                "Replace an app's intent: validated, applied to every switch at once, persisted", body="json")
         api.add("GET", "/v1/cookies", lambda r: self._cookies_json(), "Object names by cookie")
         api.add("GET", "/v1/pipeline", lambda r: pipeline.describe(), "The table plan and priority bands")
         api.add("GET", "/v1/health", lambda r: self._health(), "Controller health and packet-in counters")
@@ -373,10 +378,26 @@ class FabricCore(app_manager.OSKenApp):
         self.programmers[name].resync()
         return 202, {"resync": name}
 
-    def _intent_json(self, r) -> dict:
-        app = self.apps.get(r.params["app"])
+    def _app_or_404(self, name: str) -> FabricApp:
+        app = self.apps.get(name)
         if app is None:
-            raise ApiError(404, f"app {r.params['app']!r} is not loaded; loaded: {sorted(self.apps)}")
+            raise ApiError(404, f"app {name!r} is not loaded; loaded: {sorted(self.apps)}")
+        return app
+
+    def _intent_json(self, r) -> dict:
+        return self._app_or_404(r.params["app"]).intent_json()
+
+    def _put_intent(self, r) -> dict:
+        app = self._app_or_404(r.params["app"])
+        try:
+            candidate = app.IntentModel.model_validate(r.body)
+        except ValidationError as exc:
+            raise validation_error(exc) from None
+        try:
+            states = self.try_intent(app, candidate)
+        except (StateConflict, PipelineError, IntentError) as exc:
+            raise ApiError(409, f"intent refused, nothing changed: {exc}") from None
+        self.commit_intent(app, candidate, states)
         return app.intent_json()
 
     def _cookies_json(self) -> dict:

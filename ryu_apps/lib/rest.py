@@ -77,7 +77,7 @@ class Route:
     handler: Callable[[Request], Any]
     summary: str
     tag: str
-    body: type[BaseModel] | None = None
+    body: type[BaseModel] | str | None = None  # a model, or "json" for any JSON object
     status: int = 200
     regex: re.Pattern | None = None
 
@@ -91,7 +91,7 @@ class RestApi:
         self.add("GET", "/v1/openapi.json", lambda r: self.openapi(), "This OpenAPI document", "meta")
 
     def add(self, method: str, path: str, handler, summary: str, tag: str = "core",
-            body: type[BaseModel] | None = None, status: int = 200) -> None:
+            body: type[BaseModel] | str | None = None, status: int = 200) -> None:
         regex = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", path) + "$")
         self.routes.append(Route(method.upper(), path, handler, summary, tag, body, status, regex))
 
@@ -146,6 +146,10 @@ class RestApi:
             data = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ApiError(400, f"body is not valid JSON: {exc}") from None
+        if route.body == "json":
+            if not isinstance(data, dict):
+                raise ApiError(422, f"body must be a JSON object, not {type(data).__name__}")
+            return data
         try:
             return route.body.model_validate(data)
         except ValidationError as exc:
@@ -167,7 +171,10 @@ class RestApi:
             if params:
                 op["parameters"] = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
                                     for p in params]
-            if r.body is not None:
+            if r.body == "json":
+                op["requestBody"] = {"required": True, "content": {"application/json": {
+                    "schema": {"type": "object"}}}}
+            elif r.body is not None:
                 schema = r.body.model_json_schema(ref_template="#/components/schemas/{model}")
                 for name, sub in schema.pop("$defs", {}).items():
                     schemas[name] = sub
