@@ -85,6 +85,7 @@ class FabricCore(app_manager.OSKenApp):
         self.buckets = {name: TokenBucket(2 * rate, 2 * rate) for name in self.topology.switches}
         self.packet_ins = {"handled": 0, "rate_limited": 0, "no_owner": 0, "bad": 0}
         self.compute_error: str | None = None
+        self.last_compute_seconds = 0.0
         self.generation = 0
         self._recompute = hub.Event()
         self.api = RestApi()
@@ -161,7 +162,10 @@ class FabricCore(app_manager.OSKenApp):
             hub.sleep(0.01)  # coalesce bursts of port events
             self._recompute.clear()
             try:
-                self.push(self.compute(self.view()))
+                start = time.monotonic()
+                states = self.compute(self.view())
+                self.last_compute_seconds = time.monotonic() - start
+                self.push(states)
                 self.compute_error = None
             except Exception as exc:  # keep what the switches have
                 self.compute_error = f"{type(exc).__name__}: {exc}"
@@ -330,6 +334,7 @@ class FabricCore(app_manager.OSKenApp):
 
     def _health(self) -> dict:
         return {"compute_error": self.compute_error, "generation": self.generation,
+                "last_compute_seconds": round(self.last_compute_seconds, 4),
                 "packet_ins": dict(self.packet_ins,
                                    rate_limited_by_switch={n: b.dropped for n, b in self.buckets.items()}),
                 "switches_connected": sorted(self.datapaths),

@@ -384,8 +384,9 @@ def flow_mod(flow: Flow, command: int, xid: int, *, out_port: int = OFPP_ANY, ou
 
     ``command`` is one of ADD, MODIFY, MODIFY_STRICT, DELETE, DELETE_STRICT.
     ``cookie`` (default ``flow.cookie``) and ``cookie_mask`` filter MODIFY and
-    DELETE; note that in OpenFlow 1.3 MODIFY never changes a flow's cookie,
-    only ADD does.  DELETE/DELETE_STRICT carry no instructions.  ``flags``
+    DELETE.  Note: in OpenFlow 1.3 MODIFY/MODIFY_STRICT replace only the
+    instructions and never change a flow's cookie (checked on OVS 3.1); to
+    change a cookie or timeouts, ADD the flow again (it replaces the entry).  DELETE/DELETE_STRICT carry no instructions.  ``flags``
     overrides ``flow.flags``; ``table`` overrides ``flow.table`` (e.g.
     ``OFPTT_ALL`` for a DELETE in all tables).
     """
@@ -415,6 +416,20 @@ def delete_by_cookie(cookie: int, cookie_mask: int, xid: int, table: int = OFPTT
     cookie matches ``cookie``/``cookie_mask``."""
     return _pack_flow_mod(OFP_VERSION, OFPT_FLOW_MOD, 48 + 8, xid, cookie, cookie_mask, table, OFPFC_DELETE,
                           0, 0, 0, OFP_NO_BUFFER, OFPP_ANY, OFPG_ANY, 0) + _EMPTY_MATCH
+
+
+def delete_strict(identity: tuple[int, int, bytes], xid: int, *, out_port: int = OFPP_ANY,
+                  out_group: int = OFPG_ANY) -> bytes:
+    """OFPFC_DELETE_STRICT of the flow with ``identity`` = ``(table, priority,
+    match_bytes)`` (:func:`flow_identity` / :attr:`FlowStat.identity`).
+
+    Uses the match bytes as they are, so it also deletes flows whose match
+    :func:`decode_match` cannot represent (foreign fields).
+    """
+    table, priority, match_bytes = identity
+    return _pack_flow_mod(OFP_VERSION, OFPT_FLOW_MOD, 48 + len(match_bytes), xid, 0, 0, table,
+                          OFPFC_DELETE_STRICT, 0, 0, priority, OFP_NO_BUFFER, out_port, out_group,
+                          0) + bytes(match_bytes)
 
 
 def delete_flows(xid: int, match: Match | None = None, table: int = OFPTT_ALL, *, cookie: int = 0,
@@ -1180,7 +1195,7 @@ __all__ = [
     "ONF_BCT_COMMIT_REQUEST", "ONF_BCT_COMMIT_REPLY", "ONF_BCT_DISCARD_REQUEST", "ONF_BCT_DISCARD_REPLY",
     "ONF_BF_ATOMIC", "ONF_BF_ORDERED", "FLOW_FLAGS_ECHO_MASK", "DecodeError",
     "encode_match", "encode_instructions", "encode_actions", "encode_buckets", "encode_bands",
-    "flow_mod", "flow_mods", "delete_by_cookie", "delete_flows", "group_mod", "delete_all_groups",
+    "flow_mod", "flow_mods", "delete_by_cookie", "delete_strict", "delete_flows", "group_mod", "delete_all_groups",
     "meter_mod", "delete_all_meters", "barrier_request", "echo_request", "bundle_ctrl", "bundle_add",
     "flow_stats_request", "group_desc_request", "meter_config_request",
     "flow_identity", "flow_body", "group_key", "meter_key",

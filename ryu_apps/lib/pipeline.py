@@ -58,7 +58,8 @@ PIPELINE: tuple[Table, ...] = (
           next_tables=(FORWARD,)),
     Table(FORWARD, "forward", "route to declared hosts along shortest paths, ECMP over select groups",
           bands=(Band("core", 0, 0, "table miss: drop"),
-                 Band("fabric", 100, 999, "host routes")),
+                 Band("fabric", 100, 999, "host routes"),
+                 Band("bench", 2000, 2999, "bench/flow_programming synthetic routes")),
           next_tables=()),
 )
 

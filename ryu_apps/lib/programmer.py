@@ -223,10 +223,8 @@ def send_changes(channel: OFChannel, changes: Changes) -> None:
         buf += ofwire.bundle_ctrl(bid, ofwire.ONF_BCT_OPEN_REQUEST, flags, x)
         first = x
         for ident in changes.flow_deletes:
-            table, priority, match_bytes = ident
-            flow = Flow(table=table, priority=priority, match=ofwire.decode_match(match_bytes))
-            x = channel.xid()
-            buf += ofwire.bundle_add(bid, flags, ofwire.flow_mod(flow, ofwire.OFPFC_DELETE_STRICT, x), x)
+            x = channel.xid()  # by the match bytes as read: works for fields we do not model too
+            buf += ofwire.bundle_add(bid, flags, ofwire.delete_strict(ident, x), x)
         for flow in changes.flow_adds:
             x = channel.xid()
             buf += ofwire.bundle_add(bid, flags, ofwire.flow_mod(flow, ofwire.OFPFC_ADD, x), x)
@@ -273,6 +271,8 @@ class SwitchProgrammer:
         self.last_sync_seconds = 0.0
         self.last_error: str | None = None
         self.syncs = 0
+        self.connected_at: float | None = None
+        self.connect_to_sync_seconds: float | None = None
         self._kick = hub.Event()
         self._thread = hub.spawn(self._loop)
 
@@ -287,6 +287,8 @@ class SwitchProgrammer:
         self.channel = OFChannel(datapath)
         self.actual = None
         self.synced_version = -1
+        self.connected_at = time.monotonic()
+        self.connect_to_sync_seconds = None
         self._kick.set()
 
     def disconnected(self) -> None:
@@ -344,7 +346,10 @@ class SwitchProgrammer:
         self.syncs += 1
         self.last_error = None
         self.last_changes = changes.counts()
-        self.last_sync_seconds = time.monotonic() - start
+        now = time.monotonic()
+        self.last_sync_seconds = now - start
+        if self.connect_to_sync_seconds is None and self.connected_at is not None:
+            self.connect_to_sync_seconds = now - self.connected_at
         LOG.info("%s: synced v%d in %.3fs: %s", self.name, version, self.last_sync_seconds,
                  {k: v for k, v in self.last_changes.items() if v} or "no changes")
         return changes
@@ -352,5 +357,8 @@ class SwitchProgrammer:
     def status(self) -> dict:
         return {"connected": self.is_connected, "synced": self.synced, "version": self.version,
                 "syncs": self.syncs, "last_changes": self.last_changes,
-                "last_sync_seconds": round(self.last_sync_seconds, 4), "last_error": self.last_error,
+                "last_sync_seconds": round(self.last_sync_seconds, 4),
+                "connect_to_sync_seconds": (None if self.connect_to_sync_seconds is None
+                                            else round(self.connect_to_sync_seconds, 4)),
+                "last_error": self.last_error,
                 **self.desired.summary()}

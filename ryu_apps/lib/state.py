@@ -125,8 +125,9 @@ def diff(desired: SwitchState, actual: ActualState) -> Changes:
     """Compute what to send so the switch holds exactly ``desired``.
 
     Flow identity is OpenFlow's (table, priority, match).  A flow whose cookie
-    changed is re-added (an OpenFlow 1.3 modify keeps the old cookie); one whose
-    actions or timeouts changed is modified in place, so its counters survive.
+    changed (or whose timeouts or flags changed) is re-added, since an OpenFlow 1.3
+    modify keeps the old cookie and timeouts; one whose instructions alone
+    changed is modified in place, so its counters survive.
     """
     ch = Changes()
     for mid, meter in desired.meters.items():
@@ -153,10 +154,10 @@ def diff(desired: SwitchState, actual: ActualState) -> Changes:
         body = ofwire.flow_body(flow)
         if have == body:
             continue
-        if have[0] != body[0]:
-            ch.flow_adds.append(flow)
+        if have[0] != body[0] or have[2:] != body[2:]:
+            ch.flow_adds.append(flow)  # cookie/timeouts/flags: only an ADD (which replaces) changes them
         else:
-            ch.flow_mods.append(flow)
+            ch.flow_mods.append(flow)  # instructions only: modify in place, counters survive
     ch.flow_deletes = [ident for ident in actual.flows if ident not in seen]
     ch.group_deletes = sorted(gid for gid in actual.groups if gid not in desired.groups)
     ch.meter_deletes = sorted(mid for mid in actual.meters if mid not in desired.meters)

@@ -472,6 +472,16 @@ def test_delete_by_cookie_equals_os_ken():
     assert W.delete_by_cookie(1, 1, 77, table=3)[25] == 3
 
 
+@pytest.mark.parametrize("flow", [c[1] for c in FLOW_CASES], ids=FLOW_IDS)
+def test_delete_strict_by_identity(flow):
+    # From identity bytes alone (no decode): same bytes as a DELETE_STRICT of the flow
+    # with cookie 0 / no flags, which os-ken agrees with (test_flow_mod_equals_os_ken).
+    want = W.flow_mod(flow.replace(cookie=0, flags=0, idle_timeout=0, hard_timeout=0), W.DELETE_STRICT, 8)
+    assert W.delete_strict(W.flow_identity(flow), 8) == want
+    st = W.parse_flow_stats(flow_stats_entry(flow))[0]
+    assert W.delete_strict(st.identity, 8) == want
+
+
 def test_delete_flows_equals_os_ken():
     m = Match(in_port=1)
     osk = osk_msg(P.OFPFlowMod(DP, table_id=0xFF, command=ofp.OFPFC_DELETE, priority=0, buffer_id=ofp.OFP_NO_BUFFER,
