@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from ovs_scripts.lab import Lab  # noqa: E402
 from ryu_apps.bench import bench_flows  # noqa: E402
-from ryu_apps.lib import cookies  # noqa: E402
+from ryu_apps.lib import cookies, pipeline  # noqa: E402
 
 OF_PORT, REST_PORT = 16653, 18080
 
@@ -56,7 +56,7 @@ def flow_count(lab: Lab) -> int:
 def measure(n: int, workdir: Path) -> dict:
     path = workdir / f"bench-{n}.yaml"
     path.write_text(yaml.safe_dump(topology(n)))
-    expected = n + 3  # plus the core's three table-miss flows
+    expected = n + len(pipeline.PIPELINE)  # plus the core's table-miss flows
     lab = Lab.up(path, controller=True, timeout=600, rundir=workdir / "run")
     try:
         sw = rest("/v1/switches/b1")

@@ -421,6 +421,22 @@ def tunnel(lab: Lab, check: Check) -> None:
 # The runner.
 
 
+#: function apps' scenario modules (ovs_scripts/scenarios/<name>.py), in demo order
+FUNCTION_SCENARIOS = ("fenced_clone", "oam_ecmp", "multicast_standby", "cloud_router")
+
+
+def _load_function_scenarios() -> None:
+    import importlib
+
+    for name in FUNCTION_SCENARIOS:
+        module = f"ovs_scripts.scenarios.{name}"
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -605,4 +621,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the package module, not this __main__ copy, so the scenario modules
+    # (which import ovs_scripts.demo) register into the registry main() reads.
+    from ovs_scripts import demo as _demo
+
+    sys.exit(_demo.main())
+else:
+    _load_function_scenarios()

@@ -7,12 +7,15 @@ can only jump forward to the tables listed as its table's successors.
 
 Packet walk::
 
-    0 ingress --> 10 fence  --+
-       |     \--> 20 mcast  --+--> 80 arp_nd (responders, ND to controller)
-       |      \-> 30 oam    --+--> 90 forward (host routes, ECMP groups)
-       +---------------------------^
+    0 ingress --+--> 10 fence  (fenced_clone) ----+
+                +--> 20 mcast  (multicast_standby) |
+                +--> 30 oam    (oam_ecmp)          +--> 80 arp_nd --> 90 forward
+                +--> 40 nac    (cloud_router)      |
+                +----------------------------------+
 
-Function apps add their tables and bands here when they land.
+``ingress`` belongs to the fabric (host admission, 100-999); each function app
+owns a band above it there (to steer its traffic into its own table before the
+fabric's admission sees it) and a band in its own table.
 """
 
 from __future__ import annotations
@@ -45,12 +48,35 @@ class Table:
     next_tables: tuple[int, ...] = ()
 
 
-INGRESS, ARP_ND, FORWARD = 0, 80, 90
+INGRESS, FENCE, MCAST, OAM, NAC, ARP_ND, FORWARD = 0, 10, 20, 30, 40, 80, 90
+
+_APP_TABLE_BAND = (100, 9999)
+
+
+def _own(app: str, purpose: str) -> tuple[Band, ...]:
+    return (Band("core", 0, 0, "table miss: drop"), Band(app, *_APP_TABLE_BAND, purpose))
+
 
 PIPELINE: tuple[Table, ...] = (
     Table(INGRESS, "ingress", "admit declared hosts on their own port (anti-spoofing), fabric ports; steer to apps",
           bands=(Band("core", 0, 0, "table miss: drop"),
-                 Band("fabric", 100, 999, "host admission and fabric ports")),
+                 Band("fabric", 100, 999, "host admission and fabric ports"),
+                 Band("fenced_clone", 1000, 1999, "clone ports into the fence table"),
+                 Band("multicast_standby", 2000, 2999, "IGMP, multicast data and standby requests"),
+                 Band("oam_ecmp", 3000, 3999, "replicate probes"),
+                 Band("cloud_router", 4000, 4999, "client traffic into the NAC table")),
+          next_tables=(FENCE, MCAST, OAM, NAC, ARP_ND, FORWARD)),
+    Table(FENCE, "fence", "translate clone <-> parent addresses; drop whatever would leave the fence",
+          bands=_own("fenced_clone", "fence translation, ARP/ND for parent addresses, fence drops"),
+          next_tables=(ARP_ND, FORWARD)),
+    Table(MCAST, "mcast", "multicast trees: active and standby paths, accept/discard at the destination",
+          bands=_own("multicast_standby", "multicast forwarding"),
+          next_tables=(ARP_ND, FORWARD)),
+    Table(OAM, "oam", "replicate probes over every ECMP next hop and report each copy",
+          bands=_own("oam_ecmp", "probe replication and reports"),
+          next_tables=(ARP_ND, FORWARD)),
+    Table(NAC, "nac", "per-client policy: allowed destinations, rate limits, quarantine",
+          bands=_own("cloud_router", "client policy and tunnel steering"),
           next_tables=(ARP_ND, FORWARD)),
     Table(ARP_ND, "arp_nd", "answer ARP in the switch; send IPv6 neighbor solicitations to the controller",
           bands=(Band("core", 0, 0, "table miss: drop"),
