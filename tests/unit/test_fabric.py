@@ -1,0 +1,136 @@
+"""Base fabric computation: where packets go, checked on a table simulator."""
+
+import pytest
+
+from ryu_apps.fabric import FabricIntent, compute_fabric, ecmp_group_id
+from ryu_apps.lib import pipeline
+from ryu_apps.lib.app import FabricView
+from ryu_apps.lib.state import ActualState, SwitchState, diff
+from ryu_apps.lib.topology import load
+from tests.fakeswitch import Fabric, run
+
+from pathlib import Path
+
+TOPO = Path(__file__).resolve().parents[2] / "topologies"
+ROUTER_MAC = FabricIntent().router_mac
+
+
+@pytest.fixture(scope="module")
+def diamond():
+    return load(TOPO / "diamond.yaml")
+
+
+def fabric(topo, down=frozenset(), intent=None):
+    view = FabricView(topo, frozenset(down))
+    states = compute_fabric(view, intent or FabricIntent())
+    return Fabric(topo, states, frozenset(down)), states
+
+
+def ip_pkt(src_host, dst_ip, topo, eth_dst=None, **kw):
+    h = topo.hosts[src_host]
+    return {"eth_src": h.mac, "eth_dst": eth_dst or ROUTER_MAC, "eth_type": 0x0800,
+            "ipv4_src": str(h.ipv4.ip), "ipv4_dst": dst_ip, "ip_proto": 6, "ttl": 64, **kw}
+
+
+def test_every_flow_fits_the_pipeline(diamond):
+    _, states = fabric(diamond)
+    for st in states.values():
+        for flow in st.flows.values():
+            pipeline.check_flow("fabric", flow)
+
+
+def test_routed_packet_reaches_h2_over_both_ecmp_paths(diamond):
+    fab, _ = fabric(diamond)
+    ends = fab.send("h1", ip_pkt("h1", "10.2.2.1", diamond))
+    assert {e[0] for e in ends} == {"host:h2"}
+    assert {tuple(e[2]) for e in ends} == {("s1", "s2", "s4"), ("s1", "s3", "s4")}
+    for _, pkt, _ in ends:
+        assert pkt["eth_dst"] == diamond.hosts["h2"].mac
+        assert pkt["eth_src"] == ROUTER_MAC
+        assert pkt["ttl"] == 63  # decremented once, at the first hop
+
+
+def test_same_subnet_not_rewritten_as_routed(diamond):
+    fab, _ = fabric(diamond)
+    h3 = diamond.hosts["h3"]
+    ends = fab.send("h1", ip_pkt("h1", str(h3.ipv4.ip), diamond, eth_dst=h3.mac))
+    assert [e[0] for e in ends] == ["host:h3"]
+    assert ends[0][1]["ttl"] == 64 and ends[0][1]["eth_src"] == diamond.hosts["h1"].mac
+
+
+@pytest.mark.parametrize("field,value", [("ipv4_src", "10.2.1.3"), ("eth_src", "02:00:00:00:02:03")])
+def test_spoofed_sources_are_dropped(diamond, field, value):
+    fab, _ = fabric(diamond)
+    ends = fab.send("h1", ip_pkt("h1", "10.2.2.1", diamond, **{field: value}))
+    assert [e[0] for e in ends] == ["drop"]
+
+
+def test_link_down_leaves_one_path(diamond):
+    fab, states = fabric(diamond, down={("s1", 11), ("s2", 11)})
+    ends = fab.send("h1", ip_pkt("h1", "10.2.2.1", diamond))
+    assert [tuple(e[2]) for e in ends] == [("s1", "s3", "s4")]
+    assert not states["s1"].groups
+
+
+def test_arp_for_gateway_answered_in_switch(diamond):
+    _, states = fabric(diamond)
+    h1 = diamond.hosts["h1"]
+    arp = {"eth_src": h1.mac, "eth_dst": "ff:ff:ff:ff:ff:ff", "eth_type": 0x0806, "arp_op": 1,
+           "arp_spa": "10.2.1.1", "arp_tpa": "10.2.1.254", "arp_sha": h1.mac, "arp_tha": "00:00:00:00:00:00"}
+    (out,) = run(states["s1"], arp, h1.port)
+    assert out.kind == "output" and out.port == h1.port
+    p = out.packet
+    assert (p["arp_op"], p["arp_sha"], p["arp_spa"]) == (2, ROUTER_MAC, "10.2.1.254")
+    assert (p["arp_tha"], p["arp_tpa"], p["eth_dst"]) == (h1.mac, "10.2.1.1", h1.mac)
+
+
+def test_arp_for_unknown_address_dropped(diamond):
+    _, states = fabric(diamond)
+    h1 = diamond.hosts["h1"]
+    arp = {"eth_src": h1.mac, "eth_type": 0x0806, "arp_op": 1, "arp_spa": "10.2.1.1", "arp_tpa": "10.2.1.77"}
+    assert [o.kind for o in run(states["s1"], arp, h1.port)] == ["drop"]
+
+
+def test_neighbor_solicitation_goes_to_controller_metered(diamond):
+    _, states = fabric(diamond)
+    h1 = diamond.hosts["h1"]
+    ns = {"eth_src": h1.mac, "eth_type": 0x86DD, "ip_proto": 58, "icmpv6_type": 135,
+          "ipv6_src": "fd00:2:1::1", "ipv6_nd_target": "fd00:2:1::fe"}
+    (out,) = run(states["s1"], ns, h1.port)
+    assert out.kind == "controller"
+    assert [f.meter for f in out.flows if f.meter] == [0x100 + h1.port, 1]
+
+
+def test_computation_is_deterministic_and_diff_converges(diamond):
+    _, a = fabric(diamond)
+    _, b = fabric(diamond)
+    for name in a:
+        assert a[name].flows == b[name].flows and a[name].groups == b[name].groups
+        assert diff(b[name], ActualState.of(a[name])).empty
+
+
+def test_intent_change_and_back_is_a_no_op(diamond):
+    _, base = fabric(diamond)
+    _, single = fabric(diamond, intent=FabricIntent(ecmp=False))
+    ch = diff(single["s1"], ActualState.of(base["s1"]))
+    assert ch.flow_mods and ch.group_deletes and not ch.flow_adds
+    assert diff(base["s1"], ActualState.of(base["s1"])).empty
+
+
+def test_ecmp_group_ids_stable_and_collision_free():
+    taken = {}
+    gid = ecmp_group_id((11, 12), taken)
+    assert gid == ecmp_group_id((11, 12), {})
+    taken[gid] = (11, 12)
+    forced = {gid: (1, 2)}
+    assert ecmp_group_id((11, 12), forced) != gid
+
+
+def test_state_conflict_detected():
+    from ryu_apps.lib.ofdata import Flow, Match, Output
+    from ryu_apps.lib.state import StateConflict
+
+    st = SwitchState()
+    st.add_flow(Flow(table=90, priority=500, match=Match(in_port=1), actions=(Output(2),)))
+    with pytest.raises(StateConflict):
+        st.add_flow(Flow(table=90, priority=500, match=Match(in_port=1), actions=(Output(3),)))
