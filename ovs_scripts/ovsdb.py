@@ -145,6 +145,14 @@ class Ovsdb:
             txn.add(api.add_port(br.name, p.name, may_exist=True, **attrs))
         self._commit(txn, f"create bridge {br.name}")
 
+    def set_ssl(self, private_key: str, certificate: str, ca_cert: str) -> None:
+        """Give the switch its TLS identity for ``ssl:`` controllers (``ovs-vsctl set-ssl``)."""
+        txn = self.api.create_transaction(check_error=True, log_errors=False)
+        ssl = txn.add(self.api.db_create("SSL", private_key=private_key, certificate=certificate,
+                                         ca_cert=ca_cert))
+        txn.add(self.api.db_set("Open_vSwitch", ".", ("ssl", ssl)))
+        self._commit(txn, "set the SSL identity")
+
     def del_bridges(self, names: list[str] | None = None) -> list[str]:
         """Delete the named bridges (default: all) in one transaction; returns the names deleted."""
         existing = self.list_bridges()
