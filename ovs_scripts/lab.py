@@ -420,6 +420,7 @@ class Lab:
                                                ports=(PortConfig(plan.node_uplink),),
                                                external_ids={"ovslab-role": "underlay"}))
                     wanted[plan.node_uplink] = None
+                bfd: dict[str, int] = {}  # tunnel interface -> BFD interval (ms)
                 for s, sw in topo.switches.items():
                     if plan.switch_sandbox[s] != key:
                         continue
@@ -433,6 +434,8 @@ class Lab:
                                         or (l.b, l.b_port) == (s, pi.port))
                             ports.append(PortConfig(pi.ifname, pi.port, type=pi.kind, options={
                                 "remote_ip": str(topo.nodes[peer_node].underlay_ip.ip), "key": str(link.key)}))
+                            if getattr(link, "bfd_ms", None):
+                                bfd[pi.ifname] = link.bfd_ms
                         wanted[pi.ifname] = pi.port
                     spec = topo.spec.controller
                     db.add_bridge(BridgeConfig(
@@ -440,6 +443,12 @@ class Lab:
                         controller=ctl_targets[key], controller_rate_limit=spec.rate_limit,
                         controller_burst_limit=spec.burst_limit, ports=tuple(ports),
                         external_ids={"ovslab-lab": topo.name, "ovslab-switch": s}))
+                if bfd:  # tunnel liveness: the Interface's bfd column (min_tx = min_rx)
+                    txn = db.api.create_transaction(check_error=True, log_errors=False)
+                    for ifname, ms in bfd.items():
+                        txn.add(db.api.db_set("Interface", ifname, ("bfd", {
+                            "enable": "true", "min_tx": str(ms), "min_rx": str(ms)})))
+                    db._commit(txn, f"enable BFD on {', '.join(bfd)}")
                 try:
                     db.wait_ofports(wanted, timeout=20)
                 except OvsdbError as exc:
@@ -675,16 +684,107 @@ class Lab:
             (nsutil.link_up if state == "up" else nsutil.link_down)(ifname, ns)
         return ends
 
+    # -- moving a host's link (roaming) -----------------------------------------
+
+    def _host_plug(self, host: str) -> tuple[str, int, str]:
+        """``(switch, port, switch-side ifname)`` where ``host``'s link is plugged now."""
+        moved = self.state.data.get("host_moves", {}).get(host)
+        if moved:
+            return moved["switch"], moved["port"], moved["ifname"]
+        h = self.topology.hosts[host]
+        return h.switch, h.port, self.topology.ports[(h.switch, h.port)].ifname
+
+    def host_location(self, host: str) -> tuple[str, int]:
+        """``(switch, port)`` of a host's link now: the topology's, or where :meth:`move_host` put it."""
+        if host not in self.topology.hosts:
+            raise LabError(f"lab {self.name} has no host {host!r} (hosts: {', '.join(self.topology.hosts) or '-'})")
+        sw, port, _ = self._host_plug(host)
+        return sw, port
+
+    def move_host(self, host: str, switch: str, port: int, timeout: float = 20) -> dict:
+        """Re-plug ``host``'s link into ``switch`` port ``port`` (a client roaming to another access point).
+
+        The host keeps its namespace, its ``eth0``, MAC and addresses (sockets
+        survive): only the switch end of its veth moves.  It leaves its bridge,
+        goes down, moves into the target switch's namespace as
+        ``PREFIX-<switch>-<port>``, joins the target bridge with
+        ``ofport_request=port`` and comes up again, so the old switch sees the
+        port deleted and the new one sees a port added and its link come up
+        (the host sees its carrier drop and return).  ``port`` must not be
+        declared for another link of ``switch`` in the topology, nor hold another
+        moved host.  The move is recorded in the state (``host_moves``) before it
+        happens, so ``down`` removes the veth wherever it is.
+
+        Returns ``{"from": [switch, port], "to": [switch, port], "seconds": s, "unplugged_seconds": u}``
+        (``u``: from unplugging the old port to the new one being up).
+        """
+        t0 = time.monotonic()
+        topo, plan = self.topology, self.plan
+        old_sw, old_port, old_if = self._host_plug(host) if host in topo.hosts else (None, 0, "")
+        if old_sw is None:
+            raise LabError(f"lab {self.name} has no host {host!r} (hosts: {', '.join(topo.hosts) or '-'})")
+        new_sw = self._switch(switch)
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 0xFEFF:
+            raise LabError(f"port must be an OpenFlow port number 1..{0xFEFF}, not {port!r}")
+        if (new_sw, port) == (old_sw, old_port):
+            raise LabError(f"host {host} is already on {new_sw} port {port}")
+        declared = topo.ports.get((new_sw, port))
+        if declared is not None and not (declared.kind == "host" and declared.peer == host):
+            raise LabError(f"{new_sw} port {port} is declared for {declared.peer} in {topo.source}; pick a free port")
+        for other, m in self.state.data.get("host_moves", {}).items():
+            if other != host and (m["switch"], m["port"]) == (new_sw, port):
+                raise LabError(f"{new_sw} port {port} holds host {other} (moved there); pick a free port")
+        for other in topo.hosts:
+            if other != host and self._host_plug(other)[:2] == (new_sw, port):
+                raise LabError(f"{new_sw} port {port} holds host {other}; pick a free port")
+        new_if = f"{plan.prefix}-{new_sw}-{port}"
+        if len(new_if) > IFNAMSIZ:
+            raise LabError(f"interface name {new_if!r} is longer than {IFNAMSIZ} characters")
+        old_ns, new_ns = plan.switch_netns[old_sw], plan.switch_netns[new_sw]
+        if new_if != old_if and nsutil.link_exists(new_if, new_ns):
+            raise LabError(f"interface {new_if} already exists in {new_ns}")
+        old_br, new_br = topo.switches[old_sw].bridge, topo.switches[new_sw].bridge
+        h = topo.hosts[host]
+
+        # intent first: wherever a crash leaves the veth, `down` finds and removes it
+        self.state.intend("link", name=new_if, netns=new_ns, peer="eth0", peer_netns=h.netns)
+        new_sb = self.sandbox(plan.switch_sandbox[new_sw])
+        # both OVSDB connections are opened before the link is touched: the host is cut off
+        # only for the unplug / move / plug itself
+        with self.sandbox(plan.switch_sandbox[old_sw]).db() as old_db, new_sb.db() as new_db:
+            t_cut = time.monotonic()
+            txn = old_db.api.create_transaction(check_error=True, log_errors=False)
+            txn.add(old_db.api.del_port(old_if, bridge=old_br, if_exists=True))
+            old_db._commit(txn, f"remove {old_if} from {old_br}")
+            nsutil.link_down(old_if, old_ns)
+            if old_ns != new_ns:
+                nsutil.move_link(old_if, new_ns, from_netns=old_ns)
+            if new_if != old_if:
+                nsutil.rename_link(old_if, new_if, new_ns)
+            txn = new_db.api.create_transaction(check_error=True, log_errors=False)
+            txn.add(new_db.api.add_port(new_br, new_if, may_exist=True, ofport_request=port))
+            new_db._commit(txn, f"add {new_if} to {new_br}")
+            try:
+                new_db.wait_ofports({new_if: port}, timeout=timeout)
+            except OvsdbError as exc:
+                raise LabError(f"{exc} (see {new_sb.dir / 'ovs-vswitchd.log'})") from None
+            nsutil.link_up(new_if, new_ns)
+            t_plugged = time.monotonic()
+        self.state.data.setdefault("host_moves", {})[host] = {"switch": new_sw, "port": port, "ifname": new_if}
+        self.state.save()
+        return {"from": [old_sw, old_port], "to": [new_sw, port], "seconds": round(time.monotonic() - t0, 4),
+                "unplugged_seconds": round(t_plugged - t_cut, 4)}
+
     def _link_ends(self, a: str, b: str) -> list[tuple[str, str]]:
         topo, plan = self.topology, self.plan
         for x, y in ((a, b), (b, a)):
             if x in topo.nodes and y == "underlay":
                 return [(plan.ul_ifname[x], plan.ul_netns), (plan.node_uplink, plan.node_netns[x])]
             if x in topo.hosts:
-                h = topo.hosts[x]
-                if y != h.switch:
-                    raise LabError(f"host {x} is linked to {h.switch}, not {y!r}")
-                return [(topo.ports[(h.switch, h.port)].ifname, plan.switch_netns[h.switch])]
+                sw, _, ifname = self._host_plug(x)
+                if y != sw:
+                    raise LabError(f"host {x} is linked to {sw}, not {y!r}")
+                return [(ifname, plan.switch_netns[sw])]
         if a in topo.switches and b in topo.switches:
             links = [l for l in topo.links if {l.a, l.b} == {a, b}]
             if not links:
@@ -744,6 +844,9 @@ class Lab:
         hosts = {h: {"netns": x.netns, "mac": x.mac, "ipv4": str(x.ipv4) if x.ipv4 else None,
                      "ipv6": str(x.ipv6) if x.ipv6 else None, "switch": x.switch, "port": x.port}
                  for h, x in topo.hosts.items()}
+        for h, m in st.data.get("host_moves", {}).items():  # where move_host re-plugged them
+            if h in hosts:
+                hosts[h].update(switch=m["switch"], port=m["port"])
         nodes = {n: {"netns": x.netns, "underlay_ip": str(x.underlay_ip), "br_phy": plan.phy_bridge[n],
                      "underlay": links.get(plan.ul_netns or "", {}).get(plan.ul_ifname[n], {})}
                  for n, x in topo.nodes.items()}

@@ -286,8 +286,10 @@ class FabricCore(app_manager.OSKenApp):
         if app is None:
             self.packet_ins["no_owner"] += 1
             return
+        # an app may raise the bound (class attribute PACKET_IN_BYTES), e.g. for whole IGMPv3 reports
+        limit = getattr(app, "PACKET_IN_BYTES", PACKET_IN_BYTES)
         pkt = PacketIn(name, msg.match.get("in_port", 0), msg.table_id, msg.cookie,
-                       bytes(msg.data[:PACKET_IN_BYTES]))
+                       bytes(msg.data[:limit]))
         try:
             app.packet_in(pkt)
             self.packet_ins["handled"] += 1

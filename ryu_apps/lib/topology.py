@@ -145,9 +145,25 @@ class TunnelSpec(_Strict):
     a: str
     b: str
     type: Literal["vxlan", "geneve"] = "vxlan"
-    key: int = Field(default=0, ge=0, lt=1 << 24)
+    # a fixed VNI, or "flow": the tunnel id is set per packet by flows (set_field:..->tun_id)
+    # and matched as tun_id on receipt (OVS options:key=flow)
+    key: int | Literal["flow"] = 0
     a_port: int | None = Field(default=None, ge=1, le=0xFEFF)
     b_port: int | None = Field(default=None, ge=1, le=0xFEFF)
+    # BFD on both tunnel ports (min_tx = min_rx = this many ms): a port stops being LIVE
+    # (OpenFlow port state, fast-failover watch_port) when its peer stops answering
+    bfd_ms: int | None = Field(default=None, ge=10, le=10000)
+
+    @field_validator("key", mode="before")
+    @classmethod
+    def _key(cls, v: Any) -> Any:
+        if v == "flow":
+            return v
+        if isinstance(v, str) and v.strip().isdigit():  # as pydantic's lax int parsing did before
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 1 << 24:
+            raise ValueError(f"{v!r} is not a tunnel key: use a VNI 0..{(1 << 24) - 1} or \"flow\"")
+        return v
 
 
 class TopologySpec(_Strict):
@@ -229,7 +245,8 @@ class Link:
     b: str
     b_port: int
     kind: str = "veth"  # veth | vxlan | geneve
-    key: int = 0
+    key: int | str = 0  # a fixed VNI, or "flow" (set and matched per packet as tun_id)
+    bfd_ms: int | None = None  # BFD interval on both tunnel ports, None: no BFD
 
     @property
     def name(self) -> str:
@@ -431,7 +448,7 @@ def _finalize(spec: TopologySpec, source: str) -> Topology:
         pb = take_port(tn.b, tn.b_port, key)
         ports[(tn.a, pa)] = PortInfo(tn.a, pa, ifname(tn.a, pa, key), tn.b, pb, tn.type)
         ports[(tn.b, pb)] = PortInfo(tn.b, pb, ifname(tn.b, pb, key), tn.a, pa, tn.type)
-        links.append(Link(tn.a, pa, tn.b, pb, tn.type, tn.key))
+        links.append(Link(tn.a, pa, tn.b, pb, tn.type, tn.key, tn.bfd_ms))
 
     hosts: dict[str, Host] = {}
     seen_mac: dict[str, str] = {}
