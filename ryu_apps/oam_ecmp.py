@@ -1,0 +1,655 @@
+"""OAM ECMP verification: replicate-and-forward probes that find broken or suboptimal ECMP paths.
+
+Launch it with the base fabric::
+
+    ryu-manager --fabric-topology topologies/oam_ecmp_leafspine.yaml ryu_apps/fabric.py ryu_apps/oam_ecmp.py
+
+What it installs (cookie kinds in brackets, see ``ovslab flows --app oam_ecmp``):
+
+* ``ingress`` (table 0, band 3000-3999): on fabric ports and for the
+  controller's own packet-outs, IPv6 to the SID block goes to ``oam`` [1];
+  from host ports it is dropped, so hosts can neither inject probes [2] nor
+  receive one.
+* ``oam`` (table 30): per switch and destination leaf, a flow matching the
+  destination's replicate SID (``block:node:e0a::/64``) that decrements the hop
+  limit and applies an ``all`` group [3]: one bucket per ECMP next hop (the
+  copy that travels on) and one per next hop that sends a copy, tagged with the
+  out port, to the controller (128 bytes); at the destination leaf a flow that
+  reports the arrival and drops the probe [4]; hop limit 0 or 1: report and
+  drop [5].  Every one of these flows goes through the OAM meter (probe packets
+  per second per switch), which bounds a replication storm in the data plane.
+
+The replicate group of a switch is programmed from that switch's *installed*
+route and select group (read from the switch at the start of every
+verification), one bucket per installed bucket, because Open vSwitch cannot
+send one packet through every bucket of a select group.  The copies then travel
+the real links and every switch reports each copy, so the controller rebuilds
+the paths the probe actually took and compares them with the ECMP set the
+topology implies (:mod:`ryu_apps.lib.oam_ecmp_model` documents the SID layout
+and the analysis).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import deque
+
+from os_ken.lib import hub
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ryu_apps.fabric import FabricIntent, ecmp_group_id, next_hops
+from ryu_apps.lib import cookies, ofwire
+from ryu_apps.lib import oam_ecmp_model as model
+from ryu_apps.lib.app import FabricApp, FabricView, IntentError, PacketIn
+from ryu_apps.lib.core import FabricCore
+from ryu_apps.lib.ofdata import (OFPP_CONTROLLER, Bucket, DecTtl, Flow, Group, GroupAction, Match, Meter, MeterBand,
+                                 Output, SetField)
+from ryu_apps.lib.pipeline import FORWARD, INGRESS, OAM
+from ryu_apps.lib.rest import ApiError
+from ryu_apps.lib.state import SwitchState
+
+LOG = logging.getLogger(__name__)
+APP = "oam_ecmp"
+
+# cookie kinds
+K_STEER = 1    # ingress: fabric port / controller -> oam table
+K_GUARD = 2    # ingress: probes from a host port are dropped
+K_TRANSIT = 3  # oam: replicate towards one destination leaf (and its group)
+K_ARRIVE = 4   # oam: the probe arrived at its destination leaf
+K_EXPIRE = 5   # oam: hop limit spent
+K_METER = 6    # the OAM meter (metadata)
+
+# priorities
+P_STEER = 3500     # ingress band 3000-3999 (above the fabric's admission)
+P_GUARD = 3400
+P_ARRIVE = 3850    # oam table
+P_EXPIRE = 3800
+P_TRANSIT = 3500
+
+OAM_METER = 0x6E0A  # meter id (below OVS's meter limit, above the fabric's 0x100 + port)
+REPORT_BYTES = 128  # max_len of every copy to the controller
+HISTORY = 20        # verification reports kept
+
+
+class OamIntent(BaseModel):
+    """The ``apps.oam_ecmp`` section of a topology file."""
+
+    model_config = ConfigDict(extra="forbid")
+    #: SID block (a /32); each switch's locator is block:<node id>::/48
+    locator_block: str = "fcbb:bb00::/32"
+    #: node id per switch (1..65535); default: the low 16 bits of the dpid
+    locators: dict[str, int] = {}
+    #: switches probes go between; default: every switch with a host
+    leaves: list[str] | None = None
+    #: hop limit probes are launched with; default: longest shortest path + 4 switches
+    hop_budget: int | None = Field(default=None, ge=2, le=64)
+    #: probes launched per second (a verification of many pairs is paced)
+    probe_rate: int = Field(default=300, ge=1, le=5000)
+    #: probe packets per second one switch handles (OAM meter; bounds a replication storm)
+    switch_rate: int = Field(default=2000, ge=10, le=100000)
+    #: seconds to wait for reports at most
+    collect_timeout: float = Field(default=3.0, gt=0, le=60)
+    #: a verification ends when no report came for this long (or when every copy is accounted for)
+    settle: float = Field(default=0.5, gt=0, le=10)
+    #: reports kept per probe; a probe in a looping fabric is cut here
+    max_reports_per_probe: int = Field(default=4096, ge=16, le=1_000_000)
+    #: pairs whose copies were not all accounted for are probed again (at half the rate) this many
+    #: times and the reports merged: a real fault repeats, a report lost to a busy switch does not
+    confirm_retries: int = Field(default=1, ge=0, le=5)
+
+    @field_validator("locator_block")
+    @classmethod
+    def _block(cls, v: str) -> str:
+        import ipaddress
+
+        try:
+            net = ipaddress.IPv6Network(v)
+        except ValueError as exc:
+            raise ValueError(f"{v!r} is not an IPv6 prefix: {exc}") from None
+        if net.prefixlen != 32:
+            raise ValueError(f"{v} must be a /32 (the SID layout puts the node id in bits 32..47)")
+        if net.is_multicast or net.is_loopback or net.is_link_local:
+            raise ValueError(f"{v} must be a unicast block")
+        return str(net)
+
+    @field_validator("locators")
+    @classmethod
+    def _nodes(cls, v: dict[str, int]) -> dict[str, int]:
+        for sw, node in v.items():
+            if not isinstance(node, int) or not 1 <= node <= 0xFFFF:
+                raise ValueError(f"{sw}: node id {node!r} is not in 1..65535")
+        return v
+
+
+class VerifyRequest(BaseModel):
+    """Body of ``POST /v1/oam/ecmp/verify`` (every field optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+    #: ordered [src, dst] leaf pairs; default: every ordered pair of leaves
+    pairs: list[tuple[str, str]] | None = None
+    #: also probe dst -> src for every pair given (for the symmetry check)
+    both_directions: bool = True
+    hop_budget: int | None = Field(default=None, ge=2, le=64)
+    collect_timeout: float | None = Field(default=None, gt=0, le=60)
+    settle: float | None = Field(default=None, gt=0, le=10)
+
+
+# --- desired state (pure) ----------------------------------------------------------------
+
+
+def intended_routes(view: FabricView, leaves: list[str], fabric: FabricIntent | None
+                    ) -> tuple[dict[str, dict[str, model.Route]], dict[str, dict[str, tuple[int, ...]]]]:
+    """What the fabric intends on every switch for every leaf (the routes compute_fabric makes)."""
+    graph = view.graph()
+    topo = view.topology
+    dist = model.distances(graph, leaves)
+    ecmp = fabric.ecmp if fabric is not None else True
+    routes: dict[str, dict[str, model.Route]] = {}
+    ports: dict[str, dict[str, tuple[int, ...]]] = {}
+    for sw in topo.switches:
+        routes[sw], ports[sw] = {}, {}
+        for d in leaves:
+            if d == sw:
+                continue
+            addr, _ = model.representative(topo, d)
+            hops = next_hops(graph, sw, d, dist[d]) if d in dist and sw in graph else []
+            if hops and not ecmp:
+                hops = hops[:1]
+            ports[sw][d] = tuple(hops)
+            if not hops:
+                routes[sw][d] = model.Route(sw, d, addr, "none", source="intended")
+            elif len(hops) == 1:
+                routes[sw][d] = model.Route(sw, d, addr, "output", next_hops=(model.NextHop(hops[0]),),
+                                            source="intended")
+            else:
+                routes[sw][d] = model.Route(sw, d, addr, "group", group_id=ecmp_group_id(tuple(hops), {}),
+                                            group_type="select", source="intended",
+                                            next_hops=tuple(model.NextHop(p, i) for i, p in enumerate(hops)))
+    return routes, ports
+
+
+def all_pairs(leaves: list[str]) -> list[tuple[str, str]]:
+    """Every ordered leaf pair, interleaved: each round every leaf sends one probe and receives one,
+    so a paced launch spreads the reports over the switches instead of bursting at one leaf."""
+    n = len(leaves)
+    return [(leaves[i], leaves[(i + k) % n]) for k in range(1, n) for i in range(n)]
+
+
+def replicate_group_id(plan: model.SidPlan, dest: str) -> int:
+    return cookies.app_id(APP) << 24 | plan.nodes[dest]
+
+
+def compute_oam(view: FabricView, plan: model.SidPlan, leaves: list[str], routes: dict[str, dict[str, model.Route]],
+                intent: OamIntent) -> dict[str, SwitchState]:
+    """Desired OAM state of every switch (pure): steering, replicate flows and groups, reports."""
+    topo = view.topology
+    wiring = model.Wiring.of(topo)
+    block = str(plan.block)
+    states = {}
+    meter = Meter(meter_id=OAM_METER, unit="pktps",
+                  bands=(MeterBand(rate=intent.switch_rate, burst_size=intent.switch_rate),),
+                  cookie=cookies.make(APP, K_METER, 0))
+    v6 = {"eth_type": model.ETH_IPV6}
+    for sw in topo.switches:
+        st = SwitchState()
+        states[sw] = st
+        st.add_meter(meter)
+        # -- ingress: steer probes from fabric ports and the controller; refuse them from hosts
+        steer = cookies.make(APP, K_STEER, sw)
+        st.label(steer, f"OAM probe steering on {sw}")
+        guard = cookies.make(APP, K_GUARD, sw)
+        for p in topo.switch_ports(sw):
+            if p.kind == "host":
+                st.add_flow(Flow(table=INGRESS, priority=P_GUARD, cookie=guard,
+                                 match=Match(in_port=p.port, ipv6_dst=block, **v6)))
+                st.label(guard, f"OAM: drop probes from host ports of {sw}")
+            else:
+                st.add_flow(Flow(table=INGRESS, priority=P_STEER, cookie=steer, goto=OAM,
+                                 match=Match(in_port=p.port, ipv6_dst=block, **v6)))
+        st.add_flow(Flow(table=INGRESS, priority=P_STEER, cookie=steer, goto=OAM,
+                         match=Match(in_port=OFPP_CONTROLLER, ipv6_dst=block, **v6)))
+        # -- oam: hop limit spent
+        expire = cookies.make(APP, K_EXPIRE, sw)
+        st.label(expire, f"OAM: hop limit spent on {sw} (report, drop)")
+        for ttl in (0, 1):
+            st.add_flow(Flow(table=OAM, priority=P_EXPIRE, cookie=expire, meter=OAM_METER,
+                             match=Match(ipv6_dst=block, nw_ttl=ttl, **v6),
+                             actions=(SetField("eth_dst", model.marker_mac(model.EXPIRE)),
+                                      Output.controller(REPORT_BYTES))))
+        # -- oam: arrival here
+        if sw in leaves:
+            arrive = cookies.make(APP, K_ARRIVE, sw)
+            st.label(arrive, f"OAM: probes for {sw} arrive (report, drop)")
+            st.add_flow(Flow(table=OAM, priority=P_ARRIVE, cookie=arrive, meter=OAM_METER,
+                             match=Match(ipv6_dst=plan.function_prefix(sw), **v6),
+                             actions=(SetField("eth_dst", model.marker_mac(model.ARRIVE)),
+                                      Output.controller(REPORT_BYTES))))
+        # -- oam: replicate towards every other leaf over the installed ECMP set
+        for d in leaves:
+            if d == sw:
+                continue
+            route = routes.get(sw, {}).get(d)
+            c = cookies.make(APP, K_TRANSIT, f"{sw}>{d}")
+            match = Match(ipv6_dst=plan.function_prefix(d), **v6)
+            ports = route.live_ports if route else ()
+            if not ports:
+                st.add_flow(Flow(table=OAM, priority=P_TRANSIT, cookie=c, meter=OAM_METER, match=match,
+                                 actions=(SetField("eth_dst", model.marker_mac(model.NOROUTE)),
+                                          Output.controller(REPORT_BYTES))))
+                st.label(c, f"OAM: {sw} has no route to {d} (report, drop)")
+                continue
+            buckets = []
+            for port in ports:
+                if (sw, port) in wiring.peer:
+                    buckets.append(Bucket(actions=(Output(port),)))
+                    kind = model.FWD
+                else:  # a host port or no link at all: never send a probe there, say so
+                    kind = model.EDGE
+                buckets.append(Bucket(actions=(SetField("eth_dst", model.marker_mac(kind, port)),
+                                               Output.controller(REPORT_BYTES))))
+            gid = replicate_group_id(plan, d)
+            st.add_group(Group(group_id=gid, type="all", buckets=tuple(buckets), cookie=c))
+            st.add_flow(Flow(table=OAM, priority=P_TRANSIT, cookie=c, meter=OAM_METER, match=match,
+                             actions=(DecTtl(), GroupAction(gid))))
+            st.label(c, f"OAM: {sw} replicates probes for {d} over ports {','.join(map(str, ports))} "
+                        f"(mirrors {route.where() if route else 'nothing'}, {route.source if route else '-'})")
+    return states
+
+
+# --- the app ------------------------------------------------------------------------------
+
+
+class Busy(Exception):
+    pass
+
+
+class OamEcmp(FabricApp):
+    """Replicate-and-forward ECMP verification (``ryu_apps/oam_ecmp.py``)."""
+
+    _CONTEXTS = {"fabric_core": FabricCore}
+    APP_NAME = APP
+    IntentModel = OamIntent
+
+    def __init__(self, *args, **kwargs):
+        self._planned: tuple | None = None
+        self.snapshot: dict[str, dict[str, model.Route]] | None = None  # routes read from the switches
+        self.snapshot_at: float | None = None
+        self.active: dict[int, model.ProbeResult] = {}
+        self.reports: deque[dict] = deque(maxlen=HISTORY)
+        self.next_report = 1
+        self.next_probe = random.randrange(1, 1 << 31)
+        self.running = False
+        self.counters = {"reports": 0, "stale": 0, "capped": 0, "bad": 0, "verifications": 0}
+        super().__init__(*args, **kwargs)  # registers with the core (which may compute from now on)
+        self._plan_of(self.intent)  # refuse a bad intent at start, naming the key
+
+    # -- intent --------------------------------------------------------------------
+    @property
+    def plan(self) -> model.SidPlan:
+        return self._plan_of(self.intent)[0]
+
+    @property
+    def leaves(self) -> list[str]:
+        return self._plan_of(self.intent)[1]
+
+    def _plan_of(self, intent: OamIntent) -> tuple[model.SidPlan, list[str]]:
+        """SID plan and leaves of ``intent`` (cached for the current intent object)."""
+        if self._planned is not None and self._planned[0] is intent:
+            return self._planned[1]
+        result = self._make_plan(intent)
+        self._planned = (intent, result)
+        return result
+
+    def _make_plan(self, intent: OamIntent) -> tuple[model.SidPlan, list[str]]:
+        topo = self.core.topology
+        for sw in intent.locators:
+            if sw not in topo.switches:
+                raise IntentError(f"apps.{APP}.locators.{sw}: no switch named {sw!r}", f"locators.{sw}")
+        for i, sw in enumerate(intent.leaves or []):
+            if sw not in topo.switches:
+                raise IntentError(f"apps.{APP}.leaves[{i}]: no switch named {sw!r}", f"leaves[{i}]")
+        try:
+            plan = model.make_plan({n: s.dpid for n, s in topo.switches.items()}, intent.locator_block,
+                                   intent.locators)
+        except ValueError as exc:
+            raise IntentError(f"apps.{APP}.{exc}", str(exc).split(":")[0]) from None
+        leaves = model.leaves_of(topo, intent.leaves)
+        for i, leaf in enumerate(intent.leaves or leaves):
+            try:
+                model.representative(topo, leaf)
+            except ValueError:
+                raise IntentError(f"apps.{APP}.leaves[{i}]: {leaf} has no host, so no route leads to it",
+                                  f"leaves[{i}]") from None
+        if len(leaves) < 2:
+            raise IntentError(f"apps.{APP}.leaves: verification needs at least 2 leaves, got {leaves}", "leaves")
+        return plan, leaves
+
+    def _fabric_intent(self) -> FabricIntent | None:
+        fab = self.core.apps.get("fabric")
+        return getattr(fab, "intent", None)
+
+    def compute(self, view: FabricView) -> dict[str, SwitchState]:
+        plan, leaves = self._plan_of(self.intent)  # the candidate intent under try_intent
+        routes, _ = intended_routes(view, leaves, self._fabric_intent())
+        if self.snapshot is not None:
+            for sw, per in self.snapshot.items():
+                routes.setdefault(sw, {}).update({d: r for d, r in per.items() if d in routes.get(sw, {})})
+        return compute_oam(view, plan, leaves, routes, self.intent)
+
+    def intent_json(self) -> dict:
+        return self.intent.model_dump(mode="json")
+
+    # -- reports from the switches ------------------------------------------------
+    def packet_in(self, pkt: PacketIn) -> None:
+        try:
+            rep = model.parse_report(pkt.data, self.plan.block_int)
+        except model.BadReport:
+            self.counters["bad"] += 1
+            raise
+        self.counters["reports"] += 1
+        probe = self.active.get(rep.probe_id)
+        if probe is None or self.plan.nodes.get(probe.dst) != rep.dest_node \
+                or self.plan.nodes.get(probe.src) != rep.src_node:
+            self.counters["stale"] += 1
+            return
+        if not probe.add(pkt.switch, pkt.in_port, rep, self.intent.max_reports_per_probe):
+            self.counters["capped"] += 1
+
+    # -- reading what the switches hold ------------------------------------------------
+    def read_routes(self) -> tuple[dict[str, dict[str, model.Route]], list[str]]:
+        """Every connected switch's route (flow + group buckets) towards every leaf, read in parallel."""
+        topo = self.core.topology
+        down = frozenset(self.core.down_ports)
+        lookups = {d: model.representative(topo, d) for d in self.leaves}
+        out: dict[str, dict[str, model.Route]] = {}
+        notes: list[str] = []
+
+        def read(sw: str) -> None:
+            channel = self.core.programmers[sw].channel
+            if channel is None:
+                notes.append(f"{sw} is not connected: its routes are unknown and probes through it vanish")
+                return
+            try:
+                flows = []
+                for body in channel.multipart(lambda xid: ofwire.flow_stats_request(xid, table=FORWARD)):
+                    for fs in ofwire.parse_flow_stats(body):
+                        try:
+                            flows.append(fs.to_flow())
+                        except ofwire.DecodeError:
+                            continue
+                groups = {}
+                for body in channel.multipart(ofwire.group_desc_request):
+                    for gs in ofwire.parse_group_desc(body):
+                        if gs.group_id >> 24 == self.app_id:
+                            continue  # our own replicate groups
+                        try:
+                            groups[gs.group_id] = gs.to_group()
+                        except ofwire.DecodeError:
+                            continue
+            except Exception as exc:  # noqa: BLE001 - a switch that cannot be read is a note, not a crash
+                notes.append(f"{sw}: reading its tables failed: {exc}")
+                return
+            table = model.Table(flows, FORWARD)
+            out[sw] = {d: model.resolve_route(sw, d, addr, pkt, table, groups, FORWARD, down)
+                       for d, (addr, pkt) in lookups.items() if d != sw}
+
+        hub.joinall([hub.spawn(read, sw) for sw in topo.switches])
+        return out, sorted(notes)
+
+    def _wait_programmed(self, since_generation: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.core.generation > since_generation and all(
+                    p.synced for n, p in self.core.programmers.items() if n in self.core.datapaths):
+                return True
+            hub.sleep(0.02)
+        return False
+
+    # -- a verification -------------------------------------------------------------
+    def verify(self, pairs: list[tuple[str, str]] | None = None, both_directions: bool = True,
+               hop_budget: int | None = None, collect_timeout: float | None = None,
+               settle: float | None = None) -> dict:
+        """Read the routes, program the replicate groups, probe ``pairs`` (default all), classify."""
+        if self.running:
+            raise Busy("a verification is already running")
+        self.running = True
+        try:
+            return self._verify(pairs, both_directions, hop_budget, collect_timeout,
+                                settle or self.intent.settle)
+        finally:
+            self.running = False
+            self.active = {}
+
+    def default_budget(self) -> int:
+        graph = self.core.topology.graph()
+        longest = 1
+        for a in self.leaves:
+            lengths = model.distances(graph, [a])[a]
+            longest = max([longest] + [lengths[b] + 1 for b in self.leaves if b in lengths])
+        return min(64, longest + 4)
+
+    def _verify(self, pairs, both_directions, hop_budget, collect_timeout, settle) -> dict:
+        t0 = time.monotonic()
+        started = time.time()
+        if pairs is None:
+            pairs = all_pairs(self.leaves)
+        elif both_directions:
+            pairs = list(dict.fromkeys(list(pairs) + [(b, a) for a, b in pairs]))
+        budget = hop_budget or self.intent.hop_budget or self.default_budget()
+        timeout = collect_timeout or self.intent.collect_timeout
+        rate_limited0 = self.core.packet_ins["rate_limited"]
+        notes: list[str] = []
+
+        # 1. what the switches hold, and the replicate groups that mirror it
+        converging = sorted(n for n, p in self.core.programmers.items() if n in self.core.datapaths and not p.synced)
+        routes, read_notes = self.read_routes()
+        notes += read_notes
+        if converging:
+            notes.append(f"the controller was still reprogramming {', '.join(converging)} when the routes were "
+                         f"read: findings may show the fabric mid-convergence")
+        t1 = time.monotonic()
+        gen = self.core.generation
+        self.snapshot, self.snapshot_at = routes, time.time()
+        self.core.schedule_recompute()
+        if not self._wait_programmed(gen, timeout=15):
+            notes.append("the replicate groups were not programmed on every switch in time"
+                         + (f" ({self.core.compute_error})" if self.core.compute_error else ""))
+        t2 = time.monotonic()
+
+        # 2. one probe per pair, paced; 3. collect until every copy is accounted for, or quiet, or the timeout
+        wiring = model.Wiring.of(self.core.topology)
+        probes = [model.ProbeResult(0, src, dst, budget) for src, dst in pairs]
+        t3, incomplete = self._probe_round(probes, routes, wiring, self.intent.probe_rate, timeout, settle, notes)
+        t4 = time.monotonic()
+        retried = 0
+        for _ in range(self.intent.confirm_retries):
+            if not incomplete:
+                break
+            retried += len(incomplete)
+            again = [model.ProbeResult(0, p.src, p.dst, budget) for p in incomplete]
+            _, _ = self._probe_round(again, routes, wiring, max(1, self.intent.probe_rate // 2), timeout, settle,
+                                     notes)
+            for first, second in zip(incomplete, again):
+                first.merge(second)
+            incomplete = [p for p in incomplete if not self._complete(p, routes, wiring)]
+        if retried:
+            notes.append(f"{retried} probe(s) whose copies were not all accounted for were sent again and their "
+                         f"reports merged; {len(incomplete)} pair(s) still incomplete (the findings below)")
+        t5 = time.monotonic()
+        self.active = {}
+
+        # 4. compare with the expected ECMP sets
+        view = self.core.view()
+        intended_r, intended_p = intended_routes(view, self.leaves, self._fabric_intent())
+        for sw, per in intended_r.items():  # switches we could not read: assume intended
+            routes.setdefault(sw, per)
+        ctx = model.Context(wiring, self.core.topology.graph(), model.distances(self.core.topology.graph(),
+                                                                                 self.leaves),
+                            routes, intended_p, frozenset(self.core.down_ports))
+        result = model.analyze(probes, ctx)
+        rate_limited = self.core.packet_ins["rate_limited"] - rate_limited0
+        if rate_limited:
+            notes.append(f"{rate_limited} packet-ins were rate-limited by the controller during this run; "
+                         f"findings may include reports that were dropped, not lost in the fabric")
+        if any(p.capped for p in probes):
+            notes.append("some probes produced more reports than max_reports_per_probe; their paths are cut")
+        t6 = time.monotonic()
+        report = {"id": self.next_report, "started": started, "topology": self.core.topology.name,
+                  "hop_budget": budget, "leaves": self.leaves, "sid_block": str(self.plan.block),
+                  "timing": {"read_s": round(t1 - t0, 4), "program_s": round(t2 - t1, 4),
+                             "launch_s": round(t3 - t2, 4), "collect_s": round(t4 - t3, 4),
+                             "confirm_s": round(t5 - t4, 4), "analyze_s": round(t6 - t5, 4),
+                             "total_s": round(t6 - t0, 4), "probe_s": round(t5 - t2, 4)},
+                  **result, "notes": notes}
+        totals = report["totals"]
+        totals["rate_limited"] = rate_limited
+        totals["reprobed"] = retried
+        totals["probes"] += retried  # packet-outs sent, confirmation probes included
+        totals["mda_ratio"] = round(totals["mda_probes"] / (totals["probes"] or 1), 1)
+        self.next_report += 1
+        self.counters["verifications"] += 1
+        self.reports.append(report)
+        return report
+
+    def _probe_round(self, probes: list[model.ProbeResult], routes, wiring, rate: int, timeout: float,
+                     settle: float, notes: list[str]) -> tuple[float, list[model.ProbeResult]]:
+        """Launch ``probes`` at ``rate`` per second and collect their reports; (launch end, incomplete probes)."""
+        start = time.monotonic()
+        interval = 1.0 / rate
+        for i, probe in enumerate(probes):
+            probe.probe_id = self.next_probe
+            self.next_probe = (self.next_probe + 1) & 0xFFFFFFFF or 1
+            self.active[probe.probe_id] = probe
+            probe.launched = self._launch(probe.src, model.build_probe(self.plan, probe.src, probe.dst,
+                                                                       probe.probe_id, probe.hop_budget))
+            if not probe.launched:
+                notes.append(f"probe {probe.src}->{probe.dst} not launched: {probe.src} is not connected")
+            delay = start + (i + 1) * interval - time.monotonic()
+            hub.sleep(max(0.0, delay))  # always yield: reports are handled meanwhile
+        launched_at = time.monotonic()
+        deadline = launched_at + timeout
+        last_count, last_change = -1, time.monotonic()
+        pending = {p.probe_id: [p, -1] for p in probes if p.launched}
+        while time.monotonic() < deadline:
+            count = sum(p.received for p in probes)
+            now = time.monotonic()
+            if count != last_count:
+                last_count, last_change = count, now
+            for pid, entry in list(pending.items()):  # recheck only probes with new reports
+                probe, seen = entry
+                if probe.received != seen:
+                    entry[1] = probe.received
+                    if self._complete(probe, routes, wiring):
+                        del pending[pid]
+            if not pending:
+                hub.sleep(0.05)  # stragglers (duplicates) of the last copies
+                break
+            if now - last_change >= settle:
+                break
+            hub.sleep(0.02)
+        for p in probes:
+            self.active.pop(p.probe_id, None)
+        return launched_at, [entry[0] for entry in pending.values()]
+
+    def _launch(self, switch: str, data: bytes) -> bool:
+        dp = self.core.datapaths.get(switch)
+        if dp is None:
+            return False
+        parser, ofp = dp.ofproto_parser, dp.ofproto
+        dp.send_msg(parser.OFPPacketOut(datapath=dp, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
+                                        actions=[parser.OFPActionOutput(ofp.OFPP_TABLE, 0)], data=data))
+        return True
+
+    @staticmethod
+    def _complete(probe, routes, wiring) -> bool:
+        """Every switch the probe reached reported every copy it should make, and every forwarded copy arrived."""
+        nodes = model.reached(probe)
+        if (probe.src, OFPP_CONTROLLER, 1) not in nodes:
+            return False
+        for (sw, in_port, hop), recs in nodes.items():
+            kinds = {k for k, _ in recs}
+            if kinds & {model.ARRIVE, model.EXPIRE, model.NOROUTE}:
+                continue
+            route = routes.get(sw, {}).get(probe.dst)
+            want = set(route.live_ports) if route else set()
+            if {p for k, p in recs if k in model.AFTER_DEC} != want:
+                return False
+            for k, p in recs:
+                if k == model.FWD and p != in_port:  # output to the in port: dropped (a hairpin)
+                    nxt = wiring.peer.get((sw, p))
+                    if nxt is None or (nxt[0], nxt[1], hop + 1) not in nodes:
+                        return False
+        return True
+
+    # -- REST -----------------------------------------------------------------------------
+    def add_routes(self, api) -> None:
+        api.add("POST", "/v1/oam/ecmp/verify", self._rest_verify,
+                "Probe leaf pairs (default: all) and classify every ECMP difference", tag=APP, body=VerifyRequest)
+        api.add("GET", "/v1/oam/ecmp/reports", lambda r: [self._summary(x) for x in self.reports],
+                "Recent verification reports (summaries)", tag=APP)
+        api.add("GET", "/v1/oam/ecmp/reports/{id}", lambda r: self._report(r.params["id"]),
+                "One verification report (id or 'latest')", tag=APP)
+        api.add("GET", "/v1/oam/ecmp/reports/{id}/table", lambda r: {"table": model.render_table(
+            self._report(r.params["id"]))}, "One verification report as a readable table", tag=APP)
+        api.add("GET", "/v1/oam/ecmp/expected", self._rest_expected,
+                "Expected ECMP path set of every leaf pair (declared topology) and its MDA cost", tag=APP)
+        api.add("GET", "/v1/oam/ecmp/routes", self._rest_routes,
+                "Routes the replicate groups mirror (last read from the switches, else intended)", tag=APP)
+        api.add("GET", "/v1/oam/ecmp/sids", lambda r: {**self.plan.to_json(), "leaves": self.leaves},
+                "The SID plan: locators, function, argument layout", tag=APP)
+        api.add("GET", "/v1/oam/ecmp/status", lambda r: {"running": self.running, **self.counters,
+                                                           "reports_kept": len(self.reports)},
+                "Counters: reports received, stale, capped, malformed", tag=APP)
+
+    def _rest_verify(self, r):
+        body: VerifyRequest = r.body
+        pairs = None
+        if body.pairs is not None:
+            if not body.pairs:
+                raise ApiError(422, "pairs: give at least one [src, dst] pair, or leave pairs out for all", "pairs")
+            for i, (a, b) in enumerate(body.pairs):
+                for j, x in enumerate((a, b)):
+                    if x not in self.leaves:
+                        raise ApiError(422, f"pairs[{i}][{j}]: {x!r} is not a leaf; leaves: {self.leaves}",
+                                       f"pairs[{i}][{j}]")
+                if a == b:
+                    raise ApiError(422, f"pairs[{i}]: source and destination are both {a}", f"pairs[{i}]")
+            pairs = [tuple(p) for p in body.pairs]
+        try:
+            return self.verify(pairs, body.both_directions, body.hop_budget, body.collect_timeout, body.settle)
+        except Busy as exc:
+            raise ApiError(409, str(exc)) from None
+
+    def _report(self, ident: str) -> dict:
+        if not self.reports:
+            raise ApiError(404, "no verification has run yet; POST /v1/oam/ecmp/verify")
+        if ident == "latest":
+            return self.reports[-1]
+        for rep in self.reports:
+            if str(rep["id"]) == ident:
+                return rep
+        raise ApiError(404, f"no report {ident!r}; kept: {[x['id'] for x in self.reports]}")
+
+    @staticmethod
+    def _summary(rep: dict) -> dict:
+        return {"id": rep["id"], "started": rep["started"], "totals": rep["totals"], "timing": rep["timing"]}
+
+    def _rest_expected(self, r) -> dict:
+        graph = self.core.topology.graph()
+        out = []
+        for a in self.leaves:
+            for b in self.leaves:
+                if a != b:
+                    paths = model.expected_paths(graph, a, b)
+                    out.append({"src": a, "dst": b, "paths": [str(p) for p in paths],
+                                "mda": model.mda_cost(paths)})
+        return {"leaves": self.leaves, "pairs": out}
+
+    def _rest_routes(self, r) -> dict:
+        routes = self.snapshot
+        if routes is None:
+            routes, _ = intended_routes(self.core.view(), self.leaves, self._fabric_intent())
+        return {"read_at": self.snapshot_at,
+                "routes": {sw: {d: rt.to_json() for d, rt in sorted(per.items())} for sw, per in sorted(routes.items())}}
