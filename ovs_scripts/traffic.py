@@ -748,6 +748,7 @@ def main(argv=None) -> int:
     ms.add_argument("--seconds", type=float, default=5.0)
     ms.add_argument("--groups", type=int, default=1, help="send round robin to this many consecutive groups")
     ms.add_argument("--ttl", type=int, default=8)
+    ms.add_argument("--size", type=int, default=64, help="UDP payload bytes (at least 16)")
     mr = sub.add_parser("mcast-recv")
     mr.add_argument("group")
     mr.add_argument("port", type=int)
@@ -835,7 +836,8 @@ def main(argv=None) -> int:
         print(json.dumps(send_frames(args.frames, args.repeat, args.iface)))
         return 0
     if args.cmd == "mcast-send":
-        print(json.dumps(mcast_send(args.group, args.port, args.rate, args.seconds, args.groups, args.ttl)))
+        print(json.dumps(mcast_send(args.group, args.port, args.rate, args.seconds, args.groups, args.ttl,
+                                    size=max(16, min(args.size, 1472)))))
         return 0
     if args.cmd == "mcast-recv":
         print(json.dumps(mcast_recv(args.group, args.port, args.seconds, args.source, args.igmp_version,

@@ -1,0 +1,277 @@
+"""Fenced clones: intent validation, and where packets go on the table simulator (fabric + fences)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ryu_apps.fabric import FabricIntent, compute_fabric
+from ryu_apps.lib import cookies, pipeline
+from ryu_apps.lib.app import FabricView, IntentError
+from ryu_apps.lib.fenced_clone_flows import APP, K_FENCE_DROP, K_PORT_DROP, compute_fence, fence_cookie_mask
+from ryu_apps.lib.fenced_clone_model import FencedCloneIntent, intent_error_relative, resolve
+from ryu_apps.lib.state import ActualState, SwitchState, diff
+from ryu_apps.lib.topology import load
+from tests import fakeswitch
+from tests.fakeswitch import Fabric
+
+TOPO = Path(__file__).resolve().parents[2] / "topologies" / "fenced_clone.yaml"
+SHOP = ["web", "app", "db"]
+A = {"name": "shop-a", "parent": SHOP, "members": [{"component": "web", "host": "aweb"},
+                                                   {"component": "app", "host": "aapp"},
+                                                   {"component": "db", "ipv4": "10.0.1.13", "ipv6": "fd00:fc::1:13"}]}
+B = {"name": "shop-b", "parent": SHOP, "members": [{"component": "web", "host": "bweb"},
+                                                   {"component": "db", "host": "bdb"}],
+     "egress": {"policy": "allow", "to": ["10.0.0.0/16", "fd00:fc::/64"]}}
+C = {"name": "wiki-c", "parent": ["wfe", "wdb"], "members": [{"component": "wfe", "host": "cwfe"},
+                                                             {"component": "wdb", "host": "cwdb"}]}
+
+
+@pytest.fixture(scope="module")
+def topo():
+    return load(TOPO)
+
+
+@pytest.fixture(autouse=True)
+def _metadata_aware_walk(monkeypatch):
+    """tests/fakeswitch.py does not apply write_metadata; the fence needs it (goto carries it)."""
+    original = fakeswitch._walk
+
+    def walk(state, table, pkt, hit):
+        if hit and hit[-1].write_metadata is not None and hit[-1].goto == table:
+            value, mask = hit[-1].write_metadata
+            pkt = dict(pkt, metadata=(pkt.get("metadata", 0) & ~mask) | value)
+        return original(state, table, pkt, hit)
+
+    monkeypatch.setattr(fakeswitch, "_walk", walk)
+
+
+def intent(*fences, **kw):
+    return FencedCloneIntent.model_validate({"fences": list(fences), **kw})
+
+
+def network(topo, *fences):
+    """Fabric + fences merged per switch, as the core does (pipeline checked)."""
+    states = {n: SwitchState() for n in topo.switches}
+    for n, st in compute_fabric(FabricView(topo), FabricIntent()).items():
+        states[n].merge(st, "fabric")
+    for f in resolve(topo, intent(*fences)):
+        for n, st in compute_fence(f, 50).items():
+            states[n].merge(st, APP)
+    return Fabric(topo, states), states
+
+
+def udp(topo, host, dst, src=None, **kw):
+    h = topo.hosts[host]
+    v6 = ":" in dst
+    pkt = {"eth_src": h.mac, "eth_dst": "02:00:00:00:00:99", "vlan_vid": 0,
+           "eth_type": 0x86DD if v6 else 0x0800, "ip_proto": 17}
+    if v6:
+        pkt.update(ipv6_src=src or str(h.ipv6.ip), ipv6_dst=dst)
+    else:
+        pkt.update(ipv4_src=src or str(h.ipv4.ip), ipv4_dst=dst)
+    pkt.update(kw)
+    return pkt
+
+
+def ends(fab, host, pkt):
+    return [(e[0], e[1]) for e in fab.send(host, pkt)]
+
+
+# -- validation ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fence,field,status,words", [
+    ({"name": "x", "parent": ["web", "nope"]}, "fences[0].parent[1]", 422, "unknown component"),
+    ({"name": "x", "parent": ["web", "web"]}, "fences[0].parent[1]", 422, "listed twice"),
+    ({"name": "x", "parent": SHOP, "members": [{"component": "cache", "host": "aweb"}]},
+     "fences[0].members[0].component", 422, "unknown component"),
+    ({"name": "x", "parent": SHOP, "members": [{"component": "web", "host": "nohost"}]},
+     "fences[0].members[0].host", 422, "unknown host"),
+    ({"name": "x", "parent": SHOP, "members": [{"component": "web", "ipv4": "10.0.77.1"}]},
+     "fences[0].members[0].ipv4", 422, "not the address of a declared host"),
+    ({"name": "x", "parent": SHOP, "members": [{"component": "web", "host": "aweb", "ipv6": "fd00:fc::2:11"}]},
+     "fences[0].members[0].ipv6", 422, "belongs to host bweb"),
+    ({"name": "x", "parent": SHOP, "members": [{"component": "web", "host": "db"}]},
+     "fences[0].members[0].host", 409, "component of the parent"),
+    ({"name": "x", "parent": SHOP, "members": [{"component": "web", "host": "aweb"},
+                                               {"component": "web", "host": "bweb"}]},
+     "fences[0].members[1].component", 422, "already has a clone"),
+    ({"name": "x", "parent": SHOP, "members": [{"component": "web", "host": "aweb"},
+                                               {"component": "app", "host": "aweb"}]},
+     "fences[0].members[1].host", 409, "already the clone of web"),
+])
+def test_bad_fences_name_the_field(topo, fence, field, status, words):
+    with pytest.raises(IntentError) as err:
+        resolve(topo, intent(fence))
+    assert err.value.field == field and err.value.status == status and words in str(err.value), str(err.value)
+
+
+def test_overlaps_between_fences_are_conflicts(topo):
+    with pytest.raises(IntentError) as err:
+        resolve(topo, intent(A, {"name": "a2", "parent": SHOP, "members": [{"component": "db", "host": "adb"}]}))
+    assert err.value.status == 409 and err.value.field == "fences[1].members[0].host"
+    assert "already a clone in fence 'shop-a'" in str(err.value)
+    with pytest.raises(IntentError) as err:
+        resolve(topo, intent(A, {"name": "shop-a", "parent": SHOP}))
+    assert err.value.status == 409 and err.value.field == "fences[1].name"
+    with pytest.raises(IntentError) as err:  # a clone cannot be another fence's parent
+        resolve(topo, intent(A, {"name": "cc", "parent": ["aweb"], "members": [{"component": "aweb",
+                                                                                "host": "bweb"}]}))
+    assert err.value.status == 409 and err.value.field == "fences[1].parent[0]"
+
+
+@pytest.mark.parametrize("body,loc", [
+    ({"name": "x", "parent": SHOP, "members": [{"component": "web", "ipv4": "10.0.1.300"}]}, "ipv4"),
+    ({"name": "x", "parent": SHOP, "members": [{"component": "web", "ipv4": "fd00::1"}]}, "ipv4"),
+    ({"name": "x", "parent": SHOP, "members": [{"component": "web", "ipv6": "10.0.1.1"}]}, "ipv6"),
+    ({"name": "x", "parent": SHOP, "members": [{"component": "web"}]}, "members"),
+    ({"name": "Bad Name", "parent": SHOP}, "name"),
+    ({"name": "x", "parent": []}, "parent"),
+    ({"name": "x", "parent": SHOP, "egress": {"policy": "deny", "to": ["10.0.0.0/8"]}}, "egress"),
+    ({"name": "x", "parent": SHOP, "egress": {"policy": "allow", "to": ["10.0.0.1/8"]}}, "egress"),
+    ({"name": "x", "parent": SHOP, "colour": "red"}, "colour"),
+])
+def test_malformed_bodies_rejected_by_the_model(body, loc):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as err:
+        FencedCloneIntent.model_validate({"fences": [body]})
+    assert loc in ".".join(str(p) for p in err.value.errors()[0]["loc"])
+
+
+def test_error_fields_relative_to_one_fence():
+    e = intent_error_relative(IntentError("fences[3].members[1].ipv4: bad", "fences[3].members[1].ipv4"), 3)
+    assert e.field == "members[1].ipv4" and str(e) == "members[1].ipv4: bad"
+
+
+def test_guards_cover_protected_addresses_inside_the_allowed_prefixes(topo):
+    fences = {f.name: f for f in resolve(topo, intent(A, B, C))}
+    guards = {str(a) for a in fences["shop-b"].guards}
+    # app is not cloned in b; clone a's members are another clone of the same parent
+    assert guards == {"10.0.0.12", "fd00:fc::12", "10.0.1.11", "10.0.1.12", "10.0.1.13",
+                      "fd00:fc::1:11", "fd00:fc::1:12", "fd00:fc::1:13"}
+    assert fences["shop-a"].guards == () and fences["wiki-c"].guards == ()  # deny: nothing to guard
+
+
+# -- the flows -------------------------------------------------------------------------
+
+
+def test_flows_fit_the_pipeline_and_carry_the_fence_cookie(topo):
+    for f in resolve(topo, intent(A, B, C)):
+        for st in compute_fence(f, 50).values():
+            for flow in st.flows.values():
+                pipeline.check_flow(APP, flow)
+                assert flow.cookie & fence_cookie_mask() == cookies.make(APP, 0, f.fid)
+
+
+def test_computation_is_deterministic(topo):
+    for f in resolve(topo, intent(A, B)):
+        a, b = compute_fence(f, 50), compute_fence(f, 50)
+        for sw in a:
+            assert a[sw].flows == b[sw].flows and diff(b[sw], ActualState.of(a[sw])).empty
+
+
+def test_translation_both_ways(topo):
+    fab, _ = network(topo, A, B, C)
+    for dst, clone_dst, src in (("10.0.0.13", "10.0.1.13", "10.0.0.11"), ("fd00:fc::13", "fd00:fc::1:13", "fd00:fc::11")):
+        out = ends(fab, "aweb", udp(topo, "aweb", dst))
+        key = "ipv6" if ":" in dst else "ipv4"
+        assert [(w, p[f"{key}_src"], p[f"{key}_dst"]) for w, p in out] == [("host:adb", src, clone_dst)]
+        # adb answers web's parent address: aweb sees db's parent address
+        back = ends(fab, "adb", udp(topo, "adb", src))
+        assert [(w, p[f"{key}_src"], p[f"{key}_dst"]) for w, p in back] == \
+            [("host:aweb", dst, str(getattr(topo.hosts["aweb"], key).ip))]
+    # clone b: the same parent address, its own db
+    out = ends(fab, "bweb", udp(topo, "bweb", "10.0.0.13"))
+    assert [(w, p["ipv4_src"]) for w, p in out] == [("host:bdb", "10.0.0.11")]
+    # another application's clone
+    out = ends(fab, "cwfe", udp(topo, "cwfe", "10.0.5.22"))
+    assert [(w, p["ipv4_src"], p["ipv4_dst"]) for w, p in out] == [("host:cwdb", "10.0.5.21", "10.0.6.22")]
+
+
+def test_parent_traffic_untouched(topo):
+    fab, _ = network(topo, A, B, C)
+    out = ends(fab, "web", udp(topo, "web", "10.0.0.13"))
+    assert [(w, p["ipv4_src"], p["ipv4_dst"]) for w, p in out] == [("host:db", "10.0.0.11", "10.0.0.13")]
+    _, states = network(topo, A, B, C)
+    h = topo.hosts["web"]
+    (first_hop,) = fakeswitch.run(states[h.switch], udp(topo, "web", "10.0.0.13"), h.port)
+    assert not any(cookies.decode(fl.cookie).app == APP for fl in first_hop.flows), first_hop.flows
+
+
+@pytest.mark.parametrize("sender,changes,why", [
+    ("aweb", dict(ipv4_src="10.0.0.11"), "spoofed parent source"),
+    ("aweb", dict(ipv4_src="10.0.1.12"), "spoofed peer source"),
+    ("aweb", dict(eth_src="02:fc:00:00:00:11"), "spoofed parent MAC"),
+    ("aweb", dict(vlan_vid=0x1000 | 10), "tagged"),
+    ("aweb", dict(ipv4_dst="10.0.2.13"), "another clone"),
+    ("aweb", dict(ipv4_dst="10.0.9.9"), "outside, denied"),
+    ("aweb", dict(ipv4_dst="255.255.255.255", eth_dst="ff:ff:ff:ff:ff:ff"), "broadcast"),
+    ("aweb", dict(ipv4_dst="224.0.0.1"), "multicast"),
+    ("bweb", dict(ipv4_dst="10.0.0.12"), "parent component not cloned (guard)"),
+    ("bweb", dict(ipv4_dst="10.0.1.13"), "another clone, egress allowed (guard)"),
+    ("bweb", dict(ipv4_dst="10.0.255.255"), "subnet broadcast, egress allowed"),
+    ("bweb", dict(ipv4_dst="224.0.0.251"), "multicast, egress allowed"),
+])
+def test_negative_matrix_on_the_simulator(topo, sender, changes, why):
+    fab, _ = network(topo, A, B, C)
+    dst = "10.0.0.13"
+    assert [w for w, _ in ends(fab, sender, udp(topo, sender, dst))][0].startswith("host:"), "control"
+    out = ends(fab, sender, udp(topo, sender, dst) | changes)
+    assert [w for w, _ in out] == ["drop"], (why, out)
+
+
+def test_drops_are_counted_by_the_fence_not_the_table_miss(topo):
+    fab, states = network(topo, A)
+    h = topo.hosts["aweb"]
+    spoofed = fakeswitch.run(states[h.switch], udp(topo, "aweb", "10.0.0.13", src="10.0.0.11"), h.port)
+    assert spoofed[0].kind == "drop" and cookies.decode(spoofed[0].flows[-1].cookie).kind == K_PORT_DROP
+    other = fakeswitch.run(states[h.switch], udp(topo, "aweb", "10.0.2.13"), h.port)
+    assert other[0].kind == "drop" and cookies.decode(other[0].flows[-1].cookie).kind == K_FENCE_DROP
+
+
+def test_egress_allowed_leaves_with_the_clone_address(topo):
+    fab, _ = network(topo, B)
+    out = ends(fab, "bweb", udp(topo, "bweb", "10.0.9.9"))
+    assert [(w, p["ipv4_src"]) for w, p in out] == [("host:ext", "10.0.2.11")]
+    out = ends(fab, "bweb", udp(topo, "bweb", "fd00:fc::9:9"))
+    assert [(w, p["ipv6_src"]) for w, p in out] == [("host:ext", "fd00:fc::2:11")]
+
+
+def test_arp_and_nd_for_parent_addresses(topo):
+    _, states = network(topo, A)
+    h = topo.hosts["aweb"]
+    arp = {"eth_src": h.mac, "eth_dst": "ff:ff:ff:ff:ff:ff", "vlan_vid": 0, "eth_type": 0x0806, "arp_op": 1,
+           "arp_spa": "10.0.1.11", "arp_sha": h.mac, "arp_tpa": "10.0.0.13", "arp_tha": "00:00:00:00:00:00"}
+    (out,) = fakeswitch.run(states[h.switch], arp, h.port)
+    assert out.kind == "output" and out.port == h.port
+    assert (out.packet["arp_op"], out.packet["arp_sha"], out.packet["arp_spa"]) == (2, topo.hosts["adb"].mac,
+                                                                                     "10.0.0.13")
+    spoofed = fakeswitch.run(states[h.switch], arp | {"arp_spa": "10.0.0.11"}, h.port)
+    assert [o.kind for o in spoofed] == ["drop"]
+    ns = {"eth_src": h.mac, "vlan_vid": 0, "eth_type": 0x86DD, "ip_proto": 58, "icmpv6_type": 135,
+          "ipv6_src": "fd00:fc::1:11", "ipv6_dst": "ff02::1:ff00:13", "ipv6_nd_target": "fd00:fc::13"}
+    (out,) = fakeswitch.run(states[h.switch], ns, h.port)
+    assert out.kind == "controller" and cookies.decode(out.flows[-1].cookie).app == APP
+    assert [f.meter for f in out.flows if f.meter] == [0x03000000 + h.port, 1]
+    na = ns | {"icmpv6_type": 136, "ipv6_dst": "fd00:fc::13"}
+    assert [o.kind for o in fakeswitch.run(states[h.switch], na, h.port)] == ["drop"]
+
+
+def test_hairpin_to_own_parent_address(topo):
+    _, states = network(topo, A)
+    h = topo.hosts["aweb"]
+    (out,) = fakeswitch.run(states[h.switch], udp(topo, "aweb", "10.0.0.11"), h.port)
+    assert (out.kind, out.port, out.packet["ipv4_src"], out.packet["ipv4_dst"]) == \
+        ("output", h.port, "10.0.0.11", "10.0.1.11")
+
+
+def test_member_removal_and_fence_deletion_touch_only_that_fence(topo):
+    with_b = {f.name: f for f in resolve(topo, intent(A, B))}
+    a_only = {f.name: f for f in resolve(topo, intent(A))}
+    assert with_b["shop-a"] == a_only["shop-a"]  # a deny fence does not depend on its siblings
+    full = compute_fence(with_b["shop-b"], 50)
+    fewer = compute_fence(resolve(topo, intent(A, B | {"members": B["members"][:1]}))[1], 50)
+    assert set(fewer) < set(full)  # bdb's switch no longer holds shop-b at all
