@@ -6,8 +6,8 @@ Launch like any Ryu app::
 
 What it installs (all proactive, computed from the topology file):
 
-* ``ingress`` (table 0): a host may send only from its own port, with its own
-  MAC and IP (anti-spoofing); ARP and neighbour solicitations go to
+* ``ingress`` (table 0): a host may send only untagged frames from its own
+  port, with its own MAC and IP (anti-spoofing); ARP and neighbour solicitations go to
   ``arp_nd``; packets a host sends to the fabric's router MAC are routed
   (TTL decremented, source MAC rewritten); fabric ports go to ``forward``.
 * ``arp_nd`` (table 80): ARP for every declared address and gateway is
@@ -42,6 +42,7 @@ from ryu_apps.lib.topology import MAC_RE
 
 APP = "fabric"
 ETH_IP, ETH_ARP, ETH_IPV6 = 0x0800, 0x0806, 0x86DD
+UNTAGGED = 0x0000  # vlan_vid OFPVID_NONE: hosts are admitted untagged only (a tag would smuggle past the checks)
 
 # cookie kinds
 K_HOST_PORT = 1    # admission of one host on its port
@@ -161,26 +162,26 @@ def compute_fabric(view: FabricView, intent: FabricIntent) -> dict[str, SwitchSt
             if h.ipv4:
                 ip4 = str(h.ipv4.ip)
                 st.add_flow(Flow(table=INGRESS, priority=P_HOST, cookie=c, goto=ARP_ND,
-                                 match=Match(in_port=port, eth_src=h.mac, eth_type=ETH_ARP, arp_spa=ip4)))
+                                 match=Match(in_port=port, vlan_vid=UNTAGGED, eth_src=h.mac, eth_type=ETH_ARP, arp_spa=ip4)))
                 st.add_flow(Flow(table=INGRESS, priority=P_HOST, cookie=c, goto=FORWARD,
-                                 match=Match(in_port=port, eth_src=h.mac, eth_type=ETH_IP, ipv4_src=ip4)))
+                                 match=Match(in_port=port, vlan_vid=UNTAGGED, eth_src=h.mac, eth_type=ETH_IP, ipv4_src=ip4)))
                 st.add_flow(Flow(table=INGRESS, priority=P_HOST_ROUTED, cookie=c, goto=FORWARD,
-                                 match=Match(in_port=port, eth_src=h.mac, eth_dst=router_mac,
+                                 match=Match(in_port=port, vlan_vid=UNTAGGED, eth_src=h.mac, eth_dst=router_mac,
                                              eth_type=ETH_IP, ipv4_src=ip4),
                                  actions=(DecTtl(), SetField("eth_src", router_mac))))
             if h.ipv6:
                 ip6 = str(h.ipv6.ip)
                 st.add_flow(Flow(table=INGRESS, priority=P_HOST_ND, cookie=c, goto=ARP_ND,
                                  meter=nd_meter_id(port),
-                                 match=Match(in_port=port, eth_src=h.mac, eth_type=ETH_IPV6, ip_proto=58,
+                                 match=Match(in_port=port, vlan_vid=UNTAGGED, eth_src=h.mac, eth_type=ETH_IPV6, ip_proto=58,
                                              icmpv6_type=135)))
                 rate = intent.nd_rate_per_host
                 st.add_meter(Meter(meter_id=nd_meter_id(port), unit="pktps",
                                    bands=(MeterBand(rate=rate, burst_size=max(1, rate // 2)),)))
                 st.add_flow(Flow(table=INGRESS, priority=P_HOST, cookie=c, goto=FORWARD,
-                                 match=Match(in_port=port, eth_src=h.mac, eth_type=ETH_IPV6, ipv6_src=ip6)))
+                                 match=Match(in_port=port, vlan_vid=UNTAGGED, eth_src=h.mac, eth_type=ETH_IPV6, ipv6_src=ip6)))
                 st.add_flow(Flow(table=INGRESS, priority=P_HOST_ROUTED, cookie=c, goto=FORWARD,
-                                 match=Match(in_port=port, eth_src=h.mac, eth_dst=router_mac,
+                                 match=Match(in_port=port, vlan_vid=UNTAGGED, eth_src=h.mac, eth_dst=router_mac,
                                              eth_type=ETH_IPV6, ipv6_src=ip6),
                                  actions=(DecTtl(), SetField("eth_src", router_mac))))
         # -- arp_nd: responders on edge switches

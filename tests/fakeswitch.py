@@ -28,6 +28,8 @@ def _as_int(value) -> int:
 
 
 def field_matches(pkt: dict, name: str, value, mask) -> bool:
+    if name == "vlan_vid" and name not in pkt:
+        pkt = dict(pkt, vlan_vid=0)  # an untagged frame matches vlan_vid=OFPVID_NONE
     if name not in pkt:
         return False
     if mask is None:

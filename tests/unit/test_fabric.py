@@ -65,6 +65,13 @@ def test_spoofed_sources_are_dropped(diamond, field, value):
     assert [e[0] for e in ends] == ["drop"]
 
 
+def test_tagged_frames_from_hosts_are_dropped(diamond):
+    fab, _ = fabric(diamond)
+    assert [e[0] for e in fab.send("h1", ip_pkt("h1", "10.2.2.1", diamond))] == ["host:h2", "host:h2"]
+    tagged = ip_pkt("h1", "10.2.2.1", diamond, vlan_vid=0x1000 | 7)
+    assert [e[0] for e in fab.send("h1", tagged)] == ["drop"]
+
+
 def test_link_down_leaves_one_path(diamond):
     fab, states = fabric(diamond, down={("s1", 11), ("s2", 11)})
     ends = fab.send("h1", ip_pkt("h1", "10.2.2.1", diamond))
