@@ -86,6 +86,9 @@ class FabricCore(app_manager.OSKenApp):
         self.packet_ins = {"handled": 0, "rate_limited": 0, "no_owner": 0, "bad": 0}
         self.compute_error: str | None = None
         self.last_compute_seconds = 0.0
+        self._last_view_key = None
+        self._last_app_states: dict[str, dict[str, SwitchState]] = {}
+        self._computed = (None, None, {})
         self.generation = 0
         self._recompute = hub.Event()
         self.api = RestApi()
@@ -140,18 +143,39 @@ class FabricCore(app_manager.OSKenApp):
         st.add_meter(Meter(meter_id=PUNT_METER, unit="pktps", bands=(MeterBand(rate=rate, burst_size=rate // 4 or 1),)))
         return st
 
-    def compute(self, view: FabricView, overrides: dict | None = None) -> dict[str, SwitchState]:
-        """Merge every app's desired state; raise StateConflict/PipelineError on bad output."""
+    def compute(self, view: FabricView, reuse_for: str | None = None) -> dict[str, SwitchState]:
+        """Merge every app's desired state; raise StateConflict/PipelineError on bad output.
+
+        With ``reuse_for`` (an app whose intent is being tried), every other
+        app's state is taken from the last recompute when that is still
+        current: same view, and no recompute pending (apps schedule one
+        whenever their runtime state changes).  Those states were checked
+        against the pipeline when first computed.
+        """
+        key = (view.down_ports, view.dead_switches)
+        reuse = reuse_for is not None and not self._recompute.is_set() and key == self._last_view_key
+        per_app: dict[str, dict[str, SwitchState]] = {}
         merged = {name: self.core_state(name) for name in self.topology.switches}
         for name, app in self.apps.items():
-            app_states = overrides[name] if overrides and name in overrides else app.compute(view)
+            cached = reuse and name != reuse_for and name in self._last_app_states
+            app_states = self._last_app_states[name] if cached else app.compute(view)
+            per_app[name] = app_states
             for switch, st in app_states.items():
                 if switch not in merged:
                     raise StateConflict(f"{name} computed state for unknown switch {switch}")
-                merged[switch].merge(st, name)
+                merged[switch].merge(st, None if cached else name)
         for st in merged.values():
             st.check_references()
+        self._computed = (id(merged), key, per_app)
         return merged
+
+    def _remember(self, merged: dict[str, SwitchState]) -> None:
+        """Keep the per-app states behind ``merged`` for reuse by try_intent."""
+        ident, key, per_app = self._computed
+        if ident == id(merged):
+            self._last_view_key, self._last_app_states = key, per_app
+        else:  # not what we computed last: do not trust the cache
+            self._last_view_key, self._last_app_states = None, {}
 
     def schedule_recompute(self) -> None:
         self._recompute.set()
@@ -166,6 +190,7 @@ class FabricCore(app_manager.OSKenApp):
                 states = self.compute(self.view())
                 self.last_compute_seconds = time.monotonic() - start
                 self.push(states)
+                self._remember(states)
                 self.compute_error = None
             except Exception as exc:  # keep what the switches have
                 self.compute_error = f"{type(exc).__name__}: {exc}"
@@ -189,7 +214,7 @@ class FabricCore(app_manager.OSKenApp):
         old = app.intent
         app.intent = candidate
         try:
-            return self.compute(self.view())
+            return self.compute(self.view(), reuse_for=app.APP_NAME)
         finally:
             app.intent = old
 
@@ -197,6 +222,7 @@ class FabricCore(app_manager.OSKenApp):
         app.intent = candidate
         self.save_intent(app.APP_NAME, app.intent_json())
         self.push(states)
+        self._remember(states)
 
     # -- OpenFlow events (thin) ------------------------------------------------
     def _switch_of(self, dp) -> str | None:
