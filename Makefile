@@ -9,7 +9,7 @@ PY    := $(VENV)/bin/python
 DEB_PACKAGES := openvswitch-switch openvswitch-common iproute2 iputils-ping ethtool socat iperf3 tcpdump procps python3-venv
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv demo test unit integration bench clean lint
+.PHONY: all deps venv demo test unit integration bench clean
 
 all: test
 
@@ -47,6 +47,10 @@ test: deps venv
 
 bench: deps venv
 	$(PY) bench/flow_programming.py
+
+# one benchmark by name: make bench-fenced_clone, bench-oam_ecmp, bench-cloud_router, ...
+bench-%: deps venv
+	$(PY) bench/$*.py
 
 clean: venv
 	-$(VENV)/bin/ovslab down --all
