@@ -89,6 +89,7 @@ class FabricCore(app_manager.OSKenApp):
         self._last_view_key = None
         self._last_app_states: dict[str, dict[str, SwitchState]] = {}
         self._computed = (None, None, {})
+        self._versions: dict[str, int] = {}
         self.generation = 0
         self._recompute = hub.Event()
         self.api = RestApi()
@@ -153,7 +154,10 @@ class FabricCore(app_manager.OSKenApp):
         against the pipeline when first computed.
         """
         key = (view.down_ports, view.dead_switches)
-        reuse = reuse_for is not None and not self._recompute.is_set() and key == self._last_view_key
+        # ...and no app pushed to a programmer directly since (a fast local switchover)
+        untouched = all(p.version == self._versions.get(n) for n, p in self.programmers.items())
+        reuse = (reuse_for is not None and not self._recompute.is_set() and key == self._last_view_key
+                 and untouched)
         per_app: dict[str, dict[str, SwitchState]] = {}
         merged = {name: self.core_state(name) for name in self.topology.switches}
         for name, app in self.apps.items():
@@ -172,6 +176,7 @@ class FabricCore(app_manager.OSKenApp):
     def _remember(self, merged: dict[str, SwitchState]) -> None:
         """Keep the per-app states behind ``merged`` for reuse by try_intent."""
         ident, key, per_app = self._computed
+        self._versions = {n: p.version for n, p in self.programmers.items()}
         if ident == id(merged):
             self._last_view_key, self._last_app_states = key, per_app
         else:  # not what we computed last: do not trust the cache

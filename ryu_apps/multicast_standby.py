@@ -1,0 +1,686 @@
+"""Multicast with standby forwarding paths and suppression on the active path.
+
+Launch with the base fabric::
+
+    ryu-manager --fabric-topology topologies/multicast_standby.yaml \\
+        ryu_apps/fabric.py ryu_apps/multicast_standby.py
+
+What it does (the model is :mod:`ryu_apps.lib.multicast_standby_model`):
+
+* receivers join with real IGMP (v1/v2/v3, any-source and source-specific);
+  the edge switch punts IGMP to the controller (metered, bounded parsing of
+  :mod:`ryu_apps.lib.multicast_standby_wire`); the controller is the querier
+  (general queries to every host port) so memberships of hosts that vanish
+  expire;
+* a source is learned from its first packets (punted, metered); the channel
+  (S, G) gets an active tree from the source's switch to every destination
+  device along shortest paths, replicated at branch points by ALL groups;
+* each destination device sends a standby-path establishment request (a raw
+  Ethernet frame, ethertype 0x88b5) out of its non-active upstream ports; it
+  is punted and handled at every switch it reaches: a switch on that
+  destination's active path suppresses it, any other joins (installs standby
+  state) and forwards it toward the source; the source's switch completes the
+  path and feeds the stream, VLAN-tagged, down it too;
+* the destination discards the standby copy through a fast-failover group
+  (its own active in-port down: the datapath switches at once); on a failure
+  further up (port-status of any switch on the path, a switch lost, or the
+  active stream silent while the standby flows) the controller flips the
+  destination to the standby copy, which becomes the active path, and asks for
+  a new standby path;
+* ``protection: restore`` is the baseline: no standby paths, the tree is
+  recomputed from the live topology after a failure.
+
+REST under ``/v1/multicast``; the audit of every request under
+``/v1/multicast/requests``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections import defaultdict, deque
+from typing import Literal
+
+from os_ken.controller import ofp_event
+from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
+from os_ken.lib import hub
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ryu_apps.lib import cookies
+from ryu_apps.lib import multicast_standby_model as model
+from ryu_apps.lib import multicast_standby_wire as wire
+from ryu_apps.lib.app import FabricApp, FabricView, PacketIn
+from ryu_apps.lib.core import FabricCore
+from ryu_apps.lib.pipeline import MCAST
+from ryu_apps.lib.rest import ApiError
+from ryu_apps.lib.state import SwitchState
+from ryu_apps.lib.topology import MAC_RE
+
+LOG = logging.getLogger(__name__)
+APP = model.APP
+SNAPSHOT = f"{APP}.state"  # <state dir>/multicast_standby.state.json: members, trees, paths
+RECOMPUTE_PACE = 4  # recomputes asked for at most every RECOMPUTE_PACE x the last compute time
+
+
+def _group(v: str) -> str:
+    try:
+        g = ipaddress.IPv4Address(v)
+    except ValueError:
+        raise ValueError(f"{v!r} is not an IPv4 address") from None
+    if g not in wire.MULTICAST:
+        raise ValueError(f"{v} is not a multicast group (224.0.0.0/4)")
+    if g in wire.LINK_LOCAL:
+        raise ValueError(f"{v} is link-local (224.0.0.0/24 is never routed)")
+    return str(g)
+
+
+class StaticMember(BaseModel):
+    """A receiver the intent joins without IGMP (never expires)."""
+
+    model_config = ConfigDict(extra="forbid")
+    host: str
+    group: str
+    sources: list[str] = []   # empty: any source; else only these (an INCLUDE filter)
+
+    @field_validator("group")
+    @classmethod
+    def _g(cls, v: str) -> str:
+        return _group(v)
+
+    @field_validator("sources")
+    @classmethod
+    def _sources(cls, v: list[str]) -> list[str]:
+        out = []
+        for s in v:
+            try:
+                a = ipaddress.IPv4Address(s)
+            except ValueError:
+                raise ValueError(f"{s!r} is not an IPv4 address") from None
+            if a.is_multicast or a.is_unspecified:
+                raise ValueError(f"{s} is not a unicast source address")
+            out.append(str(a))
+        return sorted(set(out))
+
+
+class MulticastIntent(BaseModel):
+    """The ``apps.multicast_standby`` section of a topology file."""
+
+    model_config = ConfigDict(extra="forbid")
+    #: standby: MoFRR-style standby paths with suppression on the active path;
+    #: restore: the baseline, recompute the tree after a failure
+    protection: Literal["standby", "restore"] = "standby"
+    #: group ranges the fabric carries (224.0.0.0/24 never is)
+    groups: list[str] = ["224.0.0.0/4"]
+    static_members: list[StaticMember] = []
+    #: packet-ins per second per switch: IGMP, standby requests, first packets of new sources
+    igmp_rate: int = Field(100, ge=1, le=10000)
+    request_rate: int = Field(1000, ge=1, le=100000)
+    discover_rate: int = Field(100, ge=1, le=10000)
+    #: the controller's IGMP querier; 0 = no queries, memberships never expire
+    query_interval: float = Field(60.0, ge=0, le=3600)
+    query_response: float = Field(10.0, ge=0.1, le=25.0)
+    robustness: int = Field(2, ge=1, le=7)
+    querier_ip: str = "0.0.0.0"
+    querier_mac: str = "0e:fa:b0:00:04:01"
+    #: a standby request not complete after this long has failed; retried after request_retry, doubling
+    request_timeout: float = Field(3.0, gt=0, le=60)
+    request_retry: float = Field(1.0, gt=0, le=60)
+    request_retry_max: float = Field(30.0, gt=0, le=600)
+    #: at most this many requests in flight at once (a burst of new channels is paced)
+    requests_in_flight: int = Field(64, ge=1, le=4096)
+    #: switch to the standby copy when the active stream is silent this long while the standby
+    #: copy keeps arriving (flow counters polled every poll_ms; OVS updates them about every 0.5 s); 0 = off
+    silence_ms: int = Field(1000, ge=0, le=60000)
+    poll_ms: int = Field(250, ge=50, le=10000)
+    #: a source that sent nothing for this long is forgotten (its tree and paths go); 0 = never
+    source_timeout: float = Field(120.0, ge=0, le=86400)
+
+    @field_validator("groups")
+    @classmethod
+    def _groups(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one group range")
+        out = []
+        for r in v:
+            try:
+                net = ipaddress.IPv4Network(r)
+            except ValueError as exc:
+                raise ValueError(f"{r!r} is not an IPv4 prefix: {exc}") from None
+            if not net.subnet_of(wire.MULTICAST):
+                raise ValueError(f"{r} is not inside 224.0.0.0/4")
+            if net.subnet_of(wire.LINK_LOCAL):
+                raise ValueError(f"{r} is link-local (224.0.0.0/24 is never routed)")
+            out.append(str(net))
+        return out
+
+    @field_validator("querier_ip")
+    @classmethod
+    def _qip(cls, v: str) -> str:
+        a = ipaddress.IPv4Address(v)
+        if a.is_multicast:
+            raise ValueError(f"{v} is a multicast address")
+        return str(a)
+
+    @field_validator("querier_mac")
+    @classmethod
+    def _qmac(cls, v: str) -> str:
+        v = v.lower()
+        if not MAC_RE.match(v) or int(v[:2], 16) & 1:
+            raise ValueError(f"{v!r} is not a unicast MAC address")
+        return v
+
+    @model_validator(mode="after")
+    def _static_in_range(self):
+        for i, sm in enumerate(self.static_members):
+            g = ipaddress.IPv4Address(sm.group)
+            if not any(g in ipaddress.IPv4Network(r) for r in self.groups):
+                raise ValueError(f"static_members[{i}].group {sm.group} is outside groups {self.groups}")
+        if self.request_retry_max < self.request_retry:
+            raise ValueError("request_retry_max must be >= request_retry")
+        return self
+
+    def member_timeout(self) -> float | None:
+        """RFC 3376 group membership interval; None without a querier."""
+        if self.query_interval <= 0:
+            return None
+        return self.robustness * self.query_interval + self.query_response
+
+
+class MulticastStandby(FabricApp):
+    """``ryu_apps/multicast_standby.py``."""
+
+    _CONTEXTS = {"fabric_core": FabricCore}
+    APP_NAME = APP
+    IntentModel = MulticastIntent
+    #: whole IGMPv3 reports (hundreds of group records) reach the parser
+    PACKET_IN_BYTES = model.IGMP_PUNT_BYTES
+
+    def __init__(self, *args, **kwargs):
+        core = kwargs["fabric_core"]
+        self.state = model.McastState(core.topology)
+        saved = core.load_intent(SNAPSHOT)
+        if saved is not None:  # before the first compute: a restart changes no flow
+            try:
+                self.state.restore(saved, time.monotonic(), time.time())
+                LOG.info("restored %d channels and %d memberships", len(self.state.channels),
+                         sum(len(g) for g in self.state.members.values()))
+            except (ValueError, KeyError, TypeError) as exc:
+                LOG.warning("ignoring the saved multicast state: %s", exc)
+        super().__init__(*args, **kwargs)
+        self._kick = hub.Event()
+        self._dirty = False
+        self._rc_kick = hub.Event()
+        self._save_kick = hub.Event()
+        self._counters: dict[tuple, tuple[float, int]] = {}
+        self._source_seen: dict[tuple[str, str], tuple[int, float]] = {}
+        self._history: dict[tuple, deque] = defaultdict(lambda: deque(maxlen=64))
+        self.stats_polls = 0
+        self.port_events: deque = deque(maxlen=32)
+        self._last_health: tuple | None = None
+        self.threads.append(hub.spawn(self._maintain_loop))
+        self.threads.append(hub.spawn(self._recompute_pacer))
+        self.threads.append(hub.spawn(self._saver))
+        self.threads.append(hub.spawn(self._querier_loop))
+        self.threads.append(hub.spawn(self._poll_loop))
+
+    # -- the fabric app contract --------------------------------------------------------
+    def compute(self, view: FabricView) -> dict[str, SwitchState]:
+        return model.compute(view, self.intent, self.state)
+
+    def packet_in(self, pkt: PacketIn) -> None:
+        kind = (pkt.cookie >> cookies.KIND_SHIFT) & 0xFF
+        now = time.monotonic()
+        if kind == model.K_IGMP:
+            msg = wire.parse_igmp(pkt.data)
+            eff = self.state.igmp(pkt.switch, pkt.in_port, msg, now, self.intent.member_timeout(), self.intent)
+            LOG.debug("%s:%d %s", pkt.switch, pkt.in_port, msg.describe())
+        elif kind == model.K_REQ_PUNT:
+            req = wire.parse_request(pkt.data)
+            eff = self.state.handle_request(pkt.switch, pkt.in_port, req, now, self.core.view())
+            self._send(eff)
+            if eff.changed:  # join state or a completed path: flows change, nothing else to reconcile
+                self.recompute_soon()
+                self.save_soon()
+            return
+        elif kind == model.K_DISCOVER:
+            src, grp = wire.mcast_data(pkt.data)
+            eff = self.state.source_seen(pkt.switch, pkt.in_port, src, grp, now, self.intent)
+            if eff.changed:
+                LOG.info("source %s -> %s on %s:%d", src, grp, pkt.switch, pkt.in_port)
+        else:
+            raise wire.BadPacket(f"packet-in with unknown cookie kind {kind}")
+        if eff.changed:  # membership or sources changed: trees and requests follow in reconcile
+            self._dirty = True
+            self.kick()
+
+    def kick(self) -> None:
+        self._kick.set()
+
+    def _send(self, eff: model.Effects) -> None:
+        for switch, port, frame in eff.sends:
+            if not self.core.packet_out(switch, port, frame):
+                LOG.warning("cannot send on %s:%d: switch not connected", switch, port)
+
+    # -- loops ---------------------------------------------------------------------------
+    def _maintain_loop(self) -> None:
+        while True:
+            self._kick.wait(timeout=0.5)
+            self._kick.clear()
+            try:
+                dirty, self._dirty = self._dirty, False
+                in_flight = sum(ds.pending is not None for ch in self.state.channels.values()
+                                for ds in ch.dests.values())
+                budget = max(0, self.intent.requests_in_flight - in_flight)
+                if not all(pr.synced for n, pr in self.core.programmers.items() if n in self.core.datapaths):
+                    budget = 0  # active trees first: ask for standby paths once the switches hold them
+                eff = self.state.reconcile(time.monotonic(), self.core.view(), self.intent, request_budget=budget)
+                self._send(eff)
+                if eff.changed or dirty:
+                    self._last_health = None
+                    self.recompute_soon()
+                    self.save_soon()
+            except Exception:  # keep the loop; the state is left as it was before the failing step
+                LOG.exception("multicast reconcile failed")
+
+    def recompute_soon(self) -> None:
+        """Ask the core for a recompute, at most every RECOMPUTE_PACE x the last compute's duration:
+        at scale (hundreds of channels) a compute takes a while, and a controller that
+        recomputes back to back has no time left for the packet-ins that build the paths."""
+        self._rc_kick.set()
+
+    def _recompute_pacer(self) -> None:
+        last = 0.0
+        while True:
+            self._rc_kick.wait()
+            gap = max(0.0, RECOMPUTE_PACE * self.core.last_compute_seconds - (time.monotonic() - last))
+            if gap:
+                hub.sleep(gap)
+            self._rc_kick.clear()
+            last = time.monotonic()
+            self.core.schedule_recompute()
+
+    def save_soon(self) -> None:
+        """Persist trees, paths and members shortly (coalesced): a restart then changes nothing."""
+        self._save_kick.set()
+
+    def _saver(self) -> None:
+        took = 0.0
+        while True:
+            fired = self._save_kick.wait(timeout=10.0)
+            if fired:
+                hub.sleep(max(0.2, 10 * took))  # coalesce a burst of changes
+            elif not self.state.members:
+                continue  # (membership refreshes move expiry times: saved every 10 s)
+            self._save_kick.clear()
+            if self.core.state_dir is None:
+                continue
+            t0 = time.monotonic()
+            try:
+                self.core.save_intent(SNAPSHOT, self.state.snapshot(t0, time.time()))
+            except OSError:
+                LOG.exception("cannot save the multicast state")
+            took = time.monotonic() - t0
+
+    def _querier_loop(self) -> None:
+        hub.sleep(1.0)
+        while True:
+            interval = self.intent.query_interval
+            if interval > 0:
+                self.query_all()
+            hub.sleep(interval if interval > 0 else 5.0)
+
+    def query_all(self, switches=None) -> int:
+        it = self.intent
+        frame = wire.igmp_query(it.querier_mac, it.querier_ip, it.query_response, it.robustness,
+                                it.query_interval or 125)
+        sent = 0
+        for h in self.core.topology.hosts.values():
+            if switches is not None and h.switch not in switches:
+                continue
+            if h.ipv4 is not None and self.core.packet_out(h.switch, h.port, frame):
+                sent += 1
+        self.state.counters["igmp_queries_sent"] += sent
+        return sent
+
+    def _poll_loop(self) -> None:
+        """Flow counters: the destinations' active and standby ends (the silence detector), every
+        poll_ms; the sources' first-hop flows (source expiry), every source_timeout / 4."""
+        last_sources = 0.0
+        while True:
+            hub.sleep(self.intent.poll_ms / 1000.0)
+            now = time.monotonic()
+            wanted = set()
+            if self.intent.silence_ms > 0 and self.intent.protection == "standby":
+                for ch in self.state.channels.values():
+                    for d, ds in ch.dests.items():
+                        if ds.standby is not None:
+                            wanted.add(d)
+            if self.intent.source_timeout > 0 and now - last_sources >= self.intent.source_timeout / 4:
+                last_sources = now
+                wanted |= {ch.switch for ch in self.state.channels.values()}
+                self._expire_sources(now)
+            for sw in sorted(wanted, key=model.natural):
+                dp = self.core.datapaths.get(sw)
+                if dp is None:
+                    continue
+                parser = dp.ofproto_parser
+                cookie, mask = cookies.app_cookie(APP)
+                dp.send_msg(parser.OFPFlowStatsRequest(dp, 0, MCAST, dp.ofproto.OFPP_ANY, dp.ofproto.OFPG_ANY,
+                                                       cookie, mask, parser.OFPMatch()))
+                self.stats_polls += 1
+
+    def _expire_sources(self, now: float) -> None:
+        """Forget channels whose source sent nothing for source_timeout (its first-hop flow stood still)."""
+        gone = []
+        for key in [k for k in self._source_seen if k not in self.state.channels]:
+            del self._source_seen[key]
+        for key, ch in list(self.state.channels.items()):
+            c = self._counters.get((ch.switch, ch.source, ch.group, ch.port, 0))
+            seen = self._source_seen.get(key)
+            if c is None:
+                if seen is None:
+                    self._source_seen[key] = (-1, now)
+                continue
+            if seen is None or seen[0] != c[1]:
+                self._source_seen[key] = (c[1], now)
+            elif now - seen[1] > self.intent.source_timeout:
+                gone.append(ch)
+        for ch in gone:
+            self.state.audit.event("source-expired", ch, ch.switch,
+                                   f"no packet from {ch.source} for {self.intent.source_timeout:g} s")
+            self.state.forget_source(ch.key)
+            self._source_seen.pop(ch.key, None)
+            self.state.counters["sources_expired"] += 1
+        if gone:
+            self.save_soon()
+            self.recompute_soon()
+
+    # -- os-ken events (thin) -------------------------------------------------------------
+    @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
+    def _port_status(self, ev):
+        msg = ev.msg
+        sw = self.core.topology.switch_by_dpid(msg.datapath.id)
+        if sw is not None:
+            ofp = msg.datapath.ofproto
+            live = msg.reason != ofp.OFPPR_DELETE and FabricCore._live(ofp, msg.desc)
+            LOG.debug("port-status %s:%d reason %d config %#x state %#x", sw.name, msg.desc.port_no, msg.reason,
+                      msg.desc.config, msg.desc.state)
+            hub.spawn(self._after_port_change, sw.name, msg.desc.port_no, live, time.time())
+
+    def _after_port_change(self, switch: str, port: int, live: bool, received: float = 0.0) -> None:
+        # the core's own handler records the port state (its event loop); give it the turn.
+        # OVS reports `ip link set down` as two port-status messages, the first still live:
+        # what counts is the core's record, which a failure waits for (a little).
+        hub.sleep(0)
+        for _ in range(20):
+            if live or (switch, port) in self.core.down_ports:
+                break
+            hub.sleep(0.001)
+        t0 = time.monotonic()
+        live = (switch, port) not in self.core.down_ports
+        computed = False
+        if not live:
+            # a failure: the pure compute already flips every destination whose active path broke
+            # to its standby copy (one group change each); hand this app's new state to the
+            # programmers now rather than after the core's coalescing pause -- unless this port
+            # changes no path's health (the far end of a link already seen down)
+            sig = self._health(self.core.view())
+            if sig != self._last_health or self.intent.protection != "standby":
+                self._last_health = sig
+                self.recompute_now()
+                computed = True
+        else:
+            self.state.topology_improved(t0)
+        entry = {"switch": switch, "port": port, "live": live, "received": received,
+                 "recomputed": computed, "compute_ms": round((time.monotonic() - t0) * 1000, 2)}
+        self.port_events.append(entry)
+        if computed:
+            hub.spawn(self._watch_sync, entry, t0)
+        if not live:
+            hub.sleep(0.02)  # let the programmers send the flip before promotion and new requests
+        self.kick()
+
+    def _watch_sync(self, entry: dict, t0: float) -> None:
+        """Record when every switch holds the state computed for a failure (for the benchmark)."""
+        for _ in range(500):
+            if all(p.synced for n, p in self.core.programmers.items() if n in self.core.datapaths):
+                entry["synced_ms"] = round((time.monotonic() - t0) * 1000, 2)
+                return
+            hub.sleep(0.001)
+
+    def _health(self, view: FabricView) -> tuple:
+        """Which active and standby paths can carry packets in ``view``."""
+        out = []
+        for key in sorted(self.state.channels):
+            ch = self.state.channels[key]
+            for d in sorted(ch.dests):
+                ds = ch.dests[d]
+                act = ch.active_path(d)
+                out.append((key, d, act.devices if act else None, act.vid if act else None,
+                            act.intact(view) if act else None, ds.standby.vid if ds.standby else None,
+                            ds.standby.intact(view) if ds.standby else None))
+        return tuple(out)
+
+    def recompute_now(self) -> None:
+        """Hand the programmers this app's new state at once, next to what the other apps have.
+
+        A failure flips destinations to their standby copies: only this app's part of each
+        switch changes, so it is recomputed (pure) and swapped into each switch's desired state;
+        the core's own recompute (already scheduled by its port-status handler) follows with
+        every app's state for the new view, and finds this app's part already in place.
+        """
+        try:
+            mine = self.compute(self.core.view())
+            app = cookies.app_id(APP)
+            for name, prog in self.core.programmers.items():
+                cur = prog.desired
+                new = SwitchState()
+                for f in cur.flows.values():
+                    if f.cookie >> cookies.APP_SHIFT != app:
+                        new.add_flow(f)
+                for g in cur.groups.values():
+                    if g.cookie >> cookies.APP_SHIFT != app:
+                        new.add_group(g)
+                for m in cur.meters.values():
+                    if m.meter_id not in model.METERS:
+                        new.add_meter(m)
+                new.owners = {c: t for c, t in cur.owners.items() if c >> cookies.APP_SHIFT != app}
+                new.merge(mine.get(name, SwitchState()), APP)
+                new.check_references()
+                if new.flows != cur.flows or new.groups != cur.groups or new.meters != cur.meters:
+                    prog.set_desired(new)
+        except Exception:  # the core's loop computes everything anyway, and reports what is wrong
+            LOG.exception("fast failover push failed")
+            self.core.schedule_recompute()
+
+    @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
+    def _state_change(self, ev):
+        if ev.datapath.id is None:
+            return
+        sw = self.core.topology.switch_by_dpid(ev.datapath.id)
+        if sw is None:
+            return
+        if ev.state == MAIN_DISPATCHER:
+            hub.spawn(self._query_later, sw.name)
+        self.kick()
+
+    def _query_later(self, switch: str) -> None:
+        hub.sleep(1.0)  # the IGMP punt flows are in place by then
+        self.state.topology_improved(time.monotonic())
+        if self.intent.query_interval > 0:
+            self.query_all({switch})
+        self.kick()
+
+    @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
+    def _flow_stats(self, ev):
+        sw = self.core.topology.switch_by_dpid(ev.msg.datapath.id)
+        if sw is None:
+            return
+        now = time.monotonic()
+        app = cookies.app_id(APP)
+        for stat in ev.msg.body:
+            if stat.table_id != MCAST or stat.cookie >> cookies.APP_SHIFT != app:
+                continue
+            m = stat.match
+            try:
+                vid = m["vlan_vid"] & 0xFFF if "vlan_vid" in m else 0
+                key = (sw.name, m["ipv4_src"], m["ipv4_dst"], m["in_port"], vid)
+            except KeyError:
+                continue
+            self._counters[key] = (now, stat.packet_count)
+        self._check_silence(sw.name, now)
+
+    def _check_silence(self, switch: str, now: float) -> None:
+        limit = self.intent.silence_ms / 1000.0
+        for ch in self.state.channels.values():
+            ds = ch.dests.get(switch)
+            if ds is None or ds.standby is None:
+                continue
+            active = ch.active_path(switch)
+            if active is None:
+                continue
+            a = self._counters.get((switch, ch.source, ch.group, active.hops[-1].in_port, active.vid))
+            s = self._counters.get((switch, ch.source, ch.group, ds.standby.hops[-1].in_port, ds.standby.vid))
+            if a is None or s is None:
+                continue
+            hist = self._history[(ch.source, ch.group, switch, active.vid, ds.standby.vid)]
+            hist.append((now, a[1], s[1]))
+            # the last time the active count moved
+            last_move = hist[0][0]
+            for (t0, a0, _), (t1, a1, _) in zip(hist, list(hist)[1:]):
+                if a1 != a0:
+                    last_move = t1
+            old = [h for h in hist if h[0] <= now - limit]
+            if not old or now - last_move < limit:
+                continue
+            base = old[-1]
+            if s[1] > base[2] and a[1] == base[1]:
+                why = (f"active stream silent for {int((now - last_move) * 1000)} ms while the standby copy "
+                       f"kept arriving ({s[1] - base[2]} packets)")
+                self.state.silent[(ch.source, ch.group, switch)] = why
+                hist.clear()
+                LOG.warning("%s %s: %s", ch.name, switch, why)
+                self.kick()
+
+    # -- REST --------------------------------------------------------------------------------
+    def add_routes(self, api) -> None:
+        tag = APP
+        api.add("GET", "/v1/multicast", lambda r: self._summary(), "Multicast: mode, counts, counters", tag)
+        api.add("GET", "/v1/multicast/groups", lambda r: self._groups_json(), "Groups: members and sources", tag)
+        api.add("GET", "/v1/multicast/members", lambda r: self._members_json(), "Every membership, per port", tag)
+        api.add("GET", "/v1/multicast/channels", lambda r: self._channels_json(),
+                "Channels (S,G): active tree, per destination its active and standby path", tag)
+        api.add("GET", "/v1/multicast/channels/{source}/{group}", self._channel_json, "One channel", tag)
+        api.add("GET", "/v1/multicast/channels/{source}/{group}/tree", self._tree_json,
+                "The active tree of one channel", tag)
+        api.add("GET", "/v1/multicast/standby", lambda r: self._standby_json(),
+                "Standby paths per destination device", tag)
+        api.add("GET", "/v1/multicast/requests", self._requests_json,
+                "Audit of standby requests (?status=&destination=&group=&limit=)", tag)
+        api.add("GET", "/v1/multicast/requests/{request_id}", self._request_json, "Audit of one request", tag)
+        api.add("GET", "/v1/multicast/events", lambda r: list(self.state.audit.events),
+                "Failovers, restorations, standby paths completed and lost", tag)
+        api.add("POST", "/v1/multicast/query", self._query_now, "Send a general IGMP query to every host now", tag)
+        api.add("DELETE", "/v1/multicast/channels/{source}/{group}", self._forget,
+                "Forget a source (its flows go; its next packet re-learns it)", tag)
+
+    def _summary(self) -> dict:
+        chans = self.state.channels.values()
+        dests = [ds for ch in chans for d, ds in ch.dests.items() if d != ch.switch]
+        return {"protection": self.intent.protection, "channels": len(self.state.channels),
+                "destinations": len(dests), "standby_complete": sum(ds.standby is not None for ds in dests),
+                "requests_in_flight": sum(ds.pending is not None for ds in dests),
+                "memberships": sum(len(g) for g in self.state.members.values()),
+                "member_timeout_s": self.intent.member_timeout(),
+                "counters": dict(sorted(self.state.counters.items())), "stats_polls": self.stats_polls,
+                "port_events": list(self.port_events),
+                "foreign_queriers": sorted(self.state.foreign_queriers)}
+
+    def _members_json(self) -> list:
+        now = time.monotonic()
+        out = []
+        for (sw, port), groups in sorted(self.state.members.items()):
+            for g, m in sorted(groups.items()):
+                out.append({"switch": sw, "port": port, "group": g, **m.to_dict(now)})
+        for (sw, port), groups in sorted(self.state.static_members(self.intent).items()):
+            for g, m in sorted(groups.items()):
+                out.append({"switch": sw, "port": port, "group": g, **m.to_dict(now), "static": True})
+        return out
+
+    def _groups_json(self) -> list:
+        groups: dict[str, dict] = {}
+        for m in self._members_json():
+            groups.setdefault(m["group"], {"group": m["group"], "members": [], "sources": []})["members"].append(m)
+        for ch in self.state.channels.values():
+            groups.setdefault(ch.group, {"group": ch.group, "members": [], "sources": []})["sources"].append(
+                {"source": ch.source, "host": ch.host, "switch": ch.switch, "port": ch.port})
+        return [groups[g] for g in sorted(groups, key=lambda x: ipaddress.IPv4Address(x))]
+
+    def _channels_json(self) -> list:
+        now, view = time.monotonic(), self.core.view()
+        return [self.state.channel_json(self.state.channels[k], view, self.intent, now)
+                for k in sorted(self.state.channels)]
+
+    def _channel(self, r) -> model.Channel:
+        key = []
+        for name in ("source", "group"):
+            try:
+                key.append(str(ipaddress.IPv4Address(r.params[name])))
+            except ValueError as exc:
+                raise ApiError(422, f"{name}: {exc}", name) from None
+        key = tuple(key)
+        ch = self.state.channels.get(key)
+        if ch is None:
+            raise ApiError(404, f"no channel {key[0]} -> {key[1]}; known: "
+                                f"{[model.channel_name(*k) for k in sorted(self.state.channels)]}")
+        return ch
+
+    def _channel_json(self, r) -> dict:
+        return self.state.channel_json(self._channel(r), self.core.view(), self.intent, time.monotonic())
+
+    def _tree_json(self, r) -> dict:
+        c = self._channel_json(r)
+        return {k: c[k] for k in ("source", "group", "source_switch", "tree", "tree_destinations")}
+
+    def _standby_json(self) -> list:
+        out = []
+        for c in self._channels_json():
+            for d, e in c["destinations"].items():
+                out.append({"source": c["source"], "group": c["group"], "destination": d, "active": e["active"],
+                            "active_kind": e["active_kind"], "standby": e["standby"],
+                            "disjoint": e.get("disjoint"), "pending_request": e["pending_request"],
+                            "note": e["note"], "failovers": e["failovers"]})
+        return out
+
+    def _requests_json(self, r) -> list:
+        q = r.query
+        try:
+            limit = int(q.get("limit", 200))
+        except ValueError:
+            raise ApiError(422, "limit must be an integer", "limit") from None
+        recs = list(self.state.audit.requests.values())
+        for k in ("status", "destination", "group", "source"):
+            if k in q:
+                recs = [x for x in recs if str(x.get(k)) == q[k]]
+        return [self.state.audit.public(x) for x in recs[-max(0, limit):]]
+
+    def _request_json(self, r) -> dict:
+        try:
+            rid = int(r.params["request_id"], 0)
+        except ValueError:
+            raise ApiError(422, "request_id must be an integer", "request_id") from None
+        rec = self.state.audit.requests.get(rid)
+        if rec is None:
+            raise ApiError(404, f"no request {rid} in the audit (it keeps the last {self.state.audit.limit})")
+        return self.state.audit.public(rec)
+
+    def _query_now(self, r):
+        return {"queries_sent": self.query_all()}
+
+    def _forget(self, r):
+        ch = self._channel(r)
+        self.state.forget_source(ch.key)
+        self.save_soon()
+        self.recompute_soon()
+        return {"forgot": ch.name}
