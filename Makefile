@@ -40,10 +40,11 @@ unit: venv
 	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
 
 integration: deps venv
-	$(PY) -m pytest tests/integration -q $(PYTEST_ARGS)
+	@rc=0; for t in tests/integration/test_*.py; do $(PY) -m pytest $$t -q -p no:cacheprovider $(PYTEST_ARGS) || rc=1; done; exit $$rc
 
+# Unit tests, then each integration module in its own pytest process (see tests/run_all.py).
 test: deps venv
-	$(PY) -m pytest tests -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) tests/run_all.py $(PYTEST_ARGS)
 
 bench: deps venv
 	$(PY) bench/flow_programming.py
