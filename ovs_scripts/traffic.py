@@ -58,29 +58,39 @@ import threading
 import time
 
 
-def serve(port: int, once: bool = False) -> None:
-    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+def _dual_stack(port: int, kind: int = socket.SOCK_STREAM) -> socket.socket:
+    """A socket bound to ``port`` on every IPv4 and IPv6 address (listening, if TCP)."""
+    sock = socket.socket(socket.AF_INET6, kind)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     sock.bind(("::", port))
-    sock.listen(256)
+    if kind == socket.SOCK_STREAM:
+        sock.listen(256)
+    return sock
+
+
+def _echo(conn: socket.socket, timeout: float, greeting: bytes = b"") -> None:
+    """Echo a TCP connection until the peer closes it (after an optional greeting)."""
+    with conn:
+        conn.settimeout(timeout)
+        try:
+            if greeting:
+                conn.sendall(greeting)
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                conn.sendall(data)
+        except OSError:
+            return
+
+
+def serve(port: int, once: bool = False) -> None:
+    sock = _dual_stack(port)
     print(f"listening {port}", flush=True)
-
-    def handle(conn):
-        with conn:
-            conn.settimeout(30)
-            try:
-                while True:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    conn.sendall(data)
-            except OSError:
-                return
-
     while True:
         conn, _ = sock.accept()
-        threading.Thread(target=handle, args=(conn,), daemon=True).start()
+        threading.Thread(target=_echo, args=(conn, 30), daemon=True).start()
         if once:
             break
 
@@ -334,31 +344,13 @@ def ident_serve(port: int, name: str) -> None:
         host = peer[7:] if peer.startswith("::ffff:") else peer
         return (json.dumps({"server": name, "peer": host}) + "\n").encode()
 
-    tcp_sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    udp_sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-    for s in (tcp_sock, udp_sock):
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        s.bind(("::", port))
-    tcp_sock.listen(256)
-
-    def handle(conn, peer):
-        with conn:
-            conn.settimeout(30)
-            try:
-                conn.sendall(hello(peer))
-                while True:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    conn.sendall(data)
-            except OSError:
-                return
+    tcp_sock = _dual_stack(port)
+    udp_sock = _dual_stack(port, socket.SOCK_DGRAM)
 
     def accept_loop():
         while True:
             conn, addr = tcp_sock.accept()
-            threading.Thread(target=handle, args=(conn, addr[0]), daemon=True).start()
+            threading.Thread(target=_echo, args=(conn, 30, hello(addr[0])), daemon=True).start()
 
     threading.Thread(target=accept_loop, daemon=True).start()
     print(f"listening {port}", flush=True)
@@ -435,19 +427,7 @@ def serve_ports(ports: list[int]) -> None:
     def tcp_loop(sock):
         while True:
             conn, _ = sock.accept()
-            threading.Thread(target=echo, args=(conn,), daemon=True).start()
-
-    def echo(conn):
-        with conn:
-            conn.settimeout(60)
-            try:
-                while True:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    conn.sendall(data)
-            except OSError:
-                return
+            threading.Thread(target=_echo, args=(conn, 60), daemon=True).start()
 
     def udp_loop(sock):
         while True:
@@ -458,13 +438,7 @@ def serve_ports(ports: list[int]) -> None:
                 pass
 
     for port in ports[:64]:
-        t = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-        u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-        for s in (t, u):
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            s.bind(("::", port))
-        t.listen(256)
+        t, u = _dual_stack(port), _dual_stack(port, socket.SOCK_DGRAM)
         threading.Thread(target=tcp_loop, args=(t,), daemon=True).start()
         threading.Thread(target=udp_loop, args=(u,), daemon=True).start()
     print(f"listening {' '.join(map(str, ports[:64]))}", flush=True)

@@ -120,6 +120,24 @@ def arp_responder(ip: str, mac: str, cookie: int) -> Flow:
                          Output(OFPP_IN_PORT)))
 
 
+def resolver_targets(topo, router_mac: str) -> tuple[dict[str, str], dict[str, str]]:
+    """Addresses the edge switches answer for, IPv4 (ARP) and IPv6 (ND), mapped to the MAC to answer:
+    every host address, and every gateway (the fabric's router MAC)."""
+    arp: dict[str, str] = {}
+    nd: dict[str, str] = {}
+    for h in topo.hosts.values():
+        if h.ipv4:
+            arp[str(h.ipv4.ip)] = h.mac
+        if h.ipv6:
+            nd[str(h.ipv6.ip)] = h.mac
+    for h in topo.hosts.values():
+        if h.gateway4:
+            arp.setdefault(str(h.gateway4), router_mac)
+        if h.gateway6:
+            nd.setdefault(str(h.gateway6), router_mac)
+    return arp, nd
+
+
 def compute_fabric(view: FabricView, intent: FabricIntent) -> dict[str, SwitchState]:
     """Desired fabric state of every switch (pure)."""
     topo = view.topology
@@ -132,19 +150,7 @@ def compute_fabric(view: FabricView, intent: FabricIntent) -> dict[str, SwitchSt
     for h in topo.hosts.values():
         hosts_on[h.switch].append(h)
 
-    # addresses the edge switches answer for: every host address and every gateway
-    arp_targets: dict[str, str] = {}
-    nd_targets: dict[str, str] = {}
-    for h in topo.hosts.values():
-        if h.ipv4:
-            arp_targets[str(h.ipv4.ip)] = h.mac
-        if h.ipv6:
-            nd_targets[str(h.ipv6.ip)] = h.mac
-    for h in topo.hosts.values():
-        if h.gateway4:
-            arp_targets.setdefault(str(h.gateway4), router_mac)
-        if h.gateway6:
-            nd_targets.setdefault(str(h.gateway6), router_mac)
+    arp_targets, nd_targets = resolver_targets(topo, router_mac)
 
     for name, st in states.items():
         # -- ingress: fabric ports
@@ -248,18 +254,17 @@ class Fabric(FabricApp):
     APP_NAME = APP
     IntentModel = FabricIntent
 
+    _nd_cache: tuple[str | None, dict[str, str]] = (None, {})
+
     def compute(self, view: FabricView) -> dict[str, SwitchState]:
         return compute_fabric(view, self.intent)
 
     def _nd_answer(self, target: str) -> str | None:
-        topo = self.core.topology
-        for h in topo.hosts.values():
-            if h.ipv6 and str(h.ipv6.ip) == target:
-                return h.mac
-        for h in topo.hosts.values():
-            if h.gateway6 and str(h.gateway6) == target:
-                return self.intent.router_mac
-        return None
+        # the same map the ND punt flows were built from, computed once per router MAC
+        if self._nd_cache[0] != self.intent.router_mac:
+            self._nd_cache = (self.intent.router_mac,
+                              resolver_targets(self.core.topology, self.intent.router_mac)[1])
+        return self._nd_cache[1].get(target)
 
     def packet_in(self, pkt: PacketIn) -> None:
         ns = pktparse.neighbor_solicitation(pkt.data)

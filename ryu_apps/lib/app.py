@@ -9,8 +9,7 @@ the pipeline and hands them to the switch programmers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import networkx as nx
 from os_ken.base import app_manager
@@ -58,17 +57,8 @@ class IntentError(ValueError):
         self.field, self.status = field, status
 
 
-@dataclass
-class Intent:
-    """An app's validated intent and where it came from."""
-
-    model: BaseModel
-    source: str = "topology"
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 class FabricApp(app_manager.OSKenApp):
-    """Subclass, set ``APP_NAME`` and ``Intent``, implement :meth:`compute`."""
+    """Subclass, set ``APP_NAME`` and ``IntentModel``, implement :meth:`compute`."""
 
     OFP_VERSIONS = [ofproto_v1_3.OFP_VERSION]
     APP_NAME = "fabric"

@@ -478,36 +478,33 @@ def derive_roles(topo: Topology, tiers: Tiers) -> Roles:
         if not ups:
             raise IntentCheckError(f"{key}: access point {ap} has no link to a tunnel device", key)
         ap_uplinks[ap] = tuple(ups)
+    def tunnel_tier(names, tier, what, below, above, set_no, wiring, peer_wiring, only, link_what):
+        """Check one tunnel tier's links (to the tier below or tunnels to ``above``) and record them."""
+        for i, sw in enumerate(names):
+            key = f"tiers.{tier}[{i}]"
+            for pi in topo.switch_ports(sw):
+                peer_role = role.get(pi.peer)
+                if peer_role == below:
+                    continue
+                if peer_role != above:
+                    raise IntentCheckError(f"{key}: {what} {sw} links to {pi.peer}; {only}", key)
+                tunnel_ok(pi, link_what, key)
+                wiring[sw][pi.peer] = pi.port
+                peer_wiring[pi.peer][sw] = pi.peer_port
+                tunnels.append({"set": set_no, "a": sw, "a_port": pi.port, "b": pi.peer, "b_port": pi.peer_port,
+                                "type": pi.kind})
+
+    tunnel_tier(tds, "tunnel_devices", "tunnel device", "access_points", "forwarders", 1, td_fc, fc_td,
+                "tunnel devices link only to access points and forwarders", "a tunnel device's link to a forwarder")
     for i, td in enumerate(tds):
-        key = f"tiers.tunnel_devices[{i}]"
-        for pi in topo.switch_ports(td):
-            peer_role = role.get(pi.peer)
-            if peer_role == "access_points":
-                continue
-            if peer_role != "forwarders":
-                raise IntentCheckError(f"{key}: tunnel device {td} links to {pi.peer}; tunnel devices link "
-                                       "only to access points and forwarders", key)
-            tunnel_ok(pi, "a tunnel device's link to a forwarder", key)
-            td_fc[td][pi.peer] = pi.port
-            fc_td[pi.peer][td] = pi.peer_port
-            tunnels.append({"set": 1, "a": td, "a_port": pi.port, "b": pi.peer, "b_port": pi.peer_port,
-                            "type": pi.kind})
         if not td_fc[td]:
-            raise IntentCheckError(f"{key}: tunnel device {td} has no tunnel to a forwarder", key)
+            raise IntentCheckError(f"tiers.tunnel_devices[{i}]: tunnel device {td} has no tunnel to a forwarder",
+                                   f"tiers.tunnel_devices[{i}]")
+    tunnel_tier(fcs, "forwarders", "forwarder", "tunnel_devices", "nacs", 2, fc_nac, nac_fc,
+                "forwarders link only to tunnel devices and NACs (client traffic never goes around a NAC)",
+                "a forwarder's link to a NAC")
     for i, fc in enumerate(fcs):
         key = f"tiers.forwarders[{i}]"
-        for pi in topo.switch_ports(fc):
-            peer_role = role.get(pi.peer)
-            if peer_role == "tunnel_devices":
-                continue
-            if peer_role != "nacs":
-                raise IntentCheckError(f"{key}: forwarder {fc} links to {pi.peer}; forwarders link only to "
-                                       "tunnel devices and NACs (client traffic never goes around a NAC)", key)
-            tunnel_ok(pi, "a forwarder's link to a NAC", key)
-            fc_nac[fc][pi.peer] = pi.port
-            nac_fc[pi.peer][fc] = pi.peer_port
-            tunnels.append({"set": 2, "a": fc, "a_port": pi.port, "b": pi.peer, "b_port": pi.peer_port,
-                            "type": pi.kind})
         if not fc_nac[fc]:
             raise IntentCheckError(f"{key}: forwarder {fc} has no tunnel to a NAC", key)
         if not fc_td[fc]:

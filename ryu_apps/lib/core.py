@@ -374,7 +374,7 @@ class FabricCore(app_manager.OSKenApp):
                 "all_synced": all(p.synced for p in self.programmers.values())}
 
     def _topology_json(self) -> dict:
-        t = self.topology
+        t, view = self.topology, self.view()
         return {
             "name": t.name, "source": t.source,
             "switches": {n: {"dpid": s.dpid, "bridge": s.bridge, "node": s.node} for n, s in t.switches.items()},
@@ -382,8 +382,7 @@ class FabricCore(app_manager.OSKenApp):
                           "ipv6": str(h.ipv6) if h.ipv6 else None, "switch": h.switch, "port": h.port}
                       for n, h in t.hosts.items()},
             "links": [{"name": ln.name, "a": ln.a, "a_port": ln.a_port, "b": ln.b, "b_port": ln.b_port,
-                       "kind": ln.kind,
-                       "up": self.view().port_live(ln.a, ln.a_port) and self.view().port_live(ln.b, ln.b_port)}
+                       "kind": ln.kind, "up": view.port_live(ln.a, ln.a_port) and view.port_live(ln.b, ln.b_port)}
                       for ln in t.links],
             "down_ports": [f"{s}:{p}" for s, p in sorted(self.down_ports)],
         }

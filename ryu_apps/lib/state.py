@@ -162,8 +162,3 @@ def diff(desired: SwitchState, actual: ActualState) -> Changes:
     ch.group_deletes = sorted(gid for gid in actual.groups if gid not in desired.groups)
     ch.meter_deletes = sorted(mid for mid in actual.meters if mid not in desired.meters)
     return ch
-
-
-def apply(actual: ActualState, desired: SwitchState, changes: Changes) -> ActualState:
-    """The actual state after ``changes`` were applied successfully."""
-    return ActualState.of(desired)

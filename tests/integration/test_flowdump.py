@@ -16,7 +16,6 @@ REST API is a tiny http.server on 127.0.0.1.
 from __future__ import annotations
 
 import argparse
-import http.server
 import json
 import os
 import secrets
@@ -26,10 +25,11 @@ import socket
 import struct
 import subprocess
 import tempfile
-import threading
 import time
 
 import pytest
+
+from tests.fakecontroller import controller  # noqa: F401  (fixture)
 
 from ovs_scripts import flowdump as fd
 from ryu_apps.lib import cookies
@@ -233,52 +233,6 @@ def bridge(ovs):
         yield name
     finally:
         ovs.del_bridge(name)
-
-
-class Controller:
-    """The controller's REST API as far as flowdump uses it, on 127.0.0.1."""
-
-    def __init__(self, routes):
-        self.routes = routes
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                if self.path not in outer.routes:
-                    self.send_error(404)
-                    return
-                body = json.dumps(outer.routes[self.path]).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
-
-
-@pytest.fixture
-def controller():
-    started = []
-
-    def start(routes):
-        started.append(Controller(routes))
-        return started[-1]
-
-    yield start
-    for c in started:
-        c.close()
 
 
 LABELS = {f"{H1:#018x}": "fabric host h1", f"{H2:#018x}": "fabric host h2", f"{ECMP:#018x}": "fabric ecmp 10.0.1.0/24"}

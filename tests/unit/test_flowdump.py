@@ -8,14 +8,14 @@ controller's REST API is a tiny http.server on 127.0.0.1.
 from __future__ import annotations
 
 import argparse
-import http.server
 import json
 import socket
 import sys
-import threading
 import types
 
 import pytest
+
+from tests.fakecontroller import controller  # noqa: F401  (fixture)
 
 from ovs_scripts import flowdump as fd
 from ryu_apps.lib import cookies
@@ -392,54 +392,6 @@ def test_render_diff():
 
 
 # --- CLI with canned ovs-ofctl replies and a local REST API ----------------------------
-
-
-class FakeController:
-    """GET-only JSON server on 127.0.0.1 in a thread."""
-
-    def __init__(self, routes: dict[str, object]):
-        self.routes = routes
-        self.requests: list[str] = []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 (http.server API)
-                outer.requests.append(self.path)
-                if self.path not in outer.routes:
-                    self.send_error(404)
-                    return
-                body = json.dumps(outer.routes[self.path]).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
-
-
-@pytest.fixture
-def controller():
-    servers = []
-
-    def start(routes):
-        servers.append(FakeController(routes))
-        return servers[-1]
-
-    yield start
-    for s in servers:
-        s.close()
 
 
 @pytest.fixture
