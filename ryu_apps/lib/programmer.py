@@ -272,6 +272,9 @@ class SwitchProgrammer:
         self.last_error: str | None = None
         self.syncs = 0
         self.connected_at: float | None = None
+        # bumped whenever what we believe about the switch is void (reconnect, resync request);
+        # a sync that started under an older epoch must not mark the switch synced
+        self._epoch = 0
         self.connect_to_sync_seconds: float | None = None
         self._kick = hub.Event()
         self._thread = hub.spawn(self._loop)
@@ -285,14 +288,17 @@ class SwitchProgrammer:
     def connected(self, datapath) -> None:
         """A (re)connection: forget what we believed and read the switch."""
         self.channel = OFChannel(datapath)
-        self.actual = None
-        self.synced_version = -1
+        self._forget()
         self.connected_at = time.monotonic()
         self.connect_to_sync_seconds = None
         self._kick.set()
 
     def disconnected(self) -> None:
         self.channel = None
+        self._forget()
+
+    def _forget(self) -> None:
+        self._epoch += 1
         self.actual = None
         self.synced_version = -1
 
@@ -306,8 +312,7 @@ class SwitchProgrammer:
 
     def resync(self) -> None:
         """Re-read the switch and repair any drift (an audit)."""
-        self.actual = None
-        self.synced_version = -1
+        self._forget()
         self._kick.set()
 
     # -- the loop ---------------------------------------------------------
@@ -333,7 +338,7 @@ class SwitchProgrammer:
     def sync_once(self, channel: OFChannel) -> Changes:
         """Read the switch if needed, send the difference, remember the result."""
         start = time.monotonic()
-        version, desired = self.version, self.desired
+        version, desired, epoch = self.version, self.desired, self._epoch
         if self.actual is None:
             self.actual = read_actual(channel)
         changes = diff(desired, self.actual)
@@ -341,6 +346,9 @@ class SwitchProgrammer:
             send_changes(channel, changes)
         if channel is not self.channel:
             raise ConnectionError("switch reconnected during sync")
+        if epoch != self._epoch:  # a resync was asked for meanwhile: read the switch again
+            self._kick.set()
+            return changes
         self.actual = ActualState.of(desired)
         self.synced_version = version
         self.syncs += 1
