@@ -21,10 +21,18 @@ OPTS = [
     cfg.StrOpt("topology", help="lab topology YAML (switches, hosts, links, app intent)"),
     cfg.StrOpt("rest-host", default="127.0.0.1", help="REST API listen address (loopback by default)"),
     cfg.IntOpt("rest-port", default=8080, help="REST API listen port (0 disables the API)"),
+    cfg.StrOpt("rest-token-file",
+               help="file holding the REST token: writes (and, off loopback, reads) need "
+                    "'Authorization: Bearer <token>'; required when rest-host is not loopback"),
+    cfg.StrOpt("rest-cert", help="PEM certificate (chain) for HTTPS on the REST API (with rest-key)"),
+    cfg.StrOpt("rest-key", help="PEM private key of rest-cert"),
     cfg.StrOpt("state-dir", help="where apps persist intent changed through REST"),
     cfg.IntOpt("packet-in-rate", default=200,
                help="packet-ins per second handled per switch; the rest are dropped and counted"),
 ]
+
+ECHO_INTERVAL = 1.0  # seconds between echo requests to each switch
+ECHO_MISSES = 4      # unanswered echo requests tolerated before the channel is closed
 
 _registered = False
 
@@ -46,6 +54,11 @@ def register(cli: bool = False) -> None:
     # Loopback unless the operator asks otherwise: the OpenFlow parser can be
     # stalled by anyone who reaches the port (see README, "Hardening").
     CONF.set_default("ofp_listen_host", "127.0.0.1")
+    # Echo keepalives (off in os-ken by default): a channel that stops answering is closed
+    # after ECHO_INTERVAL * (ECHO_MISSES + 1) seconds, so a frozen switch is noticed and its
+    # own reconnect is admitted (see ryu_apps/lib/admission.py).
+    CONF.set_default("echo_request_interval", ECHO_INTERVAL)
+    CONF.set_default("maximum_unreplied_echo_requests", ECHO_MISSES)
     _registered = True
 
 

@@ -23,7 +23,7 @@ from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3
 from pydantic import ValidationError
 
-from ryu_apps.lib import config, cookies, pipeline
+from ryu_apps.lib import admission, config, cookies, pipeline
 from ryu_apps.lib.app import FabricApp, FabricView, IntentError, PacketIn
 from ryu_apps.lib.ofdata import Flow, Match, Meter, MeterBand
 from ryu_apps.lib.programmer import SwitchProgrammer
@@ -37,6 +37,7 @@ LOG = logging.getLogger(__name__)
 #: Meter every flow that sends to the controller goes through.
 PUNT_METER = 1
 PACKET_IN_BYTES = 256  # max_len of every output-to-controller action
+APPLY_WAIT = 10.0  # seconds a write with ?wait=1 waits for the switches to hold it
 
 
 class TokenBucket:
@@ -92,6 +93,9 @@ class FabricCore(app_manager.OSKenApp):
         self._versions: dict[str, int] = {}
         self.generation = 0
         self._recompute = hub.Event()
+        self.refusals = admission.Refusals()
+        self.last_echo_reply: dict[str, float] = {}
+        admission.install(self._admit)
         self.api = RestApi()
         self._add_routes()
         self.threads.append(hub.spawn(self._recompute_loop))
@@ -234,6 +238,28 @@ class FabricCore(app_manager.OSKenApp):
         sw = self.topology.switch_by_dpid(dp.id)
         return sw.name if sw else None
 
+    def _admit(self, dp, established) -> str | None:
+        """None to let ``dp`` become its switch, else why not (see :mod:`admission`)."""
+        sw = self.topology.switch_by_dpid(dp.id) if dp.id is not None else None
+        if sw is None:
+            return None  # not ours: ignored (and logged) once it is up, as before
+        names = admission.peer_names(dp)
+        if names is not None:
+            allowed = {sw.name, sw.bridge, f"{sw.dpid:016x}"}
+            if not allowed & set(names):
+                detail = f"TLS certificate names {sorted(names)}, expected one of {sorted(allowed)}"
+                self.refusals.add(sw.name, "certificate", dp.address, detail)
+                LOG.warning("switch %s: refused connection from %s: %s", sw.name, dp.address, detail)
+                return detail
+        if established is not None:
+            detail = f"dpid {dp.id:#x} is already connected from {established.address}"
+            self.refusals.add(sw.name, "duplicate", dp.address, detail)
+            LOG.warning("switch %s: refused a second connection from %s claiming dpid %#x; "
+                        "the established connection from %s stays", sw.name, dp.address, dp.id,
+                        established.address)
+            return detail
+        return None
+
     @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
     def _state_change(self, ev):
         dp = ev.datapath
@@ -371,7 +397,9 @@ class FabricCore(app_manager.OSKenApp):
                 "packet_ins": dict(self.packet_ins,
                                    rate_limited_by_switch={n: b.dropped for n, b in self.buckets.items()}),
                 "switches_connected": sorted(self.datapaths),
-                "all_synced": all(p.synced for p in self.programmers.values())}
+                "switches_silent": sorted(n for n in self.datapaths if self._channel(n)["state"] == "silent"),
+                "all_synced": all(p.synced for p in self.programmers.values()),
+                "refused_connections": self.refusals.json()}
 
     def _topology_json(self) -> dict:
         t, view = self.topology, self.view()
@@ -389,7 +417,27 @@ class FabricCore(app_manager.OSKenApp):
 
     def _switch_json(self, name: str) -> dict:
         sw = self.topology.switches[name]
-        return {"name": name, "dpid": sw.dpid, "bridge": sw.bridge, **self.programmers[name].status()}
+        return {"name": name, "dpid": sw.dpid, "bridge": sw.bridge, **self.programmers[name].status(),
+                "channel": self._channel(name)}
+
+    def _channel(self, name: str) -> dict:
+        """Is the control channel alive? ``silent``: connected, but echoes go unanswered."""
+        dp = self.datapaths.get(name)
+        if dp is None:
+            return {"state": "down"}
+        now = time.monotonic()
+        heard = max(self.last_echo_reply.get(name, 0.0), self.programmers[name].connected_at or 0.0)
+        quiet = now - heard
+        unanswered = len(getattr(dp, "unreplied_echo_requests", ()))
+        silent = unanswered > 1 and quiet > 2 * config.ECHO_INTERVAL
+        return {"state": "silent" if silent else "ok", "unanswered_echoes": unanswered,
+                "last_heard_seconds_ago": round(quiet, 2)}
+
+    @set_ev_cls(ofp_event.EventOFPEchoReply, MAIN_DISPATCHER)
+    def _echo_reply(self, ev):
+        name = self._switch_of(ev.msg.datapath)
+        if name is not None and self.datapaths.get(name) is ev.msg.datapath:
+            self.last_echo_reply[name] = time.monotonic()
 
     def _flows_json(self, r) -> list:
         name = self._switch_or_404(r.params["name"])
@@ -434,8 +482,38 @@ class FabricCore(app_manager.OSKenApp):
             states = self.try_intent(app, candidate)
         except (StateConflict, PipelineError, IntentError) as exc:
             raise ApiError(409, f"intent refused, nothing changed: {exc}") from None
+        before = {n: p.version for n, p in self.programmers.items()}
         self.commit_intent(app, candidate, states)
+        changed = [n for n, p in self.programmers.items() if p.version != before[n]]
+        pending = self.wait_applied(changed, APPLY_WAIT if r.query.get("wait") in ("1", "true", "yes") else 0)
+        if pending:  # stored and persisted, but not (yet) on these switches: say so
+            return 202, {"applied": False, "pending": pending, "intent": app.intent_json()}
         return app.intent_json()
+
+    def wait_applied(self, switches: list[str], timeout: float) -> dict[str, str]:
+        """Wait up to ``timeout`` s until ``switches`` hold their desired state; why not, per switch.
+
+        With ``timeout`` 0 only switches that cannot be programmed now (no channel, or a
+        silent one) are reported; the others are being programmed.
+        """
+        deadline = time.monotonic() + timeout
+        while timeout > 0 and time.monotonic() < deadline:
+            if all(self.programmers[n].synced for n in switches):
+                return {}
+            hub.sleep(0.01)
+        pending = {}
+        for n in switches:
+            prog, channel = self.programmers[n], self._channel(n)
+            if prog.synced:
+                continue
+            if channel["state"] == "down":
+                pending[n] = "not connected"
+            elif channel["state"] == "silent":
+                pending[n] = f"connected but silent for {channel['last_heard_seconds_ago']} s"
+            elif timeout > 0:
+                pending[n] = f"not synced within {timeout} s" + (f" (last error: {prog.last_error})"
+                                                                  if prog.last_error else "")
+        return pending
 
     def _cookies_json(self) -> dict:
         out = {}

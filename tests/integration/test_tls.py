@@ -34,9 +34,11 @@ def make_pki(d) -> None:
     for ca in ("ctl-ca", "sw-ca"):
         run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}-key.pem", "-out", f"{ca}.pem",
             "-days", "1", "-subj", f"/CN={ca}")
-    for who, ca in (("ctl", "ctl-ca"), ("sw", "sw-ca"), ("rogue", "ctl-ca")):
+    # the switch's certificate names it (s1); "other" is a valid certificate of another switch
+    for who, ca, cn in (("ctl", "ctl-ca", "ctl"), ("sw", "sw-ca", "s1"), ("rogue", "ctl-ca", "s1"),
+                        ("other", "sw-ca", "s2")):
         run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{who}-key.pem", "-out", f"{who}.csr",
-            "-subj", f"/CN={who}")
+            "-subj", f"/CN={cn}")
         run("x509", "-req", "-in", f"{who}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}-key.pem",
             "-CAcreateserial", "-out", f"{who}-cert.pem", "-days", "1")
 
@@ -54,7 +56,7 @@ def switch_synced(rest_port: int, timeout: float) -> bool:
     return False
 
 
-@pytest.mark.parametrize("switch_identity,expect", [("sw", True), ("rogue", False)])
+@pytest.mark.parametrize("switch_identity,expect", [("sw", True), ("rogue", False), ("other", False)])
 def test_openflow_over_tls_with_client_certificates(tmp_path, switch_identity, expect):
     make_pki(tmp_path)
     of_port, rest_port = free_port(), free_port()
@@ -76,8 +78,14 @@ def test_openflow_over_tls_with_client_certificates(tmp_path, switch_identity, e
              "--ca-certs", str(tmp_path / "sw-ca.pem"),
              "--fabric-topology", str(topo), "--fabric-rest-port", str(rest_port), "ryu_apps.fabric"],
             stdout=open(tmp_path / "ctl.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
-        # a switch whose certificate the controller's CA did not sign is refused
+        # a switch whose certificate the controller's CA did not sign is refused, and so is one
+        # whose (valid) certificate names another switch
         assert switch_synced(rest_port, 20 if expect else 6) is expect, (tmp_path / "ctl.log").read_text()[-2000:]
+        if switch_identity == "other":
+            with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/v1/health", timeout=2) as r:
+                refused = json.loads(r.read())["refused_connections"]
+            assert refused["counts"].get("s1:certificate", 0) >= 1, refused
+            assert "['s2']" in refused["recent"][-1]["detail"], refused
     finally:
         if ctl is not None:
             os.killpg(ctl.pid, signal.SIGTERM)
