@@ -28,7 +28,7 @@ from ryu_apps.lib.app import FabricApp, FabricView, IntentError, PacketIn
 from ryu_apps.lib.ofdata import Flow, Match, Meter, MeterBand
 from ryu_apps.lib.programmer import SwitchProgrammer
 from ryu_apps.lib.pipeline import PipelineError
-from ryu_apps.lib.rest import ApiError, RestApi, validation_error
+from ryu_apps.lib.rest import ApiError, PerParam, RestApi, validation_error
 from ryu_apps.lib.state import StateConflict, SwitchState
 from ryu_apps.lib.topology import Topology, TopologyError, load
 
@@ -381,12 +381,14 @@ class FabricCore(app_manager.OSKenApp):
         api.add("GET", "/v1/switches/{name}/desired", self._desired_json,
                 "Desired flows/groups/meters in ovs-ofctl syntax (used by `ovslab flows --diff`)")
         api.add("POST", "/v1/switches/{name}/resync", self._resync,
-                "Re-read the switch and repair any difference from the desired state")
+                "Re-read the switch and repair any difference from the desired state", status=202)
         api.add("GET", "/v1/apps", lambda r: {n: {"app_id": a.app_id, "intent": a.intent_json()}
                                               for n, a in self.apps.items()}, "Loaded apps and their intent")
         api.add("GET", "/v1/apps/{app}/intent", self._intent_json, "One app's intent")
         api.add("PUT", "/v1/apps/{app}/intent", self._put_intent,
-                "Replace an app's intent: validated, applied to every switch at once, persisted", body="json")
+                "Replace an app's intent: validated, applied to every switch at once, persisted "
+                "(202: stored, not yet on every switch)",
+                body=PerParam("app", lambda: {n: a.IntentModel for n, a in self.apps.items()}), also=(202,))
         api.add("GET", "/v1/cookies", lambda r: self._cookies_json(), "Object names by cookie")
         api.add("GET", "/v1/pipeline", lambda r: pipeline.describe(), "The table plan and priority bands")
         api.add("GET", "/v1/health", lambda r: self._health(), "Controller health and packet-in counters")
