@@ -80,13 +80,15 @@ def cmd_up(ns: argparse.Namespace) -> int:
     def say(msg: str) -> None:
         print(f"  {msg}", file=sys.stderr)
 
-    lab = Lab.up(ns.file, controller=not ns.no_controller, timeout=ns.timeout, log=say)
+    lab = Lab.up(ns.file, controller=not ns.no_controller, timeout=ns.timeout, log=say, rest_token=ns.rest_token)
     t = lab.topology
     print(f"lab {lab.name} is up: {len(t.switches)} switches, {len(t.hosts)} hosts, {len(t.nodes)} nodes "
           f"(run directory {lab.dir})")
     ctl = lab.state.data["controller"]
     if ctl["enabled"]:
         print(f"controller pid {ctl.get('pid')}, REST {ctl['rest_url']}, log {lab.dir / 'controller.log'}")
+        if ctl.get("rest_token_file"):
+            print(f"REST writes need 'Authorization: Bearer <token>'; the token is in {ctl['rest_token_file']}")
     else:
         print("no controller: bridges are fail_mode=secure without flows; add some with ovs-ofctl")
     print(f"take it down with: ovslab down {lab.name}")
@@ -190,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not start the controller (bridges get no controller and no flows)")
     s.add_argument("--timeout", type=float, default=60,
                    help="seconds to wait for every switch to be connected and synced (default 60)")
+    s.add_argument("--rest-token", action="store_true",
+                   help="REST writes need a token: the lab writes one to <run dir>/rest-token (mode 600)")
     s.set_defaults(func=cmd_up)
 
     s = sub.add_parser("down", help="tear a lab down (idempotent; also after a crash)")
@@ -225,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--rundir", help="OVS run directory holding <bridge>.mgmt (default: found from the labs)")
     where.add_argument("--db", help="unix:/path/db.sock of the OVS instance (its directory is the rundir)")
     s.add_argument("--rest", help="controller REST URL (default: the lab's)")
+    s.add_argument("--rest-token-file", help="file with the controller's REST token (needed when its REST "
+                                             "listens beyond loopback)")
+    s.add_argument("--rest-cacert", help="CA certificate to verify an https:// controller")
     s.set_defaults(func=cmd_flows)
     return p
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -1125,12 +1126,26 @@ def diff(dump_or_bridge: Dump | str, rundir: str | None, desired_json: Any) -> D
 # --- the controller's REST API ----------------------------------------------------------
 
 
+#: How to reach the controller when it wants more than plain HTTP: ``token`` for
+#: ``Authorization: Bearer`` (REST off loopback wants it for reads too), ``cafile`` to
+#: verify an HTTPS controller.  Set from --rest-token-file / --rest-cacert.
+REST_AUTH: dict[str, str | None] = {"token": None, "cafile": None}
+
+
 def _get_json(url: str) -> Any:
+    token, cafile = REST_AUTH["token"], REST_AUTH["cafile"]
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    ctx = ssl.create_default_context(cafile=cafile) if cafile and url.startswith("https:") else None
     try:
-        with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT) as resp:
+        with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT, context=ctx) as resp:
             return json.loads(resp.read().decode())
     except urllib.error.HTTPError as exc:
-        raise FlowdumpError(f"controller answered HTTP {exc.code} for {url}") from None
+        why = ""
+        try:
+            why = ": " + str(json.loads(exc.read().decode()).get("error"))
+        except (ValueError, AttributeError, OSError):
+            pass
+        raise FlowdumpError(f"controller answered HTTP {exc.code} for {url}{why}") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise FlowdumpError(f"controller unreachable at {url}: {reason}") from None
@@ -1287,7 +1302,12 @@ def locate(ns: argparse.Namespace) -> Location:
     if not found:
         raise FlowdumpError(not_found)
     lab, bridge, lab_rundir, lab_rest = found
-    return Location(switch, bridge, lab_rundir, rest or lab_rest, lab)
+    try:  # a bridge name was given: the controller knows the switch by its name
+        from ovs_scripts.lab import switch_name
+    except ImportError:
+        switch_name = None
+    name = (switch_name(switch) if switch_name else None) or switch
+    return Location(name, bridge, lab_rundir, rest or lab_rest, lab)
 
 
 def _labels_or_warn(rest_url: str | None) -> dict[int, str]:
@@ -1307,6 +1327,15 @@ def _check_app(app: str, present: Iterable[str]) -> None:
 
 
 def _run(ns: argparse.Namespace) -> int:
+    token_file = getattr(ns, "rest_token_file", None)
+    REST_AUTH["token"] = None
+    if token_file:
+        try:
+            with open(token_file, encoding="utf-8") as f:
+                REST_AUTH["token"] = f.read().strip() or None
+        except OSError as exc:
+            raise FlowdumpError(f"--rest-token-file {token_file}: {exc.strerror}") from None
+    REST_AUTH["cafile"] = getattr(ns, "rest_cacert", None)
     loc = locate(ns)
     app = getattr(ns, "app", None)
     as_json = getattr(ns, "json", False)
@@ -1359,7 +1388,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     where.add_argument("--rundir", help="OVS run directory holding <bridge>.mgmt (any OVS instance)")
     where.add_argument("--db", help="unix:/path/db.sock of the OVS instance (its directory is the rundir)")
     parser.add_argument("--rest", help="controller REST URL (object names, --diff)")
+    add_rest_auth_arguments(parser)
     return parser
+
+
+def add_rest_auth_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rest-token-file", help="file with the controller's REST token (needed when its "
+                                                  "REST listens beyond loopback)")
+    parser.add_argument("--rest-cacert", help="CA certificate to verify an https:// controller")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

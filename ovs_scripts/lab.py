@@ -258,11 +258,13 @@ class Lab:
 
     @classmethod
     def up(cls, path: str | os.PathLike, controller: bool = True, timeout: float = 60,
-           rundir: str | os.PathLike | None = None, log=None) -> "Lab":
+           rundir: str | os.PathLike | None = None, log=None, rest_token: bool = False) -> "Lab":
         """Build the lab described by ``path``; on any failure everything created is removed.
 
         ``rundir`` is the base directory (default $OVSLAB_RUNDIR or /run/ovslab);
-        the lab's own directory is ``<rundir>/<lab name>``.
+        the lab's own directory is ``<rundir>/<lab name>``.  ``rest_token``: the lab
+        writes a token file ``<lab dir>/rest-token`` (mode 600), the controller's REST
+        then wants ``Authorization: Bearer`` for writes, and the lab's clients send it.
         """
         topo = topo_mod.load(path)
         plan = make_plan(topo)
@@ -280,6 +282,7 @@ class Lab:
                            f"run `ovslab down {topo.name}` first") from None
         copy = labdir / "topology.yaml"
         shutil.copyfile(path, copy)
+        token_file = _write_rest_token(labdir) if rest_token and controller else None
         state = State(labdir / "state.json")
         state.data.update({
             "name": topo.name, "prefix": topo.prefix, "source": str(Path(path).resolve()),
@@ -287,7 +290,8 @@ class Lab:
             "datapath": resolve_datapath(topo),
             "controller": {"enabled": controller, "of_port": topo.spec.controller.of_port,
                            "rest_port": topo.spec.controller.rest_port,
-                           "rest_url": f"http://127.0.0.1:{topo.spec.controller.rest_port}" if controller else None},
+                           "rest_url": f"http://127.0.0.1:{topo.spec.controller.rest_port}" if controller else None,
+                           "rest_token_file": token_file},
             "switches": {s: {"bridge": sw.bridge, "dpid": sw.dpid, "node": sw.node,
                              "netns": plan.switch_netns[s],
                              "sandbox": str(labdir / plan.switch_sandbox[s])}
@@ -509,7 +513,8 @@ class Lab:
         spec = self.topology.spec.controller
         argv = controller_command(str(self.dir / "topology.yaml"), list(self.topology.apps),
                                   of_port=spec.of_port, rest_port=spec.rest_port,
-                                  state_dir=str(self.dir / "controller-state"))
+                                  state_dir=str(self.dir / "controller-state"),
+                                  rest_token_file=self.state.data["controller"].get("rest_token_file"))
         self._controller_proc = self._spawn("controller", argv, marker=str(self.dir / "topology.yaml"),
                                             log=self.dir / "controller.log", cwd=str(self.dir))
         self.state.data["controller"]["pid"] = self._controller_proc.pid
@@ -525,7 +530,8 @@ class Lab:
             if proc is not None and proc.poll() is not None:
                 self._fail_controller(f"the controller exited with code {proc.returncode}")
             try:
-                with urllib.request.urlopen(url, timeout=2) as resp:
+                with urllib.request.urlopen(urllib.request.Request(url, headers=self.rest_headers()),
+                                            timeout=2) as resp:
                     data = json.loads(resp.read().decode())
                 if isinstance(data, dict):
                     data = data.get("switches", data)
@@ -653,6 +659,17 @@ class Lab:
     def rest_url(self) -> str | None:
         """``http://127.0.0.1:<rest_port>`` of the lab's controller, or None without a controller."""
         return self.state.data.get("controller", {}).get("rest_url")
+
+    @property
+    def rest_token(self) -> str | None:
+        """The token the lab's controller wants for REST writes (``up(rest_token=True)``), else None."""
+        path = self.state.data.get("controller", {}).get("rest_token_file")
+        return Path(path).read_text().strip() if path else None
+
+    def rest_headers(self) -> dict[str, str]:
+        """Headers for a REST request to the lab's controller: ``Authorization: Bearer`` when it has a token."""
+        token = self.rest_token
+        return {"Authorization": f"Bearer {token}"} if token else {}
 
     def stop_controller(self) -> None:
         """Stop the lab's controller (the switches keep their flows: fail_mode=secure)."""
@@ -960,6 +977,30 @@ def list_labs(rundir: str | os.PathLike | None = None) -> list[str]:
         return sorted(d.name for d in base.iterdir() if d.is_dir() and (d / "state.json").exists())
     except OSError:
         return []
+
+
+def _write_rest_token(labdir: Path) -> str:
+    """A fresh random REST token in ``<labdir>/rest-token`` (mode 600); its path."""
+    import secrets
+
+    path = labdir / "rest-token"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_urlsafe(32) + "\n")
+    return str(path)
+
+
+def switch_name(name_or_bridge: str, rundir: str | os.PathLike | None = None) -> str | None:
+    """The lab switch name of a switch or bridge name in any lab that is up (``zab-s1`` -> ``s1``)."""
+    for lab in list_labs(rundir):
+        try:
+            data = json.loads((base_dir(rundir) / lab / "state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        for s, info in data.get("switches", {}).items():
+            if name_or_bridge in (s, info.get("bridge")):
+                return s
+    return None
 
 
 def find_switch(name_or_bridge: str, rundir: str | os.PathLike | None = None

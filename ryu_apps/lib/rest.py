@@ -446,7 +446,21 @@ class RestApi:
                  "no token" if sec.token is None else
                  ("token needed for writes" if sec.reads_open else "token needed for reads and writes"))
         return hub.spawn(wsgi.server, sock, self, log=_QuietLog(), max_size=MAX_CONNECTIONS,
-                         keepalive=IDLE_TIMEOUT, socket_timeout=SOCKET_TIMEOUT, debug=False)
+                         keepalive=IDLE_TIMEOUT, socket_timeout=SOCKET_TIMEOUT, debug=False,
+                         protocol=_protocol(wsgi.HttpProtocol))
+
+
+def _protocol(base):
+    """eventlet's HTTP protocol, with a failed TLS handshake logged in one line (not a traceback)."""
+
+    class Protocol(base):
+        def handle(self):
+            try:
+                super().handle()
+            except ssl.SSLError as exc:
+                LOG.info("REST: TLS with %s failed: %s", self.client_address, exc.reason or exc)
+
+    return Protocol
 
 
 def client_headers(token: str | None) -> dict[str, str]:
