@@ -10,10 +10,10 @@ What it installs (all proactive, computed from the topology file):
   port, with its own MAC and IP (anti-spoofing); ARP and neighbour solicitations go to
   ``arp_nd``; packets a host sends to the fabric's router MAC are routed
   (TTL decremented, source MAC rewritten); fabric ports go to ``forward``.
-* ``arp_nd`` (table 80): ARP for every declared address and gateway is
-  answered by the switch itself; an IPv6 neighbour solicitation for a
-  declared address is sent to the controller (metered, 256 bytes), which
-  answers it.
+* ``arp_nd`` (table 80): ARP and IPv6 neighbour solicitations for every
+  declared address and gateway are answered by the switch itself (see
+  :func:`nd_responder`), so address resolution keeps working while the
+  controller is unreachable; duplicate address detection is never answered.
 * ``forward`` (table 90): a /32 and /128 route per host address: output to
   the host (rewriting the destination MAC) on its own switch, else to the next
   hop along shortest paths; several equal-cost next hops become an OpenFlow
@@ -32,10 +32,10 @@ from os_ken.lib.packet import ethernet, icmpv6, ipv6, packet
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ryu_apps.lib import cookies, pktparse
-from ryu_apps.lib.app import FabricApp, FabricView, PacketIn
-from ryu_apps.lib.core import PACKET_IN_BYTES, PUNT_METER, FabricCore
-from ryu_apps.lib.ofdata import (OFPP_CONTROLLER, OFPP_IN_PORT, Bucket, DecTtl, Flow, Group, GroupAction, Match,
-                                 Meter, MeterBand, Output, RegMove, SetField)
+from ryu_apps.lib.app import FabricApp, FabricView
+from ryu_apps.lib.core import FabricCore
+from ryu_apps.lib.ofdata import (OFPP_IN_PORT, Bucket, DecTtl, Flow, Group, GroupAction, Match,
+                                 Meter, MeterBand, Output, RegMove, Resubmit, SetField)
 from ryu_apps.lib.pipeline import ARP_ND, FORWARD, INGRESS
 from ryu_apps.lib.state import SwitchState
 from ryu_apps.lib.topology import MAC_RE
@@ -58,6 +58,7 @@ P_HOST = 500
 P_HOST_ROUTED = 510
 P_HOST_ND = 520
 P_RESPONDER = 500
+P_ND_DAD = 510
 P_ROUTE = 500
 
 ND_METER_BASE = 0x100  # meter id of host port p: ND_METER_BASE + p
@@ -118,6 +119,35 @@ def arp_responder(ip: str, mac: str, cookie: int) -> Flow:
                          RegMove("arp_sha", "arp_tha", 48), SetField("arp_sha", mac),
                          RegMove("arp_spa", "arp_tpa", 32), SetField("arp_spa", ip),
                          Output(OFPP_IN_PORT)))
+
+
+ND_FLAG_ROUTER, ND_FLAG_SOLICITED, ND_FLAG_OVERRIDE = 0x80000000, 0x40000000, 0x20000000
+ND_OPT_TLL = 2
+
+
+def nd_responder(ip: str, mac: str, cookie: int, router: bool = False) -> tuple[Flow, Flow]:
+    """Two flows that answer a neighbour solicitation for ``ip`` with ``mac`` in the switch.
+
+    The first turns the solicitation into a solicited advertisement (addresses swapped,
+    type 136, flags) and looks it up again; the second, which can now match an
+    advertisement, turns the source link-layer option into the target link-layer option
+    carrying ``mac`` and sends it back.  (OVS accepts nd_tll only on a flow that matches
+    type 136, hence the second lookup.)  OVS fixes the ICMPv6 checksum; the hop limit stays
+    the solicitation's, 255 for every valid one.  Like ARP, this keeps working while the
+    controller is unreachable.
+    """
+    flags = ND_FLAG_SOLICITED | ND_FLAG_OVERRIDE | (ND_FLAG_ROUTER if router else 0)
+    ns = Flow(table=ARP_ND, priority=P_RESPONDER, cookie=cookie,
+              match=Match(eth_type=ETH_IPV6, ip_proto=58, icmpv6_type=135, ipv6_nd_target=ip),
+              actions=(RegMove("eth_src", "eth_dst", 48), SetField("eth_src", mac),
+                       RegMove("ipv6_src", "ipv6_dst", 128), SetField("ipv6_src", ip),
+                       SetField("icmpv6_type", 136), SetField("nd_reserved", flags),
+                       Resubmit(ARP_ND)))
+    na = Flow(table=ARP_ND, priority=P_RESPONDER, cookie=cookie,
+              match=Match(eth_type=ETH_IPV6, ip_proto=58, icmpv6_type=136, ipv6_nd_target=ip),
+              actions=(SetField("nd_options_type", ND_OPT_TLL), SetField("ipv6_nd_tll", mac),
+                       Output(OFPP_IN_PORT)))
+    return ns, na
 
 
 def resolver_targets(topo, router_mac: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -196,12 +226,17 @@ def compute_fabric(view: FabricView, intent: FabricIntent) -> dict[str, SwitchSt
                 c = cookies.make(APP, K_ARP, ip)
                 st.add_flow(arp_responder(ip, mac, c))
                 st.label(c, f"ARP responder {ip} is-at {mac}")
+            if nd_targets:  # duplicate address detection: the fabric never claims a host's address
+                c = cookies.make(APP, K_ND, "dad")
+                st.add_flow(Flow(table=ARP_ND, priority=P_ND_DAD, cookie=c,
+                                 match=Match(eth_type=ETH_IPV6, ipv6_src="::", ip_proto=58, icmpv6_type=135)))
+                st.label(c, "ND: duplicate address detection is never answered")
+            gateways = set(nd_targets) - {str(h.ipv6.ip) for h in topo.hosts.values() if h.ipv6}
             for ip, mac in nd_targets.items():
                 c = cookies.make(APP, K_ND, ip)
-                st.add_flow(Flow(table=ARP_ND, priority=P_RESPONDER, cookie=c, meter=PUNT_METER,
-                                 match=Match(eth_type=ETH_IPV6, ip_proto=58, icmpv6_type=135, ipv6_nd_target=ip),
-                                 actions=(Output(OFPP_CONTROLLER, PACKET_IN_BYTES),)))
-                st.label(c, f"ND for {ip} (answered by the controller: {mac})")
+                for flow in nd_responder(ip, mac, c, router=ip in gateways):
+                    st.add_flow(flow)
+                st.label(c, f"ND responder {ip} is-at {mac}")
 
         # -- forward: a route per host address
         groups: dict[int, tuple] = {}
@@ -254,28 +289,8 @@ class Fabric(FabricApp):
     APP_NAME = APP
     IntentModel = FabricIntent
 
-    _nd_cache: tuple[str | None, dict[str, str]] = (None, {})
-
     def compute(self, view: FabricView) -> dict[str, SwitchState]:
         return compute_fabric(view, self.intent)
-
-    def _nd_answer(self, target: str) -> str | None:
-        # the same map the ND punt flows were built from, computed once per router MAC
-        if self._nd_cache[0] != self.intent.router_mac:
-            self._nd_cache = (self.intent.router_mac,
-                              resolver_targets(self.core.topology, self.intent.router_mac)[1])
-        return self._nd_cache[1].get(target)
-
-    def packet_in(self, pkt: PacketIn) -> None:
-        ns = pktparse.neighbor_solicitation(pkt.data)
-        if ns.src.is_unspecified:
-            return  # duplicate address detection: the fabric never claims a host's address
-        if ns.hop_limit != 255:
-            raise pktparse.BadPacket("neighbor solicitation with hop limit != 255")
-        mac = self._nd_answer(str(ns.target))
-        if mac is None:
-            return
-        self.core.packet_out(pkt.switch, pkt.in_port, neighbor_advertisement(ns, mac))
 
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from ryu_apps.lib.ofdata import (OFPP_CONTROLLER, OFPP_IN_PORT, DecTtl, GroupAction, Output, RegMove, SetField)
+from ryu_apps.lib.ofdata import (OFPP_CONTROLLER, OFPP_IN_PORT, DecTtl, GroupAction, Output, RegMove, Resubmit,
+                                 SetField)
 from ryu_apps.lib.state import SwitchState
 
 MAX_STEPS = 32
@@ -108,6 +109,10 @@ def _apply(state, actions, pkt, hit) -> list[Outcome]:
             group = state.groups[a.group_id]
             for bucket in group.buckets:
                 outs += _apply(state, bucket.actions, pkt, hit)
+        elif isinstance(a, Resubmit):  # a lookup in a.table with the packet as it is now, then go on
+            if len(hit) > MAX_STEPS:
+                raise RuntimeError("pipeline loop")
+            outs += [o for o in _walk(state, a.table, pkt, hit) if o.kind != "drop"]
         else:
             _mutate(a, pkt)
     return outs

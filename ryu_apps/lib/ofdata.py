@@ -96,6 +96,7 @@ GROUP_TYPE_NAMES = {v: k for k, v in GROUP_TYPES.items()}
 OFPXMC_NXM_0 = 0x0000
 OFPXMC_NXM_1 = 0x0001
 OFPXMC_OPENFLOW_BASIC = 0x8000
+OFPXMC_ERICOXM_OF = 0x1000  # OVS extract-ofp-fields: "ERICOXM_OF_" is class 0x1000
 
 ETH_TYPE_IP = 0x0800
 ETH_TYPE_ARP = 0x0806
@@ -176,6 +177,7 @@ def _spec(name, cls, num, nbytes, kind, maskable, ofctl, *, writable=True, move=
 _B = OFPXMC_OPENFLOW_BASIC
 _N0 = OFPXMC_NXM_0
 _N1 = OFPXMC_NXM_1
+_ERIC = OFPXMC_ERICOXM_OF
 
 _FIELD_LIST = [
     # name, class, field, bytes, kind, maskable, ovs-ofctl name
@@ -214,6 +216,10 @@ _FIELD_LIST = [
     _spec("ipv6_nd_sll", _B, 32, 6, "mac", True, "nd_sll", move=(_N1, 24)),
     _spec("ipv6_nd_tll", _B, 33, 6, "mac", True, "nd_tll", move=(_N1, 25)),
     _spec("tunnel_id", _B, 38, 8, "int", True, "tun_id", move=(_N1, 16), hex_=True),
+    # Ericsson extensions OVS has had since 2.11: with them a switch turns a neighbour
+    # solicitation into an advertisement by itself (flags word, option type SLL -> TLL)
+    _spec("nd_reserved", _ERIC, 1, 4, "int", False, "nd_reserved"),
+    _spec("nd_options_type", _ERIC, 2, 1, "int", False, "nd_options_type"),
     # Nicira extensions (os-ken names, see os_ken/ofproto/nicira_ext.py)
     *[_spec(f"reg{i}", _N1, i, 4, "int", True, f"reg{i}", hex_=True) for i in range(8)],
     _spec("nw_ttl", _N1, 29, 1, "int", False, "nw_ttl"),
@@ -252,9 +258,11 @@ _PREREQS: dict[str, list[tuple[str, tuple[int, ...]]]] = {
     "ipv6_nd_target": _IPV6 + [("ip_proto", (58,)), ("icmpv6_type", (135, 136))],
     "ipv6_nd_sll": _IPV6 + [("ip_proto", (58,)), ("icmpv6_type", (135,))],
     "ipv6_nd_tll": _IPV6 + [("ip_proto", (58,)), ("icmpv6_type", (136,))],
+    "nd_reserved": _IPV6 + [("ip_proto", (58,)), ("icmpv6_type", (135, 136))],
+    "nd_options_type": _IPV6 + [("ip_proto", (58,)), ("icmpv6_type", (135, 136))],
     "arp_op": _ARP, "arp_spa": _ARP, "arp_tpa": _ARP, "arp_sha": _ARP, "arp_tha": _ARP,
 }
-_ND_FIELDS = ("ipv6_nd_target", "ipv6_nd_sll", "ipv6_nd_tll")
+_ND_FIELDS = ("ipv6_nd_target", "ipv6_nd_sll", "ipv6_nd_tll", "nd_reserved", "nd_options_type")
 
 
 def _fmt_allowed(name: str, allowed: tuple[int, ...]) -> str:

@@ -248,3 +248,29 @@ def test_a_silent_channel_is_reported_and_a_write_says_it_was_not_applied(lab):
     status, body = rest(lab, "/v1/apps/fabric/intent?wait=1", "PUT", {"nd_rate_per_host": rate})
     assert status == 200 and body["nd_rate_per_host"] == rate, (status, body)
     assert re.search(rf"\brate={rate}\b", lab.ofctl("s1", "dump-meters").stdout)
+
+
+def test_neighbour_discovery_is_answered_while_the_controller_is_down(lab):
+    assert wait_for(lambda: all_synced(lab), 20)
+    lab.stop_controller()
+    try:
+        for h in ("h1", "h2", "h3"):
+            lab.exec(h, ["ip", "-6", "neigh", "flush", "dev", "eth0"])
+            lab.exec(h, ["ip", "-4", "neigh", "flush", "dev", "eth0"])
+        t0 = time.monotonic()
+        r6 = lab.exec("h1", ["ping", "-6", "-n", "-c", "3", "-i", "0.2", "-W", "2", "fd00:1::3"], check=False)
+        r4 = lab.exec("h1", ["ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", "10.1.0.3"], check=False)
+        took = time.monotonic() - t0
+        neigh = {h: lab.exec(h, ["ip", "-6", "neigh", "show", "dev", "eth0"]).stdout for h in ("h1", "h3")}
+    finally:
+        lab.restart_controller()
+    print(f"\ncontroller down, neighbour tables flushed: ping -6 rc={r6.returncode}, ping rc={r4.returncode} "
+          f"({took:.1f} s); h1: {neigh['h1'].strip()!r}")
+    assert r6.returncode == 0, r6.stdout
+    assert r4.returncode == 0, r4.stdout
+    # the switch answered with the real owners' MACs, never anything else
+    assert re.search(r"fd00:1::3 lladdr 02:00:00:00:01:03 ", neigh["h1"]), neigh
+    assert re.search(r"fd00:1::1 lladdr 02:00:00:00:01:01 ", neigh["h3"]), neigh
+    assert wait_for(lambda: all_synced(lab), 20)
+    assert not any(any(s["last_changes"].values()) for s in get(lab, "/v1/switches")), \
+        "the restarted controller changed flows that the switches already held"

@@ -98,14 +98,26 @@ def test_arp_for_unknown_address_dropped(diamond):
     assert [o.kind for o in run(states["s1"], arp, h1.port)] == ["drop"]
 
 
-def test_neighbor_solicitation_goes_to_controller_metered(diamond):
+def test_neighbor_solicitation_is_answered_in_the_switch_metered(diamond):
     _, states = fabric(diamond)
     h1 = diamond.hosts["h1"]
-    ns = {"eth_src": h1.mac, "eth_type": 0x86DD, "ip_proto": 58, "icmpv6_type": 135,
-          "ipv6_src": "fd00:2:1::1", "ipv6_nd_target": "fd00:2:1::fe"}
+    ns = {"eth_src": h1.mac, "eth_dst": "33:33:ff:00:00:fe", "eth_type": 0x86DD, "ip_proto": 58,
+          "icmpv6_type": 135, "ipv6_src": "fd00:2:1::1", "ipv6_dst": "ff02::1:ff00:fe",
+          "ipv6_nd_target": "fd00:2:1::fe", "ipv6_nd_sll": h1.mac, "nd_options_type": 1}
     (out,) = run(states["s1"], ns, h1.port)
-    assert out.kind == "controller"
-    assert [f.meter for f in out.flows if f.meter] == [0x100 + h1.port, 1]
+    assert (out.kind, out.port) == ("output", h1.port)
+    na = out.packet
+    assert (na["eth_src"], na["eth_dst"]) == (ROUTER_MAC, h1.mac)
+    assert (na["ipv6_src"], na["ipv6_dst"]) == ("fd00:2:1::fe", "fd00:2:1::1")
+    assert na["icmpv6_type"] == 136 and na["nd_options_type"] == 2 and na["ipv6_nd_tll"] == ROUTER_MAC
+    assert na["nd_reserved"] == 0xE0000000  # router, solicited, override: it is the gateway
+    assert [f.meter for f in out.flows if f.meter] == [0x100 + h1.port]  # the host's own ND meter
+    # another host's address: not a router
+    (out,) = run(states["s1"], dict(ns, ipv6_nd_target="fd00:2:2::1"), h1.port)
+    assert out.packet["ipv6_nd_tll"] == diamond.hosts["h2"].mac and out.packet["nd_reserved"] == 0x60000000
+    # duplicate address detection is never answered; an unknown target neither
+    assert [o.kind for o in run(states["s1"], dict(ns, ipv6_src="::"), h1.port)] == ["drop"]
+    assert [o.kind for o in run(states["s1"], dict(ns, ipv6_nd_target="fd00:2:1::77"), h1.port)] == ["drop"]
 
 
 def test_computation_is_deterministic_and_diff_converges(diamond):
