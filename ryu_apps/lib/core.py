@@ -371,6 +371,8 @@ class FabricCore(app_manager.OSKenApp):
 
     def _add_routes(self) -> None:
         api = self.api
+        api.param_values("/v1/switches/{name}", lambda: sorted(self.topology.switches))
+        api.param_values("/v1/apps/{app}", lambda: sorted(self.apps))
         api.add("GET", "/v1/topology", lambda r: self._topology_json(), "The declared topology and live link state")
         api.add("GET", "/v1/switches", lambda r: [self._switch_json(n) for n in self.topology.switches],
                 "Switches: connection, sync state, entry counts")

@@ -298,6 +298,7 @@ class RestApi:
         self.security = security or RestSecurity()
         self.routes: list[Route] = []
         self._undeclared: set[tuple[str, str, int]] = set()
+        self._param_values: list[tuple[str, str, Callable[[], list[str]]]] = []
         self.add("GET", "/v1/openapi.json", lambda r: self.openapi(), "This OpenAPI document", "meta")
 
     def add(self, method: str, path: str, handler, summary: str, tag: str = "core",
@@ -306,6 +307,15 @@ class RestApi:
         """Route ``method path`` to ``handler``; ``status`` (and ``also``) are the success statuses it answers."""
         regex = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", path) + "$")
         self.routes.append(Route(method.upper(), path, handler, summary, tag, body, status, regex, tuple(also)))
+
+    def param_values(self, prefix: str, values: Callable[[], list[str]]) -> None:
+        """Document the values of the last path parameter of ``prefix`` (``/v1/switches/{name}``).
+
+        Every route under ``prefix`` gets ``enum: values()`` for that parameter in the
+        OpenAPI document (any other value is a 404, which 4XX covers).
+        """
+        param = re.findall(r"\{(\w+)\}", prefix)[-1]
+        self._param_values.append((prefix, param, values))
 
     # -- WSGI ---------------------------------------------------------------
     def __call__(self, environ, start_response):
@@ -392,6 +402,12 @@ class RestApi:
             schemas[model.__name__] = schema
             return {"$ref": f"#/components/schemas/{model.__name__}"}
 
+        def param_schema(path: str, param: str) -> dict:
+            for prefix, name, values in self._param_values:
+                if name == param and (path + "/").startswith(prefix + "/"):
+                    return {"type": "string", "enum": list(values())}
+            return {"type": "string"}
+
         def operation(r: Route, path: str, model) -> None:
             responses: dict[str, Any] = {str(s): {"description": "success", "content": {"application/json": {}}}
                                          for s in (r.status, *r.also)}
@@ -403,7 +419,7 @@ class RestApi:
                                     "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}}}
             params = re.findall(r"\{(\w+)\}", path)
             if params:
-                op["parameters"] = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+                op["parameters"] = [{"name": p, "in": "path", "required": True, "schema": param_schema(path, p)}
                                     for p in params]
             if model is not None:
                 op["requestBody"] = {"required": True, "content": {"application/json": {
