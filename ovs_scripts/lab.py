@@ -424,7 +424,7 @@ class Lab:
                                                ports=(PortConfig(plan.node_uplink),),
                                                external_ids={"ovslab-role": "underlay"}))
                     wanted[plan.node_uplink] = None
-                bfd: dict[str, int] = {}  # tunnel interface -> BFD interval (ms)
+                bfd: dict[str, int] = {}  # tunnel or link interface -> BFD interval (ms)
                 for s, sw in topo.switches.items():
                     if plan.switch_sandbox[s] != key:
                         continue
@@ -432,6 +432,9 @@ class Lab:
                     for pi in topo.switch_ports(s):
                         if pi.kind in ("host", "veth"):
                             ports.append(PortConfig(pi.ifname, pi.port))
+                            link = topo.link_at(s, pi.port) if pi.kind == "veth" else None
+                            if link is not None and link.bfd_ms:
+                                bfd[pi.ifname] = link.bfd_ms
                         else:
                             peer_node = topo.switches[pi.peer].node
                             link = next(l for l in topo.links if (l.a, l.a_port) == (s, pi.port)
@@ -447,7 +450,7 @@ class Lab:
                         controller=ctl_targets[key], controller_rate_limit=spec.rate_limit,
                         controller_burst_limit=spec.burst_limit, ports=tuple(ports),
                         external_ids={"ovslab-lab": topo.name, "ovslab-switch": s}))
-                if bfd:  # tunnel liveness: the Interface's bfd column (min_tx = min_rx)
+                if bfd:  # link liveness: the Interface's bfd column (min_tx = min_rx)
                     txn = db.api.create_transaction(check_error=True, log_errors=False)
                     for ifname, ms in bfd.items():
                         txn.add(db.api.db_set("Interface", ifname, ("bfd", {

@@ -23,7 +23,7 @@ from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3
 from pydantic import ValidationError
 
-from ryu_apps.lib import admission, config, cookies, pipeline
+from ryu_apps.lib import admission, config, cookies, ofguard, pipeline
 from ryu_apps.lib.app import FabricApp, FabricView, IntentError, PacketIn
 from ryu_apps.lib.ofdata import Flow, Match, Meter, MeterBand
 from ryu_apps.lib.programmer import SwitchProgrammer
@@ -79,7 +79,18 @@ class FabricCore(app_manager.OSKenApp):
         self.programmers = {name: SwitchProgrammer(name, sw.dpid) for name, sw in self.topology.switches.items()}
         self.datapaths: dict[str, object] = {}
         self.down_ports: set[tuple[str, int]] = set()
+        # Liveness (README, "Liveness"): losing a switch's control channel is not losing its
+        # data plane.  A switch without a channel is "lost"; it becomes "dead" (routed around)
+        # only after the hold-down, while the controller sees at least one switch, and when no
+        # BFD-monitored link says the switch still forwards.
         self.dead: set[str] = set()
+        self.lost: dict[str, float] = {}       # switch -> when its channel went away
+        self.view_since: float | None = None   # since when at least one switch is connected
+        self.ports_known: set[str] = set()     # connected switches whose port list has arrived
+        self.hold_down = self.topology.spec.controller.switch_hold_down
+        self.bfd_ports = {end for ln in self.topology.links if ln.kind == "veth" and ln.bfd_ms
+                          for end in ((ln.a, ln.a_port), (ln.b, ln.b_port))}
+        self._judge_at: float | None = None
         self.ever_connected: set[str] = set()
         rate = config.get("packet-in-rate")
         # a backstop behind the switches' meters (the first line of defence)
@@ -96,6 +107,7 @@ class FabricCore(app_manager.OSKenApp):
         self.refusals = admission.Refusals()
         self.last_echo_reply: dict[str, float] = {}
         admission.install(self._admit)
+        ofguard.install()  # every message from a switch is checked before os-ken parses it
         self.api = RestApi()
         self._add_routes()
         self.threads.append(hub.spawn(self._recompute_loop))
@@ -268,26 +280,96 @@ class FabricCore(app_manager.OSKenApp):
             if ev.state == MAIN_DISPATCHER:
                 LOG.warning("switch dpid %s is not in the topology; ignoring it", dp.id)
             return
+        now = time.monotonic()
         if ev.state == MAIN_DISPATCHER:
             LOG.info("switch %s (dpid %#x) connected", name, dp.id)
+            if not self.datapaths:
+                self.view_since = now  # the others get a hold-down to come back too
             self.datapaths[name] = dp
             self.ever_connected.add(name)
+            self.lost.pop(name, None)
             parser = dp.ofproto_parser
             dp.send_msg(parser.OFPPortDescStatsRequest(dp, 0))
             self.programmers[name].connected(dp)
             if name in self.dead:
                 self.dead.discard(name)
                 self.schedule_recompute()
+            self._judge_soon(self.hold_down)
         elif self.datapaths.get(name) is dp:
-            LOG.warning("switch %s disconnected", name)
             del self.datapaths[name]
+            self.ports_known.discard(name)
             self.programmers[name].disconnected()
-            self.dead.add(name)
+            self.lost[name] = now
+            if not self.datapaths:
+                self.view_since = None
+            LOG.warning("switch %s: control channel lost; its data plane counts as forwarding for %.1f s, "
+                        "and after that as long as BFD on one of its links says so", name, self.hold_down)
+            self._judge_soon(self.hold_down)
+
+    # -- liveness ----------------------------------------------------------------
+    def forwards(self, switch: str) -> bool:
+        """Does a BFD-monitored link say ``switch``'s data plane still answers?"""
+        for ln in self.topology.links:
+            if not (ln.kind == "veth" and ln.bfd_ms) or switch not in (ln.a, ln.b):
+                continue
+            peer, peer_port = (ln.b, ln.b_port) if ln.a == switch else (ln.a, ln.a_port)
+            if peer in self.ports_known and (peer, peer_port) not in self.down_ports:
+                return True
+        return False
+
+    def _judge_soon(self, delay: float) -> None:
+        at = time.monotonic() + delay
+        if self._judge_at is not None and self._judge_at <= at:
+            return
+        self._judge_at = at
+        hub.spawn_after(delay + 0.01, self._judge)
+
+    def _judge(self) -> None:
+        """Decide which lost switches are dead (routed around) and which still forward."""
+        self._judge_at = None
+        if self.view_since is None:
+            return  # the controller sees no switch at all: it cannot tell, so it changes nothing
+        now, changed, later = time.monotonic(), False, None
+        for name, since in self.lost.items():
+            alive = self.forwards(name)
+            if name in self.dead:
+                if alive:  # BFD says it forwards again (its channel is still gone)
+                    self.dead.discard(name)
+                    changed = True
+                    LOG.warning("switch %s: BFD says its data plane forwards again", name)
+                continue
+            wait = self.hold_down - (now - max(since, self.view_since))
+            if wait > 0:
+                later = wait if later is None else min(later, wait)
+            elif not alive:
+                self.dead.add(name)
+                changed = True
+                LOG.warning("switch %s: no control channel for %.1f s and no BFD link says it forwards: "
+                            "routing around it", name, now - since)
+        if later is not None:
+            self._judge_soon(later)
+        if changed:
             self.schedule_recompute()
+
+    def data_plane(self, switch: str) -> str:
+        """forwarding | dead | forwarding (BFD) | presumed forwarding (hold-down) | unknown."""
+        if switch in self.datapaths:
+            return "forwarding"
+        if switch in self.dead:
+            return "dead"
+        if switch in self.lost:
+            return "forwarding (BFD)" if self.forwards(switch) else "presumed forwarding (hold-down)"
+        return "unknown"
 
     @staticmethod
     def _live(ofp, port) -> bool:
         return not (port.state & ofp.OFPPS_LINK_DOWN) and not (port.config & ofp.OFPPC_PORT_DOWN)
+
+    def _port_live(self, switch: str, ofp, port) -> bool:
+        """Up, and on a BFD-monitored link also LIVE (the far switch's data plane answers)."""
+        if not self._live(ofp, port):
+            return False
+        return (switch, port.port_no) not in self.bfd_ports or bool(port.state & ofp.OFPPS_LIVE)
 
     @set_ev_cls(ofp_event.EventOFPPortDescStatsReply, MAIN_DISPATCHER)
     def _port_desc(self, ev):
@@ -302,11 +384,14 @@ class FabricCore(app_manager.OSKenApp):
             if port.port_no not in declared:
                 continue
             present.add(port.port_no)
-            changed |= self._set_port(name, port.port_no, self._live(ofp, port))
+            changed |= self._set_port(name, port.port_no, self._port_live(name, ofp, port))
         for port_no in declared - present:  # declared but missing on the switch
             changed |= self._set_port(name, port_no, False)
+        self.ports_known.add(name)
         if changed:
             self.schedule_recompute()
+        if self.lost:
+            self._judge()
 
     @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
     def _port_status(self, ev):
@@ -315,10 +400,12 @@ class FabricCore(app_manager.OSKenApp):
         if name is None:
             return
         ofp = msg.datapath.ofproto
-        live = msg.reason != ofp.OFPPR_DELETE and self._live(ofp, msg.desc)
+        live = msg.reason != ofp.OFPPR_DELETE and self._port_live(name, ofp, msg.desc)
         if self._set_port(name, msg.desc.port_no, live):
             LOG.info("port %s:%d is %s", name, msg.desc.port_no, "up" if live else "down")
             self.schedule_recompute()
+            if self.lost:
+                self._judge()
 
     def _set_port(self, switch: str, port: int, live: bool) -> bool:
         key = (switch, port)
@@ -401,9 +488,12 @@ class FabricCore(app_manager.OSKenApp):
                 "packet_ins": dict(self.packet_ins,
                                    rate_limited_by_switch={n: b.dropped for n, b in self.buckets.items()}),
                 "switches_connected": sorted(self.datapaths),
+                "switches_lost": {n: round(time.monotonic() - t, 1) for n, t in sorted(self.lost.items())},
+                "switches_dead": sorted(self.dead),
                 "switches_silent": sorted(n for n in self.datapaths if self._channel(n)["state"] == "silent"),
                 "all_synced": all(p.synced for p in self.programmers.values()),
-                "refused_connections": self.refusals.json()}
+                "refused_connections": self.refusals.json(),
+                "openflow_guard": ofguard.stats()}
 
     def _topology_json(self) -> dict:
         t, view = self.topology, self.view()
@@ -422,7 +512,7 @@ class FabricCore(app_manager.OSKenApp):
     def _switch_json(self, name: str) -> dict:
         sw = self.topology.switches[name]
         return {"name": name, "dpid": sw.dpid, "bridge": sw.bridge, **self.programmers[name].status(),
-                "channel": self._channel(name)}
+                "channel": self._channel(name), "data_plane": self.data_plane(name)}
 
     def _channel(self, name: str) -> dict:
         """Is the control channel alive? ``silent``: connected, but echoes go unanswered."""

@@ -60,6 +60,9 @@ class ControllerSpec(_Strict):
     # OVS controller_rate_limit / burst: packet-ins per second the switch lets through.
     rate_limit: int = Field(default=1000, ge=100)
     burst_limit: int = Field(default=100, ge=25)
+    # seconds a switch may be without a control channel before its data plane is taken for
+    # dead too (unless BFD on one of its links says it still forwards); see README, "Liveness"
+    switch_hold_down: float = Field(default=3.0, ge=0.5, le=3600)
 
 
 class SwitchSpec(_Strict):
@@ -139,6 +142,9 @@ class LinkSpec(_Strict):
     b: str
     a_port: int | None = Field(default=None, ge=1, le=0xFEFF)
     b_port: int | None = Field(default=None, ge=1, le=0xFEFF)
+    # BFD on both ends of a switch-to-switch link (ms): the link is up only while the far
+    # switch's data plane answers, whatever its control channel does (see README, "Liveness")
+    bfd_ms: int | None = Field(default=None, ge=10, le=10000)
 
 
 class TunnelSpec(_Strict):
@@ -246,7 +252,7 @@ class Link:
     b_port: int
     kind: str = "veth"  # veth | vxlan | geneve
     key: int | str = 0  # a fixed VNI, or "flow" (set and matched per packet as tun_id)
-    bfd_ms: int | None = None  # BFD interval on both tunnel ports, None: no BFD
+    bfd_ms: int | None = None  # BFD interval on both ports (ms), None: no BFD
 
     @property
     def name(self) -> str:
@@ -295,6 +301,13 @@ class Topology:
 
     def switch_ports(self, switch: str) -> list[PortInfo]:
         return sorted((p for (s, _), p in self.ports.items() if s == switch), key=lambda p: p.port)
+
+    def link_at(self, switch: str, port: int) -> Link | None:
+        """The switch-to-switch link (veth or tunnel) on ``switch``:``port``, if any."""
+        for link in self.links:
+            if (link.a, link.a_port) == (switch, port) or (link.b, link.b_port) == (switch, port):
+                return link
+        return None
 
     def graph(self, down: frozenset[tuple[str, int]] = frozenset()) -> nx.MultiGraph:
         """Switch graph; links with an end in ``down`` ((switch, port) pairs) are left out."""
@@ -421,6 +434,8 @@ def _finalize(spec: TopologySpec, source: str) -> Topology:
             wanted = ln.b_port if b == sw else ln.a_port
             if (ln.a_port if a == host else ln.b_port) is not None:
                 raise _error(source, key, f"{host} is a host; only the switch end has a port number")
+            if ln.bfd_ms is not None:
+                raise _error(source, key, "bfd_ms: BFD runs between switches; a host link has none")
             if host in hosts_partial:
                 raise _error(source, key, f"host {host} already has a link; hosts have exactly one")
             port = take_port(sw, wanted, key)
@@ -432,7 +447,7 @@ def _finalize(spec: TopologySpec, source: str) -> Topology:
             pb = take_port(b, ln.b_port, key)
             ports[(a, pa)] = PortInfo(a, pa, ifname(a, pa, key), b, pb, "veth")
             ports[(b, pb)] = PortInfo(b, pb, ifname(b, pb, key), a, pa, "veth")
-            links.append(Link(a, pa, b, pb))
+            links.append(Link(a, pa, b, pb, bfd_ms=ln.bfd_ms))
 
     for i, tn in enumerate(spec.tunnels):
         key = f"tunnels[{i}]"

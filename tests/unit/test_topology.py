@@ -152,7 +152,20 @@ BAD = [
      "switches.s1", "also used"),
     ("rate-limit-too-low", _set("controller", {"rate_limit": 10}), "controller.rate_limit", "greater than"),
     ("unknown-datapath", _set("lab.datapath", "dpdk"), "lab.datapath", "auto"),
+    ("bfd-on-a-host-link", lambda d: d["links"].__setitem__(0, {"a": "h1", "b": "s1", "bfd_ms": 100}), "links[0]",
+     "BFD runs between switches"),
+    ("bfd-too-fast", lambda d: d["links"].__setitem__(3, {"a": "s1", "b": "s2", "bfd_ms": 1}), "links[3].bfd_ms",
+     "greater than"),
+    ("hold-down-zero", _set("controller", {"switch_hold_down": 0}), "controller.switch_hold_down", "greater than"),
 ]
+
+
+def test_bfd_on_switch_links_is_kept():
+    data = chain3()
+    data["links"][3] = {"a": "s1", "b": "s2", "bfd_ms": 100}
+    topo = T.from_dict(data, "x.yaml")
+    assert topo.link_at("s1", 2).bfd_ms == 100 and topo.link_at("s2", 2).bfd_ms == 100
+    assert topo.link_at("s2", 3).bfd_ms is None and topo.link_at("s1", 1) is None  # a host port
 
 
 @pytest.mark.parametrize("mutate,key,words", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
