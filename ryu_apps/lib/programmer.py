@@ -53,7 +53,11 @@ class ProgrammingError(RuntimeError):
 
 _waiters: dict[tuple[int, int], "_Waiter"] = {}
 # Errors for programmer xids nobody waits on individually (bundle adds), by datapath.
+# Kept only inside the xid window a sync has opened (:meth:`OFChannel.expect_errors`),
+# at most STRAY_ERRORS_MAX per datapath, and dropped when the datapath disconnects.
 _stray_errors: dict[int, list] = {}
+_error_windows: dict[int, tuple[int, int]] = {}
+STRAY_ERRORS_MAX = 1000
 _installed = False
 
 
@@ -64,6 +68,7 @@ class _Waiter:
     bodies: list = field(default_factory=list)
     errors: list = field(default_factory=list)
     done: bool = False
+    failed: str | None = None  # set when the channel died under the waiter
 
 
 def install_interceptor() -> None:
@@ -77,9 +82,13 @@ def install_interceptor() -> None:
         waiter = _waiters.get((id(datapath), xid))
         if waiter is None:
             if msg_type == OFPT_ERROR and xid & ~XID_MASK == XID_BASE and len(buf) >= 12:
-                err_type, err_code = struct.unpack_from("!HH", buf, 8)
-                _stray_errors.setdefault(id(datapath), []).append((xid, err_type, err_code, bytes(buf[12:76])))
-                return None
+                window = _error_windows.get(id(datapath))
+                if window is not None and window[0] <= xid <= window[1]:
+                    kept = _stray_errors.setdefault(id(datapath), [])
+                    if len(kept) < STRAY_ERRORS_MAX:
+                        err_type, err_code = struct.unpack_from("!HH", buf, 8)
+                        kept.append((xid, err_type, err_code, bytes(buf[12:76])))
+                return None  # outside any open window: nobody will ask for it
             return original(datapath, version, msg_type, msg_len, xid, buf)
         data = bytes(buf[:msg_len])
         if msg_type == OFPT_ERROR:
@@ -115,13 +124,28 @@ class OFChannel:
     def xid(self) -> int:
         return XID_BASE | (next(_XIDS) & XID_MASK)
 
+    def expect_errors(self, first: int, last: int) -> None:
+        """Keep errors for un-waited xids in [first, last] until :meth:`take_errors`."""
+        _error_windows[id(self.datapath)] = (first, last)
+        _stray_errors.pop(id(self.datapath), None)
+
     def take_errors(self, first: int, last: int) -> list:
-        """Errors the switch sent for un-waited xids in [first, last]."""
-        errors = _stray_errors.get(id(self.datapath), [])
-        found = [e for e in errors if first <= e[0] <= last]
-        if found:
-            _stray_errors[id(self.datapath)] = [e for e in errors if not first <= e[0] <= last]
-        return found
+        """Errors the switch sent for un-waited xids in [first, last]; closes the window."""
+        key = id(self.datapath)
+        if _error_windows.get(key) == (first, last):
+            del _error_windows[key]
+        errors = _stray_errors.pop(key, [])
+        return [e for e in errors if first <= e[0] <= last]
+
+    def close(self) -> None:
+        """The connection is gone: fail every waiter on it now, drop what was kept for it."""
+        key = id(self.datapath)
+        for (dp_key, xid), waiter in list(_waiters.items()):
+            if dp_key == key:
+                waiter.failed = "switch disconnected"
+                waiter.event.set()
+        _stray_errors.pop(key, None)
+        _error_windows.pop(key, None)
 
     def send(self, data: bytes | bytearray) -> None:
         view = memoryview(data)
@@ -140,6 +164,8 @@ class OFChannel:
                 raise TimeoutError(f"no reply to xid {xid:#x} within {self.timeout}s")
         finally:
             _waiters.pop((id(self.datapath), xid), None)
+        if waiter.failed:
+            raise ConnectionError(f"{waiter.failed} while waiting for xid {xid:#x}")
         return waiter
 
     def multipart(self, build) -> list[bytes]:
@@ -234,7 +260,12 @@ def send_changes(channel: OFChannel, changes: Changes) -> None:
         last = x
         # A refused bundle add is reported by its xid and left out of the bundle,
         # so check for refusals (barrier) before committing, and discard if any.
-        errors = channel.round_trip(buf) + channel.take_errors(first, last)
+        channel.expect_errors(first, last)
+        try:
+            errors = channel.round_trip(buf)
+        finally:
+            stray = channel.take_errors(first, last)
+        errors += stray
         if errors:
             channel.round_trip(b"", kind="bundle", final=lambda xid: ofwire.bundle_ctrl(
                 bid, ofwire.ONF_BCT_DISCARD_REQUEST, flags, xid))
@@ -294,6 +325,8 @@ class SwitchProgrammer:
         self._kick.set()
 
     def disconnected(self) -> None:
+        if self.channel is not None:
+            self.channel.close()  # a sync waiting on this channel fails now, not after its timeout
         self.channel = None
         self._forget()
 
