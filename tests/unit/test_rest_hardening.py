@@ -217,3 +217,22 @@ def test_undeclared_status_is_logged(caplog):
         assert call(api, "POST", "/v1/x")[0] == 202
     assert "answered 202, which its route does not declare" in caplog.text
 
+
+
+def test_bodies_are_validated_strictly_as_the_schema_says():
+    """pydantic's lax mode would take "true" or true for a number: the schema says number, so 422."""
+    api, _ = make_api()
+    for bad in ({"n": True}, {"n": "3"}, {"n": 1.5}):
+        status, body, _ = call(api, "PUT", "/v1/kinds/strict", bad)
+        assert status == 422 and body["field"] == "n", (bad, body)
+    assert call(api, "PUT", "/v1/kinds/strict", {"n": 3})[0] == 200
+
+
+def test_param_values_become_enums():
+    api, _ = make_api()
+    api.param_values("/v1/things/{name}", lambda: ["a", "b"])
+    api.add("GET", "/v1/other/{name}", lambda r: {}, "other")
+    doc = api.openapi()
+    poke = doc["paths"]["/v1/things/{name}/poke"]["post"]["parameters"][0]
+    assert poke["schema"] == {"type": "string", "enum": ["a", "b"]}
+    assert doc["paths"]["/v1/other/{name}"]["get"]["parameters"][0]["schema"] == {"type": "string"}
