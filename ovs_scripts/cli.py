@@ -129,6 +129,8 @@ def cmd_status(ns: argparse.Namespace) -> int:
         ctl = st["controller"]
         ctl_s = (f"controller pid {ctl.get('pid')} {'alive' if ctl.get('alive') else 'NOT RUNNING'}, {ctl['rest_url']}"
                  if ctl.get("enabled") else "no controller")
+        if ctl.get("rest_token_file"):
+            ctl_s += f" (REST token in {ctl['rest_token_file']})"
         print(f"lab {st['name']}: {st['status']}, {st['datapath']} datapath, {ctl_s}, run directory {st['rundir']}")
         for key, sb in st["sandboxes"].items():
             ok = "running" if sb["ovs_vswitchd"] and sb["ovsdb_server"] else "NOT RUNNING"

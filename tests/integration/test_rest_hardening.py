@@ -137,6 +137,8 @@ def test_flows_diff_takes_a_bridge_name(lab):
         cp = lab.factory.cli("flows", name, "--diff")
         assert cp.returncode == 0, f"ovslab flows {name} --diff: rc {cp.returncode}: {cp.stderr}"
         assert cp.stdout.startswith("diff s1: 0 missing, 0 unexpected, 0 different"), cp.stdout
+    status = lab.factory.cli("status", lab.name, check=True).stdout
+    assert f"(REST token in {lab.dir / 'rest-token'})" in status, status
 
 
 def test_deep_nesting_and_huge_integers_are_400(lab):
@@ -354,6 +356,16 @@ def test_beyond_loopback_reads_need_the_token_too(tmp_path):
         assert curl() == "401"
         assert curl("-H", "Authorization: Bearer " + "n" * 40) == "200"
         assert curl("-H", "Authorization: Bearer " + "m" * 40) == "401"
+        # ovslab flows' REST client: --rest-token-file makes its reads pass
+        probe = ("import sys; from ovs_scripts import flowdump as fd\n"
+                 "fd.REST_AUTH['token'] = sys.argv[2] or None\n"
+                 "try: print('ok', len(fd.fetch_labels(sys.argv[1])))\n"
+                 "except fd.FlowdumpError as exc: print('error', exc)")
+        for given, expect, names in (("", "error controller answered HTTP 401", "no Authorization header"),
+                                     ("n" * 40, "ok ", "")):
+            out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", probe, ctl.url, given],
+                                 capture_output=True, text=True, timeout=60).stdout
+            assert out.startswith(expect) and names in out, out
     finally:
         if ctl is not None:
             ctl.stop()

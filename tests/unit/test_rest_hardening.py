@@ -236,3 +236,13 @@ def test_param_values_become_enums():
     poke = doc["paths"]["/v1/things/{name}/poke"]["post"]["parameters"][0]
     assert poke["schema"] == {"type": "string", "enum": ["a", "b"]}
     assert doc["paths"]["/v1/other/{name}"]["get"]["parameters"][0]["schema"] == {"type": "string"}
+
+
+def test_ovslab_options():
+    from ovs_scripts import cli
+
+    parser = cli.build_parser()
+    assert parser.parse_args(["up", "t.yaml", "--rest-token"]).rest_token is True
+    assert parser.parse_args(["up", "t.yaml"]).rest_token is False
+    ns = parser.parse_args(["flows", "s1", "--rest-token-file", "/tmp/t", "--rest-cacert", "/tmp/ca.pem"])
+    assert (ns.rest_token_file, ns.rest_cacert) == ("/tmp/t", "/tmp/ca.pem")
