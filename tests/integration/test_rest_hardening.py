@@ -173,6 +173,8 @@ def test_idle_connections_do_not_starve_rest(lab):
             except OSError:
                 pass
         assert closed == len(idle), f"{closed} of {len(idle)} idle connections closed by the server"
+        print(f"100 idle connections: REST answered in {answered:.3f} s; the server closed all of them "
+              f"{time.monotonic() - t0:.1f} s after they opened")
     finally:
         for s in idle:
             s.close()
