@@ -25,8 +25,10 @@ to the same bytes:
   (match fields, and set_field / move / dec_ttl / pop_vlan / ct against the
   match), so a flow that OVS would reject with BAD_PREREQ or
   MATCH_INCONSISTENT raises ``ValueError`` here instead.
-* :class:`Group`: ``select`` buckets with weight 0 get weight 1 (what
-  ``ovs-ofctl`` does and what OVS echoes back).
+* :class:`Group`: a ``select`` bucket built without a weight gets weight 1
+  (what ``ovs-ofctl`` does); an explicit weight, 0 included, is kept exactly,
+  so a group read from a switch (where weight 0 means "never picked") decodes,
+  compares and encodes as the switch holds it.
 * :class:`Meter`: ``burst`` is set whenever a band has a burst size.
 
 All of this was checked against Open vSwitch 3.1 (flows/groups/meters
@@ -1150,14 +1152,16 @@ class Bucket:
     """A group bucket."""
 
     actions: tuple = ()
-    weight: int = 0
+    #: None: not given (a select group makes it 1, other types 0); an int is kept exactly, 0 included
+    weight: int | None = None
     watch_port: int = OFPP_ANY
     watch_group: int = OFPG_ANY
 
     def __post_init__(self) -> None:
         if self.actions.__class__ is not tuple or self.actions:
             object.__setattr__(self, "actions", _norm_actions(self.actions, "Bucket"))
-        _check_u("Bucket.weight", self.weight, 16)
+        if self.weight is not None:
+            _check_u("Bucket.weight", self.weight, 16)
         _check_u("Bucket.watch_port", self.watch_port, 32)
         _check_u("Bucket.watch_group", self.watch_group, 32)
 
@@ -1214,8 +1218,9 @@ class Group:
         for b in buckets:
             if not isinstance(b, Bucket):
                 raise ValueError(f"Group: not a Bucket: {b!r}")
-        if t == "select":
-            buckets = tuple(dataclasses.replace(b, weight=1) if b.weight == 0 else b for b in buckets)
+        if any(b.weight is None for b in buckets):  # only an unspecified weight gets a default
+            dflt = 1 if t == "select" else 0
+            buckets = tuple(dataclasses.replace(b, weight=dflt) if b.weight is None else b for b in buckets)
         if t == "indirect" and len(buckets) != 1:
             raise ValueError("Group: an indirect group has exactly one bucket")
         if t == "ff":

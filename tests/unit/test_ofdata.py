@@ -12,6 +12,8 @@ import pickle
 import shutil
 import subprocess
 
+import struct
+
 import pytest
 
 from ryu_apps.lib.ofdata import (
@@ -501,6 +503,23 @@ def test_select_group_default_weight_one():
     assert hash(g) == hash(Group(1, "select", (Bucket((Output(1),), 1), Bucket((Output(2),), 3))))
     # other types keep the weight as given (OVS echoes it unchanged)
     assert Group(2, "all", (Bucket((Output(1),)),)).buckets[0].weight == 0
+
+
+def test_select_weight_zero_is_kept_exactly_through_decode_encode_and_diff():
+    """Weight 0 means "never picked" in OVS; state read from a switch must not be changed on the way in."""
+    from ryu_apps.lib import ofwire
+
+    g = Group(5, "select", (Bucket((Output(1),), weight=1, watch_port=1), Bucket((Output(2),), weight=0,
+                                                                                  watch_port=2)))
+    assert [b.weight for b in g.buckets] == [1, 0]
+    assert g != Group(5, "select", (Bucket((Output(1),), weight=1, watch_port=1),
+                                    Bucket((Output(2),), weight=1, watch_port=2)))  # a diff sees it
+    wire = ofwire.group_mod(g, 0, 1)
+    (weight,) = struct.unpack_from("!H", wire, 16 + 32 + 2)  # group_mod header, bucket 1 (32 bytes), len
+    assert weight == 0
+    decoded = Group(5, "select", ofwire.decode_buckets(wire[16:]))
+    assert decoded == g and [b.weight for b in decoded.buckets] == [1, 0]
+    assert "weight:0" in str(g)
 
 
 def test_group_types_and_validation():
