@@ -36,6 +36,7 @@ from ryu_apps.lib.app import FabricApp, FabricView, IntentError, PacketIn
 from ryu_apps.lib.core import FabricCore
 from ryu_apps.lib.fenced_clone_flows import APP, KIND_NAMES, K_ND, compute_fence, fence_cookie_mask
 from ryu_apps.lib.fenced_clone_model import (Fence, FencedCloneIntent, FenceSpec, MemberSpec, intent_error_relative,
+                                             link_local,
                                              resolve)
 from ryu_apps.lib.pipeline import PipelineError
 from ryu_apps.lib.rest import ApiError, validation_error
@@ -121,7 +122,7 @@ class FencedClone(FabricApp):
             ignored[fence.name] = ignored.get(fence.name, 0) + 1
             return
         own = sender.clone.ipv6.ip if sender.clone.ipv6 else None
-        if ns.src != own and not ns.src.is_link_local:
+        if ns.src != own and ns.src != link_local(sender.clone.mac):
             # a spoofed source: the answer would be addressed to someone else
             ignored[fence.name] = ignored.get(fence.name, 0) + 1
             return

@@ -42,7 +42,7 @@ from collections import defaultdict
 
 from ryu_apps.lib import cookies
 from ryu_apps.lib.core import PACKET_IN_BYTES, PUNT_METER
-from ryu_apps.lib.fenced_clone_model import Fence, Member
+from ryu_apps.lib.fenced_clone_model import Fence, Member, link_local
 from ryu_apps.lib.ofdata import OFPP_CONTROLLER, OFPP_IN_PORT, Flow, Match, Meter, MeterBand, Output, RegMove, SetField
 from ryu_apps.lib.pipeline import ARP_ND, FENCE, FORWARD, INGRESS
 from ryu_apps.lib.state import SwitchState
@@ -66,16 +66,26 @@ K_GUARD = 7        # fence: drops of protected destinations, multicast, broadcas
 K_EGRESS = 8       # fence: allowed egress with the clone's own source address
 K_FENCE_DROP = 9   # fence: everything else
 K_METER = 10       # a clone port's ND meter (metadata only)
+K_INBOUND = 11     # forward: delivery to a clone's own address (fence traffic, allowed replies)
+K_INBOUND_DROP = 12  # forward: anything else to a clone's own address (block in)
 
 KIND_NAMES = {K_ADMIT: "admit", K_PORT_DROP: "port_drop", K_XLATE: "translate", K_ARP: "arp", K_ND: "nd",
-              K_GATEWAY: "gateway", K_GUARD: "guard", K_EGRESS: "egress", K_FENCE_DROP: "fence_drop"}
+              K_GATEWAY: "gateway", K_GUARD: "guard", K_EGRESS: "egress", K_FENCE_DROP: "fence_drop",
+              K_INBOUND: "inbound", K_INBOUND_DROP: "inbound_drop"}
 
 # priorities: table 0 band 1000-1999, fence table band 100-9999
 P_IN_ND = 1900
 P_IN_ADMIT = 1800
 P_IN_DROP = 1000
+# fence table: every neighbour solicitation is decided in the ND band (1055-1250), above translation,
+# so no NS is ever forwarded into the fence or out of it: it is answered (switch or controller) or dropped
+P_ND_DAD = 1250     # NS from :: (duplicate address detection): never answered, never forwarded
 P_ND_OTHER = 1200
-P_ND = 1100
+P_ND = 1100         # NS for a parent address of a member -> controller
+P_ND_GUARD = 1090   # (egress allowed) NS for a protected address
+P_ND_GATEWAY = 1080  # NS for the clone's own gateway -> arp_nd
+P_ND_EGRESS = 1070  # (egress allowed) NS for an address inside an allowed prefix -> arp_nd
+P_ND_DROP = 1060    # any other NS (another clone's own address, link-local targets, ...)
 P_HAIRPIN = 1050
 P_XLATE = 1000
 P_ARP = 1000
@@ -85,6 +95,11 @@ P_GUARD = 800
 P_EGRESS_ND = 600   # + prefix length
 P_EGRESS = 500      # + prefix length
 P_FENCE_DROP = 100
+# forward table (band 1000-1999), on the clone's own switch: who may reach a clone's own address
+P_INB_FENCE = 1900  # carries the fence's MAC: translated fence traffic
+P_INB_GUARD = 1800  # (egress allowed) from a parent address or another clone of the parent: drop
+P_INB_ALLOW = 1200  # + prefix length: (egress allowed) from an allowed prefix (replies of allowed egress)
+P_INB_DROP = 1100   # anything else: block in
 
 #: meter id of clone port p: the app id in the top byte, so it never meets the fabric's 0x100 + p
 ND_METER_BASE = cookies.app_id(APP) << 24
@@ -149,8 +164,12 @@ def _admission(st: SwitchState, fence: Fence, m: Member, nd_rate: int) -> None:
         mid = nd_meter_id(h.port)
         st.add_meter(Meter(meter_id=mid, unit="pktps", cookie=fence_cookie(fence.fid, K_METER),
                            bands=(MeterBand(rate=nd_rate, burst_size=max(1, nd_rate // 2)),)))
-        st.add_flow(Flow(table=INGRESS, priority=P_IN_ND, cookie=c, goto=FENCE, write_metadata=meta, meter=mid,
-                         match=Match(**base, eth_type=ETH_IPV6, ip_proto=ICMPV6, icmpv6_type=ND_NS)))
+        # an NS only from the clone's own address, its own EUI-64 link-local address, or :: (DAD,
+        # dropped in the fence table); anything else (a foreign source) falls to the port drop
+        for src in (own, str(link_local(h.mac)), "::"):
+            st.add_flow(Flow(table=INGRESS, priority=P_IN_ND, cookie=c, goto=FENCE, write_metadata=meta,
+                             meter=mid, match=Match(**base, eth_type=ETH_IPV6, ipv6_src=src, ip_proto=ICMPV6,
+                                                    icmpv6_type=ND_NS)))
         inner, _ = _inner_src(m, 6)
         acts = (SetField("ipv6_src", inner),) if inner != own else ()
         st.add_flow(Flow(table=INGRESS, priority=P_IN_ADMIT, cookie=c, goto=FENCE, write_metadata=meta,
@@ -175,7 +194,7 @@ def _fence_table(st: SwitchState, fence: Fence, local: list[Member]) -> None:
             parent_ip, clone_ip = m.v4
             st.add_flow(Flow(table=FENCE, priority=P_XLATE, cookie=cx, goto=FORWARD,
                              match=Match(**md, eth_type=ETH_IP, ipv4_dst=parent_ip),
-                             actions=(SetField("ipv4_dst", clone_ip),)))
+                             actions=(SetField("ipv4_dst", clone_ip), SetField("eth_src", fence.mac))))
             if has4:
                 st.add_flow(arp_answer(FENCE, P_ARP, Match(**md, eth_type=ETH_ARP, arp_op=1, arp_tpa=parent_ip),
                                        parent_ip, m.clone.mac, ca))
@@ -183,7 +202,7 @@ def _fence_table(st: SwitchState, fence: Fence, local: list[Member]) -> None:
             parent_ip, clone_ip = m.v6
             st.add_flow(Flow(table=FENCE, priority=P_XLATE, cookie=cx, goto=FORWARD,
                              match=Match(**md, eth_type=ETH_IPV6, ipv6_dst=parent_ip),
-                             actions=(SetField("ipv6_dst", clone_ip),)))
+                             actions=(SetField("ipv6_dst", clone_ip), SetField("eth_src", fence.mac))))
             if has6:
                 st.add_flow(Flow(table=FENCE, priority=P_ND, cookie=cn, meter=PUNT_METER,
                                  match=Match(**md, eth_type=ETH_IPV6, ip_proto=ICMPV6, icmpv6_type=ND_NS,
@@ -207,6 +226,10 @@ def _fence_table(st: SwitchState, fence: Fence, local: list[Member]) -> None:
         for t in ND_OTHER:
             st.add_flow(Flow(table=FENCE, priority=P_ND_OTHER, cookie=cg,
                              match=Match(**md, eth_type=ETH_IPV6, ip_proto=ICMPV6, icmpv6_type=t)))
+        st.add_flow(Flow(table=FENCE, priority=P_ND_DAD, cookie=cg,
+                         match=Match(**md, eth_type=ETH_IPV6, ipv6_src="::", ip_proto=ICMPV6, icmpv6_type=ND_NS)))
+        st.add_flow(Flow(table=FENCE, priority=P_ND_DROP, cookie=cg,
+                         match=Match(**md, eth_type=ETH_IPV6, ip_proto=ICMPV6, icmpv6_type=ND_NS)))
     # the clones' own gateways (the fabric's router answers; routed packets still pass the fence)
     cgw = None
     for m in local:
@@ -218,7 +241,8 @@ def _fence_table(st: SwitchState, fence: Fence, local: list[Member]) -> None:
                 match = Match(**md, eth_type=ETH_ARP, arp_op=1, arp_tpa=str(gw))
             else:
                 match = Match(**md, eth_type=ETH_IPV6, ip_proto=ICMPV6, icmpv6_type=ND_NS, ipv6_nd_target=str(gw))
-            st.add_flow(Flow(table=FENCE, priority=P_GATEWAY, cookie=cgw, goto=ARP_ND, match=match))
+            st.add_flow(Flow(table=FENCE, priority=P_GATEWAY if fam == 4 else P_ND_GATEWAY, cookie=cgw,
+                             goto=ARP_ND, match=match))
     if fence.egress:
         _egress(st, fence, local, md, cg)
     st.add_flow(Flow(table=FENCE, priority=P_FENCE_DROP, cookie=cd, match=Match(**md)))
@@ -248,7 +272,7 @@ def _egress(st: SwitchState, fence: Fence, local: list[Member], md: dict, cg: in
         else:
             st.add_flow(Flow(table=FENCE, priority=P_GUARD, cookie=cg, match=Match(**md, eth_type=ETH_IPV6,
                                                                                    ipv6_dst=str(a))))
-            st.add_flow(Flow(table=FENCE, priority=P_GUARD, cookie=cg,
+            st.add_flow(Flow(table=FENCE, priority=P_ND_GUARD, cookie=cg,
                              match=Match(**md, eth_type=ETH_IPV6, ip_proto=ICMPV6, icmpv6_type=ND_NS,
                                          ipv6_nd_target=str(a))))
     for n in nets4:
@@ -260,11 +284,13 @@ def _egress(st: SwitchState, fence: Fence, local: list[Member], md: dict, cg: in
                 continue
             inner, own = _inner_src(m, 4)
             st.add_flow(Flow(table=FENCE, priority=P_EGRESS + n.prefixlen, cookie=ce, goto=FORWARD,
-                             match=Match(**md, eth_type=ETH_IP, ipv4_src=inner, ipv4_dst=str(n)),
+                             match=Match(**md, in_port=m.clone.port, eth_type=ETH_IP, ipv4_src=inner,
+                                         ipv4_dst=str(n)),
                              actions=(SetField("ipv4_src", own),) if own else ()))
     for n in nets6:
         if any(m.clone.ipv6 for m in local):
-            st.add_flow(Flow(table=FENCE, priority=P_EGRESS_ND + n.prefixlen, cookie=ce, goto=ARP_ND,
+            # above the ff00::/8 guard: the solicited-node NS of real neighbour discovery
+            st.add_flow(Flow(table=FENCE, priority=P_ND_EGRESS, cookie=ce, goto=ARP_ND,
                              match=Match(**md, eth_type=ETH_IPV6, ip_proto=ICMPV6, icmpv6_type=ND_NS,
                                          ipv6_nd_target=str(n))))
         for m in local:
@@ -272,8 +298,42 @@ def _egress(st: SwitchState, fence: Fence, local: list[Member], md: dict, cg: in
                 continue
             inner, own = _inner_src(m, 6)
             st.add_flow(Flow(table=FENCE, priority=P_EGRESS + n.prefixlen, cookie=ce, goto=FORWARD,
-                             match=Match(**md, eth_type=ETH_IPV6, ipv6_src=inner, ipv6_dst=str(n)),
+                             match=Match(**md, in_port=m.clone.port, eth_type=ETH_IPV6, ipv6_src=inner,
+                                         ipv6_dst=str(n)),
                              actions=(SetField("ipv6_src", own),) if own else ()))
+
+
+def _inbound(st: SwitchState, fence: Fence, local: list[Member]) -> None:
+    """Forward-table flows guarding each local clone's own address ("block in and out").
+
+    A packet reaches a clone's own address only if it carries the fence's MAC (it was
+    translated inside this fence: its sender is a member) or, when the fence allows egress,
+    if its source lies in an allowed prefix and is neither a parent address nor another
+    clone of the parent (the replies of allowed egress; stateless, so such a peer may also
+    open a connection).  Everything else (a parent, an unfenced host, an outside host when
+    egress is denied) is dropped before delivery, and counted.
+    """
+    ci = _label(st, fence, K_INBOUND, "delivery to clone addresses (fence traffic, allowed replies)")
+    cb = _label(st, fence, K_INBOUND_DROP, "anything else to a clone's own address dropped (block in)")
+    guards = set(fence.guards) | set(fence.parent_addresses())
+    for m in local:
+        h = m.clone
+        deliver = (SetField("eth_dst", h.mac), Output(h.port))
+        for fam, ip in ((4, h.ipv4), (6, h.ipv6)):
+            if ip is None:
+                continue
+            eth, dkey, skey = (ETH_IP, "ipv4_dst", "ipv4_src") if fam == 4 else (ETH_IPV6, "ipv6_dst", "ipv6_src")
+            own = str(ip.ip)
+            st.add_flow(Flow(table=FORWARD, priority=P_INB_FENCE, cookie=ci, actions=deliver,
+                             match=Match(eth_type=eth, eth_src=fence.mac, **{dkey: own})))
+            nets = [n for n in fence.egress if n.version == fam]
+            for a in sorted((a for a in guards if a.version == fam and any(a in n for n in nets)), key=int):
+                st.add_flow(Flow(table=FORWARD, priority=P_INB_GUARD, cookie=cb,
+                                 match=Match(eth_type=eth, **{dkey: own, skey: str(a)})))
+            for n in nets:
+                st.add_flow(Flow(table=FORWARD, priority=P_INB_ALLOW + n.prefixlen, cookie=ci, actions=deliver,
+                                 match=Match(eth_type=eth, **{dkey: own, skey: str(n)})))
+            st.add_flow(Flow(table=FORWARD, priority=P_INB_DROP, cookie=cb, match=Match(eth_type=eth, **{dkey: own})))
 
 
 def compute_fence(fence: Fence, nd_rate: int) -> dict[str, SwitchState]:
@@ -287,5 +347,6 @@ def compute_fence(fence: Fence, nd_rate: int) -> dict[str, SwitchState]:
         for m in members:
             _admission(st, fence, m, nd_rate)
         _fence_table(st, fence, members)
+        _inbound(st, fence, members)
         out[switch] = st
     return out

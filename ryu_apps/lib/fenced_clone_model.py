@@ -171,6 +171,30 @@ class Fence:
     def parent_addresses(self) -> list[IPAddr]:
         return [a for h in self.parent for a in h.addresses]
 
+    @property
+    def mac(self) -> str:
+        """The fence's own source MAC: every packet translated inside the fence carries it.
+
+        The destination switch delivers a packet to a clone's own address only when it
+        carries its fence's MAC (or comes from an allowed egress prefix), so the fence MAC
+        is what tells fence traffic from a parent or an outside host using the same
+        addresses.  Locally administered unicast (``fe:`` + 40 bits of the fence id); no
+        host can send it (every host and clone port is bound to its own MAC).
+        """
+        return fence_mac(self.fid)
+
+
+def fence_mac(fid: int) -> str:
+    v = 0xFE0000000000 | (fid & 0xFFFFFFFFFF)
+    return ":".join(f"{(v >> s) & 0xFF:02x}" for s in range(40, -8, -8))
+
+
+def link_local(mac: str) -> ipaddress.IPv6Address:
+    """The EUI-64 link-local address the kernel derives from ``mac`` (fe80::/64, U/L bit flipped)."""
+    b = [int(x, 16) for x in mac.split(":")]
+    eui = [b[0] ^ 0x02, b[1], b[2], 0xFF, 0xFE, b[3], b[4], b[5]]
+    return ipaddress.IPv6Address(bytes([0xFE, 0x80, 0, 0, 0, 0, 0, 0] + eui))
+
 
 def _err(msg: str, field: str, status: int = 422) -> IntentError:
     return IntentError(f"{field}: {msg}", field, status)
@@ -262,6 +286,7 @@ def resolve(topo: Topology, intent: FencedCloneIntent) -> list[Fence]:
     fences: list[Fence] = []
     names: dict[str, int] = {}
     fids: dict[int, str] = {}
+    macs: dict[str, str] = {}
     clone_of: dict[str, tuple[str, int, int]] = {}    # clone host -> (fence, fence index, member index)
     for i, spec in enumerate(intent.fences):
         where = f"fences[{i}]"
@@ -272,8 +297,14 @@ def resolve(topo: Topology, intent: FencedCloneIntent) -> list[Fence]:
         if f.fid in fids:  # a 48-bit blake2b collision: astronomically unlikely, but never silent
             raise _err(f"fence name {spec.name!r} hashes to the same id as fence {fids[f.fid]!r}; rename it",
                        f"{where}.name", 409)
+        host_mac = next((h.name for h in topo.hosts.values() if h.mac.lower() == f.mac), None)
+        if host_mac is not None or f.mac in macs:
+            raise _err(f"fence name {spec.name!r} gives fence MAC {f.mac}, already used by "
+                       f"{'host ' + host_mac if host_mac else 'fence ' + repr(macs.get(f.mac))}; rename it",
+                       f"{where}.name", 409)
         names[spec.name] = i
         fids[f.fid] = spec.name
+        macs[f.mac] = spec.name
         for j, m in enumerate(f.members):
             prev = clone_of.get(m.clone.name)
             if prev is not None:

@@ -46,6 +46,9 @@ class Table:
     purpose: str
     bands: tuple[Band, ...]
     next_tables: tuple[int, ...] = ()
+    #: apps that may install probe twins here: a copy of another app's flow one priority above it,
+    #: matching only that app's probes (so it wins exactly where the flow it mirrors would win)
+    twins: tuple[str, ...] = ()
 
 
 INGRESS, FENCE, MCAST, OAM, NAC, ARP_ND, FORWARD = 0, 10, 20, 30, 40, 80, 90
@@ -85,8 +88,9 @@ PIPELINE: tuple[Table, ...] = (
     Table(FORWARD, "forward", "route to declared hosts along shortest paths, ECMP over select groups",
           bands=(Band("core", 0, 0, "table miss: drop"),
                  Band("fabric", 100, 999, "host routes"),
+                 Band("fenced_clone", 1000, 1999, "delivery to clone addresses: fence traffic and allowed replies only"),
                  Band("bench", 2000, 2999, "bench/flow_programming synthetic routes")),
-          next_tables=()),
+          next_tables=(), twins=("oam_ecmp",)),
 )
 
 TABLES: dict[int, Table] = {t.table_id: t for t in PIPELINE}
@@ -124,7 +128,9 @@ def check_flow(app: str, flow) -> None:
     table = TABLES.get(flow.table)
     if table is None:
         raise PipelineError(f"{app}: flow in unknown table {flow.table}")
-    if not any(b.app == app and b.low <= flow.priority <= b.high for b in table.bands):
+    own = any(b.app == app and b.low <= flow.priority <= b.high for b in table.bands)
+    twin = app in table.twins and any(b.app != "core" and b.low < flow.priority <= b.high + 1 for b in table.bands)
+    if not (own or twin):
         raise PipelineError(f"{app}: priority {flow.priority} in table {table.name} is outside {app}'s band")
     if flow.goto is not None and flow.goto not in table.next_tables:
         raise PipelineError(f"{app}: goto {flow.goto} from table {table.name} is not allowed "

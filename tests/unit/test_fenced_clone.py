@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from ryu_apps.fabric import FabricIntent, compute_fabric
 from ryu_apps.lib import cookies, pipeline
 from ryu_apps.lib.app import FabricView, IntentError
 from ryu_apps.lib.fenced_clone_flows import APP, K_FENCE_DROP, K_PORT_DROP, compute_fence, fence_cookie_mask
-from ryu_apps.lib.fenced_clone_model import FencedCloneIntent, intent_error_relative, resolve
+from ryu_apps.lib.fenced_clone_model import FencedCloneIntent, fence_mac, intent_error_relative, link_local, resolve
 from ryu_apps.lib.state import ActualState, SwitchState, diff
 from ryu_apps.lib.topology import load
 from tests import fakeswitch
@@ -275,3 +276,92 @@ def test_member_removal_and_fence_deletion_touch_only_that_fence(topo):
     full = compute_fence(with_b["shop-b"], 50)
     fewer = compute_fence(resolve(topo, intent(A, B | {"members": B["members"][:1]}))[1], 50)
     assert set(fewer) < set(full)  # bdb's switch no longer holds shop-b at all
+
+
+# -- IPv6 neighbour discovery and fence semantics (issue 9, section 2) --------------------------
+
+X = {"name": "mix", "parent": ["db", "wdb"],  # two members on one switch (s1), egress allowed everywhere
+     "members": [{"component": "db", "host": "bdb"}, {"component": "wdb", "host": "cwdb"}],
+     "egress": {"policy": "allow"}}
+
+
+def ns(topo, host, target, src=None, dst=None):
+    h = topo.hosts[host]
+    t = ipaddress.ip_address(target).packed
+    snm = dst or str(ipaddress.IPv6Address(b"\xff\x02" + b"\0" * 9 + b"\x01\xff" + t[-3:]))
+    return {"eth_src": h.mac, "eth_dst": "33:33:ff:00:00:01", "vlan_vid": 0, "eth_type": 0x86DD, "ip_proto": 58,
+            "icmpv6_type": 135, "ipv6_src": src or str(h.ipv6.ip), "ipv6_dst": snm, "ipv6_nd_target": target}
+
+
+def first(states, topo, host, pkt):
+    h = topo.hosts[host]
+    return fakeswitch.run(states[h.switch], pkt, h.port)
+
+
+@pytest.mark.parametrize("src", ["fd00:fc::99", "fd00:fc::11", "fd00:fc::1:12", "fd00:fc::5:22", "fe80::1"])
+def test_ns_with_any_foreign_source_is_dropped_at_the_clone_port(topo, src):
+    """The issue's repro: IPv6(src=<other>, dst=<parent db>)/NS(tgt=<clone db's own address>)."""
+    _, states = network(topo, A)
+    out = first(states, topo, "aweb", ns(topo, "aweb", "fd00:fc::1:13", src=src, dst="fd00:fc::13"))
+    assert [o.kind for o in out] == ["drop"] and cookies.decode(out[0].flows[-1].cookie).kind == K_PORT_DROP
+
+
+def test_ns_for_anything_but_parent_gateway_or_egress_is_never_forwarded(topo):
+    fab, states = network(topo, A, B)
+    ll = str(link_local(topo.hosts["aweb"].mac))
+    for pkt in (ns(topo, "aweb", "fd00:fc::1:13", dst="fd00:fc::13"),      # a peer's own address, unicast
+                ns(topo, "aweb", "fd00:fc::1:13", src=ll, dst="fd00:fc::13"),
+                ns(topo, "aweb", "fd00:fc::2:13"),                           # another clone
+                ns(topo, "aweb", "fe80::1"),                                 # link-local target
+                ns(topo, "aweb", "fd00:fc::1:11", src="::"),                 # DAD for its own address
+                ns(topo, "aweb", "fd00:fc::13", src="::")):                  # DAD for a parent address
+        assert [w for w, _ in ends(fab, "aweb", pkt)] == ["drop"], pkt
+    # own address and own link-local source: answered by the controller, as before
+    for src in (None, ll):
+        (o,) = first(states, topo, "aweb", ns(topo, "aweb", "fd00:fc::13", src=src))
+        assert o.kind == "controller", src
+
+
+def test_egress_nd_solicited_node_ns_is_answered_while_multicast_stays_blocked(topo):
+    _, states = network(topo, A, B)
+    (o,) = first(states, topo, "bweb", ns(topo, "bweb", "fd00:fc::9:9"))  # ext, inside fd00:fc::/64
+    assert (o.kind, o.port, o.packet["icmpv6_type"], o.packet["ipv6_nd_tll"]) == \
+        ("output", topo.hosts["bweb"].port, 136, topo.hosts["ext"].mac), o
+    for guarded in ("fd00:fc::12", "fd00:fc::1:13"):  # a parent not cloned, clone a's db
+        assert [x.kind for x in first(states, topo, "bweb", ns(topo, "bweb", guarded))] == ["drop"]
+    fab, _ = network(topo, B)
+    for dst in ("ff02::1", "ff02::1:ff09:9", "ff05::2"):
+        assert [w for w, _ in ends(fab, "bweb", udp(topo, "bweb", dst))] == ["drop"], dst
+
+
+def test_one_member_cannot_leave_with_another_members_address(topo):
+    fab, _ = network(topo, X)
+    assert topo.hosts["bdb"].switch == topo.hosts["cwdb"].switch
+    # control: bdb's own egress leaves with its own address
+    assert [(w, p["ipv6_src"]) for w, p in ends(fab, "bdb", udp(topo, "bdb", "fd00:fc::9:9"))] == \
+        [("host:ext", "fd00:fc::2:13")]
+    for pkt in (udp(topo, "bdb", "fd00:fc::9:9", src="fd00:fc::5:22"),                       # cwdb's parent address
+                ns(topo, "bdb", "fd00:fc::77", src="fd00:fc::5:22", dst="fd00:fc::9:9"),      # ... in an NS
+                ns(topo, "bdb", "fd00:fc::77", dst="fd00:fc::9:9"),                           # own source, unicast
+                udp(topo, "bdb", "10.0.9.9", src="10.0.5.22")):
+        assert [w for w, _ in ends(fab, "bdb", pkt)] == ["drop"], pkt
+
+
+def test_block_in_unfenced_hosts_cannot_reach_a_clone_address(topo):
+    fab, _ = network(topo, A, B)
+    for sender in ("ext", "web", "db", "wfe"):
+        for dst in ("10.0.1.11", "fd00:fc::1:11", "10.0.1.13"):         # clone a (egress denied)
+            assert [w for w, _ in ends(fab, sender, udp(topo, sender, dst))] == ["drop"], (sender, dst)
+    # clone b allows egress to the lab subnet: its peers there may answer (ext), the parents may not
+    assert [w for w, _ in ends(fab, "ext", udp(topo, "ext", "10.0.2.11"))] == ["host:bweb"]
+    assert [w for w, _ in ends(fab, "ext", udp(topo, "ext", "fd00:fc::2:11"))] == ["host:bweb"]
+    for sender in ("web", "db", "app"):
+        assert [w for w, _ in ends(fab, sender, udp(topo, sender, "10.0.2.11"))] == ["drop"], sender
+    # fence traffic still arrives (it carries the fence's MAC)
+    out = ends(fab, "aweb", udp(topo, "aweb", "10.0.0.13"))
+    assert [(w, p["eth_src"]) for w, p in out] == [("host:adb", fence_mac(resolve(topo, intent(A))[0].fid))]
+
+
+def test_fence_mac_never_collides_with_a_host(topo):
+    f = resolve(topo, intent(A))[0]
+    assert f.mac.startswith("fe:") and f.mac not in {h.mac for h in topo.hosts.values()}
