@@ -151,6 +151,9 @@ def test_deep_nesting_and_huge_integers_are_400(lab):
     assert status == 405 and hdrs["Allow"] == "GET", (status, hdrs)
     status, body, _ = http("PUT", f"{url}/v1/apps/fabric/intent", {"router_mac": "0e:fa:b0:00:00:01", "x": 1}, good)
     assert status == 422 and body["field"] == "x", body
+    for lax in ({"ecmp": 1}, {"ecmp": "true"}, {"nd_rate_per_host": "50"}):  # the schema says boolean / integer
+        status, body, _ = http("PUT", f"{url}/v1/apps/fabric/intent", lax, good)
+        assert status == 422, (lax, status, body)
     assert http("GET", f"{url}/v1/health")[0] == 200  # still serving
 
 
