@@ -19,6 +19,9 @@ parent component it clones.  The switch a clone sits on then
   multicast, other parent addresses, other clones, ARP/ND spoofing; traffic
   to addresses outside the application only when the fence's egress policy
   allows it, and then with the clone's own address as source.
+* delivers to a clone's own address only fence traffic (it carries the
+  fence's MAC) and, with egress allowed, packets from the allowed prefixes
+  ("block in and out").
 
 The flows are in ``ryu_apps/lib/fenced_clone_flows.py``.  REST: ``/v1/fences``.
 """
@@ -270,7 +273,7 @@ class FencedClone(FabricApp):
                 "members": [self._member_json(m) for m in fence.members] if fence else [],
                 "egress": spec.egress.model_dump(), "flows": self._flow_count(fence) if fence else 0,
                 "cookie": f"{fence_cookie_hex(fence.fid)}/{fence_cookie_mask():#018x}" if fence else None,
-                "metadata": f"{fence.fid:#x}" if fence else None}
+                "metadata": f"{fence.fid:#x}" if fence else None, "mac": fence.mac if fence else None}
 
     @staticmethod
     def _member_json(m) -> dict:

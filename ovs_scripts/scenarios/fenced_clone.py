@@ -183,6 +183,14 @@ def fenced_clone(lab: Lab, check: Check) -> None:
           _who(res))
     res = _ident(lab, "aweb", "10.0.9.9")
     check("egress denied (shop-a): aweb -> ext gets nowhere", not res.get("ok"), _who(res))
+    lab.exec("bweb", ["ip", "-6", "neigh", "flush", "all"], check=False)
+    sent, got = ping(lab, "bweb", "fd00:fc::9:9", count=3)
+    check("egress allowed, IPv6 with real neighbour discovery: bweb ping -6 ext (empty neighbour cache)",
+          got == sent > 0, f"{got}/{sent} answered")
+    blocked = {(src, dst): ping(lab, src, dst, count=2)[1]
+               for src in ("ext", "web") for dst in ("10.0.1.11", "fd00:fc::1:11")}
+    check("block in: ext and the parent web cannot reach clone aweb's own addresses",
+          not any(blocked.values()), f"{sum(blocked.values())} answers to {2 * len(blocked)} pings")
     time.sleep(1.0)  # OpenFlow counters trail the datapath
     _, a = _call(lab, "GET", "/v1/fences/shop-a")
     c = a.get("counters", {}).get("packets", {})

@@ -3,24 +3,38 @@
 How a packet from a clone component walks the pipeline (all on the clone's own switch)::
 
     table 0 ingress, fenced_clone band (above the fabric's host admission):
-      1900  NS from the clone's port+MAC, untagged      -> meter, metadata:=fence, goto fence
+      1900  NS from the clone's port+MAC, untagged, source = its own address, its own
+            EUI-64 link-local address or :: (DAD)   -> meter, metadata:=fence, goto fence
       1800  ARP from the clone's port+MAC+IP, untagged  -> metadata:=fence, goto fence
       1800  IPv4/IPv6 from the clone's port+MAC+IP, untagged
                                    -> src := the PARENT component's address, metadata:=fence, goto fence
       1000  anything else from the clone's port         -> drop   (spoofed IP/MAC, VLAN tags, ...)
 
     table 10 fence (match metadata=fence):
+      1250  NS from :: (DAD)                             -> drop  (never answered, never forwarded)
       1200  ICMPv6 RS/RA/NA/redirect from a clone        -> drop
       1100  NS for a parent address of a member          -> controller (answers with the clone's MAC)
+      1090  (egress allowed) NS for a protected address  -> drop
+      1080  NS for the clone's own gateway               -> goto arp_nd (the fabric answers)
+      1070  (egress allowed) NS inside an allowed prefix -> goto arp_nd (solicited-node NS included)
+      1060  any other NS                                 -> drop  (no NS is ever translated or forwarded)
       1050  IP to the sender's own parent address        -> dst := its clone address, back out of its port
-      1000  IP to a parent address of a member           -> dst := that member's clone address, goto forward
+      1000  IP to a parent address of a member           -> dst := that member's clone address,
+                                                            eth_src := the fence's MAC, goto forward
       1000  ARP for a parent address of a member         -> answered in the switch with the clone's MAC
-       900  ARP/NS for the clone's own gateway           -> goto arp_nd (the fabric answers)
+       900  ARP for the clone's own gateway              -> goto arp_nd (the fabric answers)
        850  (egress allowed) multicast / broadcast       -> drop
        800  (egress allowed) protected destinations      -> drop  (other parent addresses, other clones)
-    600+plen (egress allowed) ARP/NS inside an allowed prefix -> goto arp_nd
-    500+plen (egress allowed) IP to an allowed prefix    -> src := the clone's own address, goto forward
+    600+plen (egress allowed) ARP inside an allowed prefix -> goto arp_nd
+    500+plen (egress allowed) IP from the member's port to an allowed prefix
+                                                         -> src := the clone's own address, goto forward
        100  everything else                              -> drop   (counted: the fence's drops)
+
+    table 90 forward, fenced_clone band (above the fabric's routes), on the clone's switch:
+      1900  to a clone's own address with the fence's MAC      -> deliver (fence traffic)
+      1800  (egress allowed) ... from a protected source       -> drop
+    1200+plen (egress allowed) ... from an allowed prefix      -> deliver (replies of allowed egress)
+      1100  anything else to a clone's own address             -> drop   ("block in and out")
 
 So a clone's packets only ever leave the fence table translated to a member of
 the same fence, or (when the fence allows egress) with the clone's own

@@ -184,21 +184,39 @@ def test_ipv6_egress_with_real_neighbour_discovery(lab):
     assert not ok, summary
 
 
-def test_block_in_outside_hosts_cannot_reach_a_clone_address(lab):
-    """vCD "block in and out": only fence members (and, with egress allowed, the allowed prefixes) get in."""
+def test_block_in_outside_hosts_cannot_reach_a_clone_address(lab, tmp_path):
+    """vCD "block in and out": only fence members (and, with egress allowed, the allowed prefixes) get in.
+
+    Checked where it matters, at the clones: ``tcpdump -Q in`` on aweb and adb while four
+    unfenced hosts (outside, two parents, another application) ping and connect to their
+    own addresses; not one of those packets may arrive (answers alone would not show it:
+    the clone's answers never leave a deny fence anyway).
+    """
+    from scapy.layers.inet import IP
+    from scapy.layers.inet6 import IPv6
+
+    H = lab.topology.hosts
+    senders = ("ext", "web", "db", "wfe")
     before = counters(lab, "shop-a")
-    results = {}
-    for sender in ("ext", "web", "db", "wfe"):  # outside, parents, another application
-        for dst in ("fd00:fc::1:11", "10.0.1.11", "fd00:fc::1:13"):
-            ping = ping6 if ":" in dst else ping4
-            ok, summary = ping(lab, sender, dst, count=2)
-            results[(sender, dst)] = ok
-        res = ident(lab, sender, "fd00:fc::1:13")
-        results[(sender, "tcp fd00:fc::1:13")] = bool(res.get("ok"))
-    reached = [k for k, v in results.items() if v]
-    print(f"\nblock in: {len(results)} attempts from 4 unfenced hosts to clone a's own addresses, "
-          f"{len(reached)} reached")
-    assert not reached, reached
+    cap = Captures(lab, ["aweb", "adb"], tmp_path)
+    answered = []
+    try:
+        for sender in senders:
+            for dst in ("fd00:fc::1:11", "10.0.1.11", "fd00:fc::1:13", "10.0.1.13"):
+                ok, _ = (ping6 if ":" in dst else ping4)(lab, sender, dst, count=2)
+                if ok:
+                    answered.append((sender, dst))
+            res = ident(lab, sender, "fd00:fc::1:13")
+            if res.get("ok"):
+                answered.append((sender, "tcp fd00:fc::1:13"))
+    finally:
+        frames = cap.stop(settle=1.0)
+    addrs = {str(a) for s in senders for a in H[s].addresses}
+    arrived = [(h, p.summary()) for h, ps in frames.items() for p in ps
+               if (IP in p and p[IP].src in addrs) or (IPv6 in p and p[IPv6].src in addrs)]
+    print(f"\nblock in: {len(senders) * 9} attempts (pings and TCP) from {len(senders)} unfenced hosts to clone a's "
+          f"own addresses; {len(arrived)} packets arrived at aweb/adb, {len(answered)} answered")
+    assert not arrived and not answered, (arrived[:10], answered)
     after = counters(lab, "shop-a")
     assert after["inbound_drop"] > before.get("inbound_drop", 0), after
     # inside the fence everything still works, and mix lets its allowed prefix (ext) in, not a parent

@@ -280,9 +280,9 @@ def test_member_removal_and_fence_deletion_touch_only_that_fence(topo):
 
 # -- IPv6 neighbour discovery and fence semantics (issue 9, section 2) --------------------------
 
-X = {"name": "mix", "parent": ["db", "wdb"],  # two members on one switch (s1), egress allowed everywhere
+X = {"name": "mix", "parent": ["db", "wdb"],  # two members on one switch (s1), egress allowed to ext
      "members": [{"component": "db", "host": "bdb"}, {"component": "wdb", "host": "cwdb"}],
-     "egress": {"policy": "allow"}}
+     "egress": {"policy": "allow", "to": ["10.0.9.0/24", "fd00:fc::9:0/112"]}}
 
 
 def ns(topo, host, target, src=None, dst=None):
