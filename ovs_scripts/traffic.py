@@ -36,6 +36,9 @@
   with every byte echoed in order, and the longest pause between echoes.
 * ``probe tcp:HOST:PORT|udp:HOST:PORT|icmp:HOST ...``: reachability of
   several targets at once (open / refused / timeout) as JSON.
+* ``mcast-sniff [GROUP ...] [--seconds S]``: without joining, count (promiscuous) the
+  IPv4 multicast frames to GROUP (any non-link-local group when none) and the standby
+  requests eth0 receives; prints ``sniffing`` when ready, then JSON counts.
 * ``sniff [--seconds S] [--ipv6-prefix P]``: count the frames eth0 receives for S
   seconds (at most 60), print ``sniffing`` when ready and then JSON
   ``{"frames": n, "ipv6": n, "matched": n}``: ``matched`` are IPv6 frames to an
@@ -608,7 +611,8 @@ def tcp_stream(host: str, port: int, seconds: float, interval_ms: float = 10.0, 
     out.update(sent=seq, echoed=len(echoes), intact=(len(echoes) == seq and not state["bad"] and seq > 0),
                out_of_order=state["bad"], error=state["error"],
                max_gap_ms=round(max(gaps), 1) if gaps else None,
-               gaps_ms=[round(g, 1) for g, _ in top], seconds=round(time.monotonic() - start, 3))
+               gaps_ms=[round(g, 1) for g, _ in top], seconds=round(time.monotonic() - start, 3),
+               first_echo_ns=echoes[0] if echoes else None, last_echo_ns=echoes[-1] if echoes else None)
     return out
 
 
@@ -696,6 +700,45 @@ def sniff(seconds: float, prefix: str | None, iface: str = "eth0") -> dict:
     return {"frames": frames, "ipv6": ipv6, "matched": matched, "seconds": seconds}
 
 
+def mcast_sniff(groups: list[str], seconds: float, iface: str = "eth0") -> dict:
+    """What a host that never joined receives: IPv4 frames to ``groups`` (any address in 224/4 when
+    none are given) and standby requests (ethertype 0x88b5), on ``iface`` in promiscuous mode, for
+    ``seconds`` (at most 120).  Prints ``sniffing`` when ready, then JSON counts."""
+    import ipaddress
+
+    want = {ipaddress.IPv4Address(g).packed for g in groups}
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(0x0003))
+    sock.bind((iface, 0))
+    mreq = struct.pack("iHH8s", socket.if_nametoindex(iface), 1, 0, b"")  # PACKET_MR_PROMISC
+    sock.setsockopt(263, 1, mreq)  # SOL_PACKET, PACKET_ADD_MEMBERSHIP
+    sock.settimeout(0.1)
+    print("sniffing", flush=True)
+    out = {"frames": 0, "group_frames": 0, "multicast_frames": 0, "standby_requests": 0, "groups": {},
+           "seconds": seconds}
+    end = time.monotonic() + max(0.0, min(seconds, 120.0))
+    while time.monotonic() < end and out["frames"] < 10_000_000:
+        try:
+            data, addr = sock.recvfrom(2048)
+        except (socket.timeout, TimeoutError):
+            continue
+        if addr[2] == socket.PACKET_OUTGOING:
+            continue
+        out["frames"] += 1
+        etype = data[12:14]
+        if etype == b"\x88\xb5":
+            out["standby_requests"] += 1
+        elif etype == b"\x08\x00" and len(data) >= 34:
+            dst = data[30:34]
+            if dst[0] & 0xF0 == 0xE0 and dst[:3] != b"\xe0\x00\x00":  # 224/4 but not link-local 224.0.0/24
+                out["multicast_frames"] += 1
+                if not want or dst in want:
+                    out["group_frames"] += 1
+                    name = str(ipaddress.IPv4Address(dst))
+                    out["groups"][name] = out["groups"].get(name, 0) + 1
+    sock.close()
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ovs_scripts.traffic")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -768,6 +811,7 @@ def main(argv=None) -> int:
     ts.add_argument("--seconds", type=float, default=10.0)
     ts.add_argument("--interval-ms", type=float, default=10.0)
     ts.add_argument("--size", type=int, default=64)
+    ts.add_argument("--drain", type=float, default=10.0, help="seconds to wait for the last echoes")
     pr = sub.add_parser("probe", help="reachability of tcp:HOST:PORT, udp:HOST:PORT, icmp:HOST")
     pr.add_argument("targets", nargs="+")
     pr.add_argument("--timeout", type=float, default=1.0)
@@ -775,7 +819,15 @@ def main(argv=None) -> int:
     sn.add_argument("--seconds", type=float, default=5.0)
     sn.add_argument("--ipv6-prefix")
     sn.add_argument("--iface", default="eth0")
+    msn = sub.add_parser("mcast-sniff", help="count multicast data and standby requests a host receives "
+                                             "without joining")
+    msn.add_argument("groups", nargs="*")
+    msn.add_argument("--seconds", type=float, default=5.0)
+    msn.add_argument("--iface", default="eth0")
     args = ap.parse_args(argv)
+    if args.cmd == "mcast-sniff":
+        print(json.dumps(mcast_sniff(args.groups, args.seconds, args.iface)), flush=True)
+        return 0
     if args.cmd == "sniff":
         print(json.dumps(sniff(args.seconds, args.ipv6_prefix, args.iface)), flush=True)
         return 0
@@ -789,7 +841,8 @@ def main(argv=None) -> int:
         print(json.dumps(udp_sink(args.ports, args.seconds, args.pps)), flush=True)
         return 0
     if args.cmd == "tcp-stream":
-        print(json.dumps(tcp_stream(args.host, args.port, args.seconds, args.interval_ms, args.size)), flush=True)
+        print(json.dumps(tcp_stream(args.host, args.port, args.seconds, args.interval_ms, args.size,
+                                    drain=max(0.0, min(args.drain, 60.0)))), flush=True)
         return 0
     if args.cmd == "probe":
         print(json.dumps(probe(args.targets, args.timeout)))

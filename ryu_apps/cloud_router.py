@@ -95,6 +95,7 @@ class CloudRouter(FabricApp):
         self._keys_dirty = False
         self.port_live: dict[tuple[str, int], bool] = {}  # tier switch ports: up and LIVE
         self.history: deque = deque(maxlen=256)
+        self._conflicts: dict[tuple[str, str, int], float] = {}  # (mac, switch, port) -> last flagged
         self.counters: Counter = Counter()
         self._buckets: dict[str, TokenBucket] = {}
         self.failed: frozenset = frozenset()
@@ -282,15 +283,31 @@ class CloudRouter(FabricApp):
             self._keys_for(self.intent)
             self._event("learned", client=mac, ipv4=ipv4, at=f"{switch}:{port}",
                         policy=self.intent.default_policy)
-        verdict = self.locations.claim(mac, switch, port)
+        verdict = self.locations.claim(mac, switch, port, reported=source == "report",
+                                       alive=lambda sw: sw in self.core.datapaths)
         self.counters[f"claim_{verdict.kind}"] += 1
-        if verdict.kind != "same":
+        if verdict.kind == "conflict":
+            self._flag_conflict(mac, switch, port, verdict.reason, source)
+        elif verdict.kind != "same":
             self._event(verdict.kind, client=mac, at=f"{switch}:{port}", reason=verdict.reason, source=source)
         if verdict.changed:
             self.core.schedule_recompute()
             if save:
                 self._save_runtime()
         return verdict.kind
+
+    def _flag_conflict(self, mac: str, switch: str, port: int, reason: str, source: str) -> None:
+        """A frame with a connected client's MAC at another port: refused (see ``Locations.claim``) and
+        flagged, one event and log line per client and port per second (the counter counts them all)."""
+        key = (mac, switch, port)
+        now = time.monotonic()
+        if now - self._conflicts.get(key, -1e9) < 1.0:
+            return
+        if len(self._conflicts) > 4096:
+            self._conflicts.clear()
+        self._conflicts[key] = now
+        self._event("conflict", client=mac, at=f"{switch}:{port}", reason=reason, source=source)
+        LOG.warning("cloud router: refused %s at %s:%d: %s", mac, switch, port, reason)
 
     def _switch_name(self, dp) -> str | None:
         sw = self.core.topology.switch_by_dpid(dp.id) if dp.id is not None else None

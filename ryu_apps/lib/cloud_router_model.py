@@ -556,7 +556,8 @@ class Location:
 
 @dataclass
 class Verdict:
-    """What a location claim did: new | moved | same | stale (refused) | unknown_port."""
+    """What a location claim did: new | moved | same | stale (refused: a late frame) |
+    conflict (refused: the client is connected elsewhere)."""
 
     kind: str
     reason: str = ""
@@ -584,6 +585,13 @@ class Locations:
       generation since, within ``holddown`` seconds: a frame queued at the old
       access point before the move, processed after it, cannot pull the
       client back.
+    * A claim for a client that is *connected elsewhere* (its current port is
+      up on a switch that is connected) is refused as a *conflict*: a second
+      device using a connected client's MAC (a copied MAC) does not move it.
+      The client moves once its old port goes down or is deleted (a wired
+      re-plug, the old association ending), or when the access point reports
+      the move (``reported=True``: ``POST /v1/cloud_router/locations``, how a
+      shared radio port says a client left it).
     """
 
     holddown: float = 2.0
@@ -619,7 +627,18 @@ class Locations:
                     detached.append(mac)
         return detached
 
-    def claim(self, mac: str, switch: str, port: int) -> Verdict:
+    def in_use(self, mac: str, alive: Callable[[str], bool] = lambda sw: True) -> Location | None:
+        """The client's location if it is connected there: its port is up (or not reported yet)
+        on a switch that is connected (``alive``)."""
+        cur = self.current.get(mac)
+        if cur is None or not alive(cur.switch):
+            return None
+        return cur if self.port_state.get((cur.switch, cur.port)) in (None, "up", "fresh") else None
+
+    def claim(self, mac: str, switch: str, port: int, reported: bool = False,
+              alive: Callable[[str], bool] = lambda sw: True) -> Verdict:
+        """``reported``: the access point says the client moved (an association report), not just a
+        frame seen there; ``alive(switch)``: that switch is connected."""
         key = (switch, port)
         pstate = self.port_state.get(key)
         if pstate in ("down", "deleted"):
@@ -636,6 +655,10 @@ class Locations:
             where = f"{cur.switch}:{cur.port}" if cur else "nowhere (detached)"
             return Verdict("stale", f"{mac} left {switch}:{port} {now - gone[1]:.3f}s ago and the port has not "
                                     f"come up again since; it is at {where}")
+        if not reported and cur is not None and self.in_use(mac, alive) is not None:
+            return Verdict("conflict", f"{mac} is connected at {cur.switch}:{cur.port} (port up); a frame with its "
+                                       f"MAC at {switch}:{port} does not move it (a copied MAC?) until that port "
+                                       "goes down or the access point reports the move")
         if cur is not None:
             self.left.setdefault(mac, {})[(cur.switch, cur.port)] = (cur.gen, now)
             self.last[mac] = cur

@@ -208,6 +208,127 @@ def test_tcp_stream_survives_three_roams_with_the_same_policy(cl):
     assert (after["key"], after["location"]["switch"], after["location"]["port"]) == (before["key"], "ap1", 1)
 
 
+def _set_identity(cl, host, mac=None, ip=None):
+    """Change a client's own MAC and/or IPv4 address inside its namespace (what a hostile client can do)."""
+    h = cl.topo.hosts[host]
+    mac = mac or h.mac
+    ip = ip or str(h.ipv4.ip)
+    cmds = [["ip", "link", "set", "dev", "eth0", "address", mac],
+            ["ip", "-4", "addr", "flush", "dev", "eth0"],
+            ["ip", "addr", "add", f"{ip}/{h.ipv4.network.prefixlen}", "dev", "eth0"],
+            ["ip", "route", "replace", "default", "via", str(h.gateway4)],
+            ["ip", "neigh", "flush", "dev", "eth0"]]
+    for argv in cmds:
+        cl.lab.exec(host, argv)
+
+
+def _conflicts(cl, at):
+    return [e for e in cl.rest(f"/v1/{APP}/events") if e["event"] == "conflict" and e.get("at") == at]
+
+
+def test_copied_mac_or_ip_gains_nothing_and_the_real_client_keeps_service(cl):
+    """c4 (quarantined, ap3:1) takes staff client c1's MAC, its IP, then both, while c1 (ap1:1) is
+    connected and streaming: c1 is not moved, loses nothing, and c4 gets nothing of c1's policy."""
+    c1, c4 = cl.mac("c1"), cl.mac("c4")
+    c1_ip = str(cl.topo.hosts["c1"].ipv4.ip)
+    assert cl.client(c1)["location"]["switch"] == "ap1" and cl.client(c4)["location"]["switch"] == "ap3"
+    staff_only = [f"tcp:{DB}:5001", f"icmp:{WEB}", f"tcp:{WEB}:5001"]  # staff allows them, quarantine none
+    variants = [("MAC", c1, None), ("IP", None, c1_ip), ("MAC and IP", c1, c1_ip)]
+    seconds = 3.0 * len(variants) + 4
+    sink = cl.sink("db", [6001, 6002], seconds=seconds + 3)
+    victim = cl.stream("c1", DB, 6001, seconds=seconds)          # staff: udp 6000-6003 to 10.61.0.0/24
+    time.sleep(1.0)
+    report, problems = [], []  # checked after the figures are printed
+    try:
+        for what, mac, ip in variants:
+            _set_identity(cl, "c4", mac, ip)
+            attack = cl.stream("c4", DB, 6002, seconds=2.0, pps=200)  # would pass with c1's identity
+            got = cl.reachable(cl.probe("c4", staff_only))
+            sent = cl.result(attack)["sent"]
+            loc = cl.client(c1)["location"] or {}
+            at = f"{loc.get('switch')}:{loc.get('port')}"
+            report.append((what, sent, sorted(got), at))
+            if got:
+                problems.append(f"c4 with c1's {what} reached {sorted(got)}")
+            if at != "ap1:1":
+                problems.append(f"c4 with c1's {what} moved c1 to {at}")
+            if not cl.client_location_flows("ap1", c1) or cl.client_location_flows("ap3", c1):
+                problems.append(f"c4 with c1's {what}: c1's location flows left ap1 or appeared on ap3")
+            if mac is not None and not wait_for(lambda: _conflicts(cl, "ap3:1"), timeout=5):
+                problems.append(f"c4 with c1's {what}: no conflict flagged in the events")
+    finally:
+        _set_identity(cl, "c4")
+    v = cl.result(victim)
+    s = cl.result(sink)
+    real, stolen = outage(s, 6001), outage(s, 6002)
+    counters = cl.rest(f"/v1/{APP}")["counters"]
+    print(f"\ncopied identity: {report}; c1 (the real client) sent {v['sent']}, received {real['received']}, "
+          f"lost {real['lost']} (longest outage {real['longest_outage_ms']} ms); c4's streams delivered "
+          f"{stolen['received']}; claims refused as conflict: {counters.get('claim_conflict', 0)}")
+    assert not problems, problems
+    assert stolen["received"] == 0, "the attacker's traffic got through with the victim's policy"
+    assert real["received"] > 0.9 * v["sent"] and real["lost"] < 50, real  # under 50 ms at 1000 pps
+    assert counters.get("claim_conflict", 0) > 0
+    # c4 back to its own identity: still where it was, still quarantined, working
+    assert cl.client(c4)["location"]["switch"] == "ap3" and cl.client(c4)["policy"] == "quarantine"
+    assert wait_for(lambda: cl.reachable(cl.probe("c4", [f"tcp:{REG}:8080", f"tcp:{WEB}:5001"]))
+                    == {f"tcp:{REG}:8080"}, timeout=5)
+
+
+def test_quarantined_client_changing_mac_or_ip_stays_quarantined(cl):
+    c4 = cl.mac("c4")
+    new_mac, new_ip = "02:00:00:60:00:77", "10.60.0.77"
+    probes = [f"tcp:{REG}:8080", f"tcp:{WEB}:5001", f"tcp:{DB}:5001", f"tcp:{DB}:5002", f"icmp:{WEB}"]
+    seen = {}
+    try:
+        for what, mac, ip in (("MAC", new_mac, None), ("IP", None, new_ip), ("MAC and IP", new_mac, new_ip)):
+            _set_identity(cl, "c4", mac, ip)
+            got = cl.reachable(cl.probe("c4", probes))
+            deadline = time.monotonic() + 8
+            # a new device: its first packet has it learned into the default policy (quarantine), and
+            # the registration service answers once its flows are in; probe again until then
+            while what == "MAC and IP" and not got and time.monotonic() < deadline:
+                got = cl.reachable(cl.probe("c4", probes))
+            seen[what] = sorted(got)
+            assert got <= EXPECTED["quarantine"], f"quarantined c4 with a new {what} reached {got}"
+    finally:
+        _set_identity(cl, "c4")
+    learned = cl.client(new_mac)
+    print(f"\nquarantined c4 with a new MAC / IP / both reached {seen}; the new MAC is "
+          f"{learned['source']} with policy {learned['policy']}")
+    assert learned["source"] == "learned" and learned["policy"] == "quarantine" and learned["ipv4"] == new_ip
+    assert seen["MAC and IP"] == [f"tcp:{REG}:8080"]  # it is a quarantined client, nothing more
+    assert cl.client(c4)["policy"] == "quarantine"
+    cl.rest(f"/v1/{APP}/clients/{new_mac}", "DELETE")
+    assert wait_for(lambda: cl.reachable(cl.probe("c4", [f"tcp:{REG}:8080"])) == {f"tcp:{REG}:8080"}, timeout=5)
+
+
+def test_policy_change_is_enforced_on_an_open_tcp_stream(cl):
+    c1 = cl.mac("c1")
+    body = {"name": "alice", "policy": "staff"}
+    assert cl.client(c1)["policy"] == "staff"
+    tcp = cl.lab.popen("c1", [sys.executable, "-u", "-m", "ovs_scripts.traffic", "tcp-stream", WEB, "5001",
+                              "--seconds", "4", "--interval-ms", "10", "--drain", "1"])
+    time.sleep(1.5)
+    t_sent = time.monotonic_ns()
+    try:
+        cl.rest(f"/v1/{APP}/clients/{c1}", "PUT", {**body, "policy": "contractor"})  # no web:5001
+        t_answered = time.monotonic_ns()
+        r = cl.result(tcp)
+    finally:
+        cl.rest(f"/v1/{APP}/clients/{c1}", "PUT", body)
+    assert r["connected"] and r["first_echo_ns"] is not None and r["first_echo_ns"] < t_sent, r
+    after_sent = (r["last_echo_ns"] - t_sent) / 1e9
+    after_answer = (r["last_echo_ns"] - t_answered) / 1e9
+    print(f"\npolicy change on an open TCP stream: PUT answered in {(t_answered - t_sent) / 1e6:.0f} ms, last "
+          f"echo {after_sent * 1000:.0f} ms after the PUT was sent ({r['echoed']}/{r['sent']} echoed)")
+    assert r["echoed"] < r["sent"], "the stream kept flowing after the policy stopped allowing it"
+    assert after_answer < 1.0, f"the stream flowed {after_answer:.2f} s after the change was accepted"
+    assert after_sent < 3.0  # generous: the PUT itself under load
+    assert cl.wait_synced()
+    assert wait_for(lambda: cl.reachable(cl.probe("c1", [f"tcp:{WEB}:5001"])) == {f"tcp:{WEB}:5001"}, timeout=5)
+
+
 def _failover_streams(cl, victim_hosts, seconds=5.0):
     """Per victim client: an allowed and a denied sequenced stream to db, received on db."""
     allowed_port = {"c1": 6002, "c3": None, "c4": None}

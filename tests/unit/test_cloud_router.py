@@ -201,18 +201,49 @@ def test_roam_and_late_claim_from_the_old_port_is_refused():
     # a frame queued at ap1 before the move, handled now: refused, location unchanged
     v = loc.claim(mac, "ap1", 1)
     assert v.kind == "stale" and "deleted" in v.reason and loc.where(mac).switch == "ap2"
-    # a shared port (radio): the client leaves ap3:5 for ap2, a late frame from ap3:5 is refused
+    # a shared port (radio): the client leaves ap3:5 for ap1:7 (the access point reports the move,
+    # ap3:5 stays up for its other clients), a late frame from ap3:5 is refused
     loc.port_event("ap3", 5, "up")
     loc.port_event("ap1", 7, "up")
-    assert loc.claim(mac, "ap3", 5).kind == "moved"
+    assert loc.claim(mac, "ap3", 5).kind == "conflict"  # only a frame there: it is still at ap2:10
+    assert loc.claim(mac, "ap3", 5, reported=True).kind == "moved"
     clk.t += 0.5
-    assert loc.claim(mac, "ap1", 7).kind == "moved"
+    assert loc.claim(mac, "ap1", 7, reported=True).kind == "moved"
     clk.t += 0.5
     v = loc.claim(mac, "ap3", 5)
     assert v.kind == "stale" and "left ap3:5" in v.reason and loc.where(mac).switch == "ap1"
-    # ... until the holddown is over (a real return to a port that stayed up)
+    # ... until the holddown is over (a real return to a port that stayed up, reported)
     clk.t += 2.0
-    assert loc.claim(mac, "ap3", 5).kind == "moved"
+    assert loc.claim(mac, "ap3", 5).kind == "conflict"
+    assert loc.claim(mac, "ap3", 5, reported=True).kind == "moved"
+
+
+def test_copied_mac_does_not_move_a_connected_client():
+    clk = Clock()
+    loc = Locations(holddown=2.0, clock=clk)
+    mac = "02:00:00:60:00:01"
+    loc.port_event("ap1", 1, "up")
+    loc.port_event("ap3", 1, "up")
+    loc.port_event("ap1", 2, "up")
+    assert loc.claim(mac, "ap1", 1).kind == "new"
+    # another device sends with its MAC at another access point, or at another port of the same one
+    for sw, port in (("ap3", 1), ("ap1", 2), ("ap3", 1)):
+        clk.t += 5.0  # long after any holddown: time does not make it acceptable
+        v = loc.claim(mac, sw, port)
+        assert v.kind == "conflict" and "ap1:1" in v.reason, v
+        assert (loc.where(mac).switch, loc.where(mac).port) == ("ap1", 1)
+    # its port not reported yet (controller restart): still in use; its switch disconnected: not
+    loc.restore({"02:00:00:60:00:02": ["ap2", 4]})
+    assert loc.claim("02:00:00:60:00:02", "ap3", 1).kind == "conflict"
+    assert loc.claim("02:00:00:60:00:02", "ap3", 1, alive=lambda sw: sw != "ap2").kind == "moved"
+    # the real client's port goes down: now the claim is a genuine move
+    assert loc.port_event("ap1", 1, "down") == [mac]
+    assert loc.claim(mac, "ap3", 1).kind == "moved"
+    # or the access point reports the move while the old port stays up
+    loc.port_event("ap1", 1, "up")
+    clk.t += 5.0
+    assert loc.claim(mac, "ap1", 1).kind == "conflict"  # it is connected at ap3:1 now
+    assert loc.claim(mac, "ap1", 1, reported=True).kind == "moved"
 
 
 def test_port_that_comes_back_up_starts_a_new_generation():
