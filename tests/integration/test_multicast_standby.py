@@ -236,17 +236,19 @@ def test_link_cut_fails_over_without_duplicates_and_a_new_standby_follows(lab_fa
     assert s["s6"]["disjoint"]
     wait_synced(lab)
 
-    # a silent failure: s4 stops forwarding to s5 (no port goes down), which s3's and s6's active
-    # paths cross; they notice the active stream stopped while the standby copy flows, stop
-    # delivering it, then take the standby copy -- even when the silent path comes back at once
+    # a silent failure: s4 stops forwarding the group (no port goes down, BFD stays up: a foreign
+    # drop flow above everything), which s3's and s6's active paths cross; they notice the active
+    # stream stopped while the standby copy flows, stop delivering it, then take the standby copy
+    # -- even when the silent path comes back at once
     rx = {h: receiver(lab, h, group, 12) for h in ("h2", "h4")}
     time.sleep(1.0)
-    lab.ofctl("s4", "mod-port", "15", "no-forward")
+    blackhole = f"table=0,priority=65535,in_port=11,ip,nw_dst={group}"
+    lab.ofctl("s4", "add-flow", f"{blackhole},cookie=0x7e57,actions=drop")
     try:
         ev = wait_for(lambda: [e for e in rest(lab, "/v1/multicast/events")
                                if e["kind"] == "failover" and e.get("detection") == "silence"], 8)
     finally:
-        lab.ofctl("s4", "mod-port", "15", "forward")
+        lab.ofctl("s4", "--strict", "del-flows", blackhole)
     assert ev and {e["destination"] for e in ev} >= {"s6"}, rest(lab, "/v1/multicast/events")
     time.sleep(1.5)
     for h, proc in rx.items():
