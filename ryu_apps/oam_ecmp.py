@@ -31,10 +31,14 @@ and the analysis).
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import random
 import time
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
 from os_ken.lib import hub
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -44,29 +48,22 @@ from ryu_apps.lib import cookies, ofwire
 from ryu_apps.lib import oam_ecmp_model as model
 from ryu_apps.lib.app import FabricApp, FabricView, IntentError, PacketIn
 from ryu_apps.lib.core import FabricCore
-from ryu_apps.lib.ofdata import (OFPP_CONTROLLER, Bucket, DecTtl, Flow, Group, GroupAction, Match, Meter, MeterBand,
-                                 Output, SetField)
-from ryu_apps.lib.pipeline import FORWARD, INGRESS, OAM
+from ryu_apps.lib.ofdata import Bucket, DecTtl, Flow, Group, GroupAction, Match, Meter, MeterBand, Output, SetField
+from ryu_apps.lib.pipeline import FORWARD, INGRESS
 from ryu_apps.lib.rest import ApiError
 from ryu_apps.lib.state import SwitchState
 
 LOG = logging.getLogger(__name__)
 APP = "oam_ecmp"
 
-# cookie kinds
-K_STEER = 1    # ingress: fabric port / controller -> oam table
-K_GUARD = 2    # ingress: probes from a host port are dropped
-K_TRANSIT = 3  # oam: replicate towards one destination leaf (and its group)
-K_ARRIVE = 4   # oam: the probe arrived at its destination leaf
-K_EXPIRE = 5   # oam: hop limit spent
+# cookie kinds (1-4 were the SID-steered replicate flows of the first design; not reused)
+K_EXPIRE = 5   # ingress: a probe's hop limit is spent
 K_METER = 6    # the OAM meter (metadata)
+K_TWIN = 7     # forward: a probe twin of a flow read from the switch
+K_MIRROR = 8   # a mirror group of a group read from the switch (metadata)
 
 # priorities
-P_STEER = 3500     # ingress band 3000-3999 (above the fabric's admission)
-P_GUARD = 3400
-P_ARRIVE = 3850    # oam table
-P_EXPIRE = 3800
-P_TRANSIT = 3500
+P_EXPIRE = 3800    # ingress band 3000-3999: before any other app's or the fabric's ingress flow
 
 OAM_METER = 0x6E0A  # meter id (below OVS's meter limit, above the fabric's 0x100 + port)
 REPORT_BYTES = 128  # max_len of every copy to the controller
@@ -134,6 +131,8 @@ class VerifyRequest(BaseModel):
     hop_budget: int | None = Field(default=None, ge=2, le=64)
     collect_timeout: float | None = Field(default=None, gt=0, le=60)
     settle: float | None = Field(default=None, gt=0, le=10)
+    #: address families to probe (each probe carries the real addresses of one host on each leaf)
+    families: list[Literal[4, 6]] = Field(default=[4, 6], min_length=1)
 
 
 # --- desired state (pure) ----------------------------------------------------------------
@@ -141,32 +140,38 @@ class VerifyRequest(BaseModel):
 
 def intended_routes(view: FabricView, leaves: list[str], fabric: FabricIntent | None
                     ) -> tuple[dict[str, dict[str, model.Route]], dict[str, dict[str, tuple[int, ...]]]]:
-    """What the fabric intends on every switch for every leaf (the routes compute_fabric makes)."""
+    """What the fabric intends on every switch for every leaf (the routes compute_fabric makes).
+
+    Routes are keyed ``model.route_key(leaf, family)`` (one per address family the leaf has);
+    the intended ports are keyed by leaf."""
     graph = view.graph()
     topo = view.topology
     dist = model.distances(graph, leaves)
     ecmp = fabric.ecmp if fabric is not None else True
     routes: dict[str, dict[str, model.Route]] = {}
     ports: dict[str, dict[str, tuple[int, ...]]] = {}
+    eps = {d: model.endpoints(topo, d) for d in leaves}
     for sw in topo.switches:
         routes[sw], ports[sw] = {}, {}
         for d in leaves:
             if d == sw:
                 continue
-            addr, _ = model.representative(topo, d)
             hops = next_hops(graph, sw, d, dist[d]) if d in dist and sw in graph else []
             if hops and not ecmp:
                 hops = hops[:1]
             ports[sw][d] = tuple(hops)
-            if not hops:
-                routes[sw][d] = model.Route(sw, d, addr, "none", source="intended")
-            elif len(hops) == 1:
-                routes[sw][d] = model.Route(sw, d, addr, "output", next_hops=(model.NextHop(hops[0]),),
-                                            source="intended")
-            else:
-                routes[sw][d] = model.Route(sw, d, addr, "group", group_id=ecmp_group_id(tuple(hops), {}),
-                                            group_type="select", source="intended",
-                                            next_hops=tuple(model.NextHop(p, i) for i, p in enumerate(hops)))
+            for fam, ep in eps[d].items():
+                key, addr = model.route_key(d, fam), ep.address
+                if not hops:
+                    routes[sw][key] = model.Route(sw, d, addr, "none", source="intended")
+                elif len(hops) == 1:
+                    routes[sw][key] = model.Route(sw, d, addr, "output", next_hops=(model.NextHop(hops[0]),),
+                                                  source="intended")
+                else:
+                    routes[sw][key] = model.Route(sw, d, addr, "group", group_id=ecmp_group_id(tuple(hops), {}),
+                                                  group_type="select", source="intended",
+                                                  next_hops=tuple(model.NextHop(p, i, True, 1)
+                                                                  for i, p in enumerate(hops)))
     return routes, ports
 
 
@@ -177,84 +182,172 @@ def all_pairs(leaves: list[str]) -> list[tuple[str, str]]:
     return [(leaves[i], leaves[(i + k) % n]) for k in range(1, n) for i in range(n)]
 
 
-def replicate_group_id(plan: model.SidPlan, dest: str) -> int:
-    return cookies.app_id(APP) << 24 | plan.nodes[dest]
+@dataclass(frozen=True)
+class ReadTables:
+    """What one switch held when a verification read it: its forward-table flows (other apps')
+    and its groups (other apps'), exactly as decoded."""
+
+    flows: tuple[Flow, ...]
+    groups: dict[int, Group]
 
 
-def compute_oam(view: FabricView, plan: model.SidPlan, leaves: list[str], routes: dict[str, dict[str, model.Route]],
+PROBE_FIELDS = {"ip_proto": model.IPPROTO_UDP, "udp_src": model.OAM_UDP_PORT, "udp_dst": model.OAM_UDP_PORT}
+_PASS_ACTIONS = (SetField, DecTtl)  # kept in a twin as they are (they change the copy like the data packet)
+
+
+def _report(kind: int, port: int = 0) -> tuple:
+    return (SetField("eth_dst", model.marker_mac(kind, port)), Output.controller(REPORT_BYTES))
+
+
+def _twin_match(match: Match, family: int) -> Match | None:
+    """``match`` narrowed to probes of ``family``; None if no probe of that family can match it."""
+    eth = model.ETH_IP if family == 4 else model.ETH_IPV6
+    fields = {n: (v, mk) for n, v, mk in match.fields}
+    want = {"eth_type": eth, **PROBE_FIELDS}
+    for n, v in want.items():
+        if n in fields:
+            have, mk = fields[n]
+            if (have if mk is None else have & mk) != (v if mk is None else v & mk):
+                return None
+        fields[n] = (v, None)
+    try:
+        return Match(**{n: v if mk is None else (v, mk) for n, (v, mk) in fields.items()})
+    except ValueError:  # e.g. an IPv4 field in an IPv6 twin
+        return None
+
+
+def _host_kind(match: Match, sw: str, port: int, host_addrs) -> int:
+    """A probe output to a host port has arrived if the flow matched that host's address, else it is an edge."""
+    addrs = host_addrs.get((sw, port), ())
+    for n, v, mk in match.fields:
+        if n in ("ipv4_dst", "ipv6_dst"):
+            version, bits = (4, 32) if n == "ipv4_dst" else (6, 128)
+            value = int(ipaddress.ip_address(v)) if isinstance(v, str) else v
+            mask = (1 << bits) - 1 if mk is None else int(ipaddress.ip_address(mk)) if isinstance(mk, str) else mk
+            hit = any(a.version == version and int(a) & mask == value & mask for a in addrs)
+            return model.ARRIVE if hit else model.EDGE
+    return model.EDGE
+
+
+def twin_actions(sw: str, match: Match, actions: tuple, wiring: model.Wiring, host_addrs,
+                 mirror: Callable[[int], int | None]) -> tuple | None:
+    """What a probe does where the data packet would apply ``actions``: the same outputs on fabric
+    links, every other output reported instead of taken, groups replaced by their mirror;
+    None if the actions cannot be followed (the probe then reports an edge and stops)."""
+    out: list = [DecTtl()]
+    reports: list[tuple[int, int]] = []
+    for a in actions:
+        if isinstance(a, Output):
+            if (sw, a.port) in wiring.peer:
+                out.append(Output(a.port))
+                reports.append((model.FWD, a.port))
+            elif (sw, a.port) in wiring.hosts:
+                kind = _host_kind(match, sw, a.port, host_addrs)
+                reports.append((kind, 0 if kind == model.ARRIVE else a.port))
+            else:
+                reports.append((model.EDGE, a.port))
+        elif isinstance(a, GroupAction):
+            gid = mirror(a.group_id)
+            if gid is None:
+                return None
+            out.append(GroupAction(gid))
+        elif isinstance(a, _PASS_ACTIONS):
+            out.append(a)
+        else:
+            return None
+    for kind, port in reports:
+        out.extend(_report(kind, port))
+    return tuple(out)
+
+
+def mirror_group(sw: str, group: Group, groups: dict[int, Group], wiring: model.Wiring, host_addrs,
+                 down: frozenset, gid: int, cookie: int) -> Group:
+    """An ``all`` group with, per bucket the switch can pick now (weight > 0 for select, watch_port
+    live, the first live one for fast failover), one copy per fabric output and a report per copy."""
+    if group.type == "select":
+        usable = [b for b in group.buckets if b.weight and (sw, b.watch_port) not in down]
+    elif group.type == "ff":
+        usable = [b for b in group.buckets if (sw, b.watch_port) not in down][:1]
+    else:
+        usable = list(group.buckets)
+    buckets: list[Bucket] = []
+    for b in usable:
+        keep = tuple(a for a in b.actions if isinstance(a, _PASS_ACTIONS))
+        for a in b.actions:
+            if isinstance(a, Output) and (sw, a.port) in wiring.peer:
+                buckets.append(Bucket(actions=keep + (Output(a.port),)))
+                buckets.append(Bucket(actions=_report(model.FWD, a.port)))
+            elif isinstance(a, Output):
+                kind = model.EDGE  # a select bucket towards a host or nowhere is never a delivery
+                buckets.append(Bucket(actions=_report(kind, a.port)))
+            elif not isinstance(a, _PASS_ACTIONS):  # nested groups and the like: not followed, said so
+                buckets.append(Bucket(actions=_report(model.EDGE, 0xFFFFFF)))
+    return Group(group_id=gid, type="all", buckets=tuple(buckets), cookie=cookie)
+
+
+def compute_oam(view: FabricView, plan: model.SidPlan, leaves: list[str], tables: dict[str, ReadTables] | None,
                 intent: OamIntent) -> dict[str, SwitchState]:
-    """Desired OAM state of every switch (pure): steering, replicate flows and groups, reports."""
+    """Desired OAM state of every switch (pure): hop-limit reports at ingress; in the forward table a
+    probe twin one priority above every flow read from the switch, and mirror groups of its groups."""
     topo = view.topology
     wiring = model.Wiring.of(topo)
-    block = str(plan.block)
+    host_addrs = {(h.switch, h.port): tuple(h.addresses) for h in topo.hosts.values()}
     states = {}
     meter = Meter(meter_id=OAM_METER, unit="pktps",
                   bands=(MeterBand(rate=intent.switch_rate, burst_size=intent.switch_rate),),
                   cookie=cookies.make(APP, K_METER, 0))
-    v6 = {"eth_type": model.ETH_IPV6}
     for sw in topo.switches:
         st = SwitchState()
         states[sw] = st
         st.add_meter(meter)
-        # -- ingress: steer probes from fabric ports and the controller; refuse them from hosts
-        steer = cookies.make(APP, K_STEER, sw)
-        st.label(steer, f"OAM probe steering on {sw}")
-        guard = cookies.make(APP, K_GUARD, sw)
-        for p in topo.switch_ports(sw):
-            if p.kind == "host":
-                st.add_flow(Flow(table=INGRESS, priority=P_GUARD, cookie=guard,
-                                 match=Match(in_port=p.port, ipv6_dst=block, **v6)))
-                st.label(guard, f"OAM: drop probes from host ports of {sw}")
-            else:
-                st.add_flow(Flow(table=INGRESS, priority=P_STEER, cookie=steer, goto=OAM,
-                                 match=Match(in_port=p.port, ipv6_dst=block, **v6)))
-        st.add_flow(Flow(table=INGRESS, priority=P_STEER, cookie=steer, goto=OAM,
-                         match=Match(in_port=OFPP_CONTROLLER, ipv6_dst=block, **v6)))
-        # -- oam: hop limit spent
+        # -- ingress: a probe whose hop limit is spent is reported and dropped (before any dec_ttl)
         expire = cookies.make(APP, K_EXPIRE, sw)
-        st.label(expire, f"OAM: hop limit spent on {sw} (report, drop)")
-        for ttl in (0, 1):
-            st.add_flow(Flow(table=OAM, priority=P_EXPIRE, cookie=expire, meter=OAM_METER,
-                             match=Match(ipv6_dst=block, nw_ttl=ttl, **v6),
-                             actions=(SetField("eth_dst", model.marker_mac(model.EXPIRE)),
-                                      Output.controller(REPORT_BYTES))))
-        # -- oam: arrival here
-        if sw in leaves:
-            arrive = cookies.make(APP, K_ARRIVE, sw)
-            st.label(arrive, f"OAM: probes for {sw} arrive (report, drop)")
-            st.add_flow(Flow(table=OAM, priority=P_ARRIVE, cookie=arrive, meter=OAM_METER,
-                             match=Match(ipv6_dst=plan.function_prefix(sw), **v6),
-                             actions=(SetField("eth_dst", model.marker_mac(model.ARRIVE)),
-                                      Output.controller(REPORT_BYTES))))
-        # -- oam: replicate towards every other leaf over the installed ECMP set
-        for d in leaves:
-            if d == sw:
+        st.label(expire, f"OAM: probe hop limit spent on {sw} (report, drop)")
+        for eth in (model.ETH_IP, model.ETH_IPV6):
+            for ttl in (0, 1):
+                st.add_flow(Flow(table=INGRESS, priority=P_EXPIRE, cookie=expire, meter=OAM_METER,
+                                 match=Match(eth_type=eth, nw_ttl=ttl, **PROBE_FIELDS),
+                                 actions=_report(model.EXPIRE)))
+        read = (tables or {}).get(sw)
+        if read is None:
+            continue
+        # -- forward: twins of what the switch holds
+        mirrors: dict[int, int] = {}
+        taken: set[int] = set()
+        gcookie = cookies.make(APP, K_MIRROR, sw)
+
+        def mirror(gid: int, sw=sw, read=read, mirrors=mirrors, taken=taken, st=st, gcookie=gcookie) -> int | None:
+            if gid in mirrors:
+                return mirrors[gid]
+            group = read.groups.get(gid)
+            if group is None:
+                return None
+            mid = cookies.app_id(APP) << 24 | (gid & 0xFFFFFF)
+            while mid in taken:
+                mid = cookies.app_id(APP) << 24 | ((mid + 1) & 0xFFFFFF)
+            taken.add(mid)
+            mirrors[gid] = mid
+            st.add_group(mirror_group(sw, group, read.groups, wiring, host_addrs, view.down_ports, mid, gcookie))
+            return mid
+
+        keys = {(f.priority, f.match) for f in read.flows}
+        for flow in sorted(read.flows, key=lambda f: (-f.priority, str(f.match))):
+            if flow.table != FORWARD or flow.priority >= 0xFFFF or flow.priority == 0:
                 continue
-            route = routes.get(sw, {}).get(d)
-            c = cookies.make(APP, K_TRANSIT, f"{sw}>{d}")
-            match = Match(ipv6_dst=plan.function_prefix(d), **v6)
-            ports = route.live_ports if route else ()
-            if not ports:
-                st.add_flow(Flow(table=OAM, priority=P_TRANSIT, cookie=c, meter=OAM_METER, match=match,
-                                 actions=(SetField("eth_dst", model.marker_mac(model.NOROUTE)),
-                                          Output.controller(REPORT_BYTES))))
-                st.label(c, f"OAM: {sw} has no route to {d} (report, drop)")
-                continue
-            buckets = []
-            for port in ports:
-                if (sw, port) in wiring.peer:
-                    buckets.append(Bucket(actions=(Output(port),)))
-                    kind = model.FWD
-                else:  # a host port or no link at all: never send a probe there, say so
-                    kind = model.EDGE
-                buckets.append(Bucket(actions=(SetField("eth_dst", model.marker_mac(kind, port)),
-                                               Output.controller(REPORT_BYTES))))
-            gid = replicate_group_id(plan, d)
-            st.add_group(Group(group_id=gid, type="all", buckets=tuple(buckets), cookie=c))
-            st.add_flow(Flow(table=OAM, priority=P_TRANSIT, cookie=c, meter=OAM_METER, match=match,
-                             actions=(DecTtl(), GroupAction(gid))))
-            st.label(c, f"OAM: {sw} replicates probes for {d} over ports {','.join(map(str, ports))} "
-                        f"(mirrors {route.where() if route else 'nothing'}, {route.source if route else '-'})")
+            if not flow.actions and flow.goto is None:
+                continue  # a drop: the probe meets it like the data packet
+            c = cookies.make(APP, K_TWIN, f"{sw}:{flow.priority}:{flow.match}")
+            for fam in (4, 6):
+                match = _twin_match(flow.match, fam)
+                if match is None or (flow.priority + 1, match) in keys:
+                    continue
+                acts = twin_actions(sw, flow.match, flow.actions, wiring, host_addrs, mirror) \
+                    if flow.goto is None else None
+                if acts is None:
+                    acts = (DecTtl(),) + _report(model.EDGE, 0xFFFFFF)
+                st.add_flow(Flow(table=FORWARD, priority=flow.priority + 1, cookie=c, meter=OAM_METER,
+                                 match=match, actions=acts))
+                st.label(c, f"OAM: probe twin of {sw} table {FORWARD} priority {flow.priority} {flow.match}")
     return states
 
 
@@ -276,6 +369,7 @@ class OamEcmp(FabricApp):
         self._planned: tuple | None = None
         self.snapshot: dict[str, dict[str, model.Route]] | None = None  # routes read from the switches
         self.snapshot_at: float | None = None
+        self.tables: dict[str, ReadTables] | None = None  # forward tables and groups read from the switches
         self.active: dict[int, model.ProbeResult] = {}
         self.reports: deque[dict] = deque(maxlen=HISTORY)
         self.next_report = 1
@@ -317,9 +411,7 @@ class OamEcmp(FabricApp):
             raise IntentError(f"apps.{APP}.{exc}", str(exc).split(":")[0]) from None
         leaves = model.leaves_of(topo, intent.leaves)
         for i, leaf in enumerate(intent.leaves or leaves):
-            try:
-                model.representative(topo, leaf)
-            except ValueError:
+            if not model.endpoints(topo, leaf):
                 raise IntentError(f"apps.{APP}.leaves[{i}]: {leaf} has no host, so no route leads to it",
                                   f"leaves[{i}]") from None
         if len(leaves) < 2:
@@ -332,11 +424,7 @@ class OamEcmp(FabricApp):
 
     def compute(self, view: FabricView) -> dict[str, SwitchState]:
         plan, leaves = self._plan_of(self.intent)  # the candidate intent under try_intent
-        routes, _ = intended_routes(view, leaves, self._fabric_intent())
-        if self.snapshot is not None:
-            for sw, per in self.snapshot.items():
-                routes.setdefault(sw, {}).update({d: r for d, r in per.items() if d in routes.get(sw, {})})
-        return compute_oam(view, plan, leaves, routes, self.intent)
+        return compute_oam(view, plan, leaves, self.tables, self.intent)
 
     def intent_json(self) -> dict:
         return self.intent.model_dump(mode="json")
@@ -344,14 +432,14 @@ class OamEcmp(FabricApp):
     # -- reports from the switches ------------------------------------------------
     def packet_in(self, pkt: PacketIn) -> None:
         try:
-            rep = model.parse_report(pkt.data, self.plan.block_int)
+            rep = model.parse_report(pkt.data)
         except model.BadReport:
             self.counters["bad"] += 1
             raise
         self.counters["reports"] += 1
         probe = self.active.get(rep.probe_id)
         if probe is None or self.plan.nodes.get(probe.dst) != rep.dest_node \
-                or self.plan.nodes.get(probe.src) != rep.src_node:
+                or self.plan.nodes.get(probe.src) != rep.src_node or probe.family != rep.family:
             self.counters["stale"] += 1
             return
         if not probe.add(pkt.switch, pkt.in_port, rep, self.intent.max_reports_per_probe):
@@ -359,11 +447,14 @@ class OamEcmp(FabricApp):
 
     # -- reading what the switches hold ------------------------------------------------
     def read_routes(self) -> tuple[dict[str, dict[str, model.Route]], list[str]]:
-        """Every connected switch's route (flow + group buckets) towards every leaf, read in parallel."""
+        """Every connected switch's forward table and groups, read in parallel (kept in ``self.tables``
+        for the probe twins), and from them its route towards every leaf and family (for the findings)."""
         topo = self.core.topology
         down = frozenset(self.core.down_ports)
-        lookups = {d: model.representative(topo, d) for d in self.leaves}
+        lookups = {model.route_key(d, fam): (d, ep.address, model.lookup_packet(ep))
+                   for d in self.leaves for fam, ep in model.endpoints(topo, d).items()}
         out: dict[str, dict[str, model.Route]] = {}
+        tables: dict[str, ReadTables] = {}
         notes: list[str] = []
 
         def read(sw: str) -> None:
@@ -375,6 +466,8 @@ class OamEcmp(FabricApp):
                 flows = []
                 for body in channel.multipart(lambda xid: ofwire.flow_stats_request(xid, table=FORWARD)):
                     for fs in ofwire.parse_flow_stats(body):
+                        if fs.cookie >> cookies.APP_SHIFT == self.app_id:
+                            continue  # our own probe twins
                         try:
                             flows.append(fs.to_flow())
                         except ofwire.DecodeError:
@@ -383,7 +476,7 @@ class OamEcmp(FabricApp):
                 for body in channel.multipart(ofwire.group_desc_request):
                     for gs in ofwire.parse_group_desc(body):
                         if gs.group_id >> 24 == self.app_id:
-                            continue  # our own replicate groups
+                            continue  # our own mirror groups
                         try:
                             groups[gs.group_id] = gs.to_group()
                         except ofwire.DecodeError:
@@ -391,11 +484,13 @@ class OamEcmp(FabricApp):
             except Exception as exc:  # noqa: BLE001 - a switch that cannot be read is a note, not a crash
                 notes.append(f"{sw}: reading its tables failed: {exc}")
                 return
+            tables[sw] = ReadTables(tuple(flows), groups)
             table = model.Table(flows, FORWARD)
-            out[sw] = {d: model.resolve_route(sw, d, addr, pkt, table, groups, FORWARD, down)
-                       for d, (addr, pkt) in lookups.items() if d != sw}
+            out[sw] = {key: model.resolve_route(sw, d, addr, pkt, table, groups, FORWARD, down)
+                       for key, (d, addr, pkt) in lookups.items() if d != sw}
 
         hub.joinall([hub.spawn(read, sw) for sw in topo.switches])
+        self.tables = tables
         return out, sorted(notes)
 
     def _wait_programmed(self, since_generation: int, timeout: float) -> bool:
@@ -410,14 +505,14 @@ class OamEcmp(FabricApp):
     # -- a verification -------------------------------------------------------------
     def verify(self, pairs: list[tuple[str, str]] | None = None, both_directions: bool = True,
                hop_budget: int | None = None, collect_timeout: float | None = None,
-               settle: float | None = None) -> dict:
-        """Read the routes, program the replicate groups, probe ``pairs`` (default all), classify."""
+               settle: float | None = None, families: tuple[int, ...] = model.FAMILIES) -> dict:
+        """Read the switches, program the probe twins, probe ``pairs`` (default all) in ``families``, classify."""
         if self.running:
             raise Busy("a verification is already running")
         self.running = True
         try:
             return self._verify(pairs, both_directions, hop_budget, collect_timeout,
-                                settle or self.intent.settle)
+                                settle or self.intent.settle, tuple(families))
         finally:
             self.running = False
             self.active = {}
@@ -430,7 +525,14 @@ class OamEcmp(FabricApp):
             longest = max([longest] + [lengths[b] + 1 for b in self.leaves if b in lengths])
         return min(64, longest + 4)
 
-    def _verify(self, pairs, both_directions, hop_budget, collect_timeout, settle) -> dict:
+    def _new_probes(self, pairs, budget: int, families: tuple[int, ...]) -> list[model.ProbeResult]:
+        """One probe per pair and address family both leaves have (each carries real host addresses)."""
+        topo = self.core.topology
+        eps = {leaf: model.endpoints(topo, leaf) for leaf in self.leaves}
+        return [model.ProbeResult(0, src, dst, budget, family=fam, root_port=eps[src][fam].port)
+                for src, dst in pairs for fam in families if fam in eps[src] and fam in eps[dst]]
+
+    def _verify(self, pairs, both_directions, hop_budget, collect_timeout, settle, families) -> dict:
         t0 = time.monotonic()
         started = time.time()
         if pairs is None:
@@ -442,7 +544,7 @@ class OamEcmp(FabricApp):
         rate_limited0 = self.core.packet_ins["rate_limited"]
         notes: list[str] = []
 
-        # 1. what the switches hold, and the replicate groups that mirror it
+        # 1. what the switches hold, and the probe twins and mirror groups made from it
         converging = sorted(n for n, p in self.core.programmers.items() if n in self.core.datapaths and not p.synced)
         routes, read_notes = self.read_routes()
         notes += read_notes
@@ -454,13 +556,13 @@ class OamEcmp(FabricApp):
         self.snapshot, self.snapshot_at = routes, time.time()
         self.core.schedule_recompute()
         if not self._wait_programmed(gen, timeout=15):
-            notes.append("the replicate groups were not programmed on every switch in time"
+            notes.append("the probe twins were not programmed on every switch in time"
                          + (f" ({self.core.compute_error})" if self.core.compute_error else ""))
         t2 = time.monotonic()
 
         # 2. one probe per pair, paced; 3. collect until every copy is accounted for, or quiet, or the timeout
         wiring = model.Wiring.of(self.core.topology)
-        probes = [model.ProbeResult(0, src, dst, budget) for src, dst in pairs]
+        probes = self._new_probes(pairs, budget, families)
         t3, incomplete = self._probe_round(probes, routes, wiring, self.intent.probe_rate, timeout, settle, notes)
         t4 = time.monotonic()
         retried = 0
@@ -468,7 +570,8 @@ class OamEcmp(FabricApp):
             if not incomplete:
                 break
             retried += len(incomplete)
-            again = [model.ProbeResult(0, p.src, p.dst, budget) for p in incomplete]
+            again = [model.ProbeResult(0, p.src, p.dst, budget, family=p.family, root_port=p.root_port)
+                     for p in incomplete]
             _, _ = self._probe_round(again, routes, wiring, max(1, self.intent.probe_rate // 2), timeout, settle,
                                      notes)
             for first, second in zip(incomplete, again):
@@ -522,8 +625,10 @@ class OamEcmp(FabricApp):
             probe.probe_id = self.next_probe
             self.next_probe = (self.next_probe + 1) & 0xFFFFFFFF or 1
             self.active[probe.probe_id] = probe
-            probe.launched = self._launch(probe.src, model.build_probe(self.plan, probe.src, probe.dst,
-                                                                       probe.probe_id, probe.hop_budget))
+            src_ep = model.endpoints(self.core.topology, probe.src)[probe.family]
+            dst_ep = model.endpoints(self.core.topology, probe.dst)[probe.family]
+            probe.launched = self._launch(probe.src, src_ep.port, model.build_probe(
+                self.plan, probe.src, probe.dst, probe.probe_id, probe.hop_budget, src_ep, dst_ep, self._router_mac()))
             if not probe.launched:
                 notes.append(f"probe {probe.src}->{probe.dst} not launched: {probe.src} is not connected")
             delay = start + (i + 1) * interval - time.monotonic()
@@ -553,12 +658,17 @@ class OamEcmp(FabricApp):
             self.active.pop(p.probe_id, None)
         return launched_at, [entry[0] for entry in pending.values()]
 
-    def _launch(self, switch: str, data: bytes) -> bool:
+    def _router_mac(self) -> str:
+        fab = self._fabric_intent()
+        return fab.router_mac if fab is not None else FabricIntent().router_mac
+
+    def _launch(self, switch: str, in_port: int, data: bytes) -> bool:
+        """Send ``data`` into ``switch``'s pipeline as if its host on ``in_port`` had sent it."""
         dp = self.core.datapaths.get(switch)
         if dp is None:
             return False
         parser, ofp = dp.ofproto_parser, dp.ofproto
-        dp.send_msg(parser.OFPPacketOut(datapath=dp, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
+        dp.send_msg(parser.OFPPacketOut(datapath=dp, buffer_id=ofp.OFP_NO_BUFFER, in_port=in_port,
                                         actions=[parser.OFPActionOutput(ofp.OFPP_TABLE, 0)], data=data))
         return True
 
@@ -566,13 +676,13 @@ class OamEcmp(FabricApp):
     def _complete(probe, routes, wiring) -> bool:
         """Every switch the probe reached reported every copy it should make, and every forwarded copy arrived."""
         nodes = model.reached(probe)
-        if (probe.src, OFPP_CONTROLLER, 1) not in nodes:
+        if model.root_of(probe, nodes) is None:
             return False
         for (sw, in_port, hop), recs in nodes.items():
             kinds = {k for k, _ in recs}
             if kinds & {model.ARRIVE, model.EXPIRE, model.NOROUTE}:
                 continue
-            route = routes.get(sw, {}).get(probe.dst)
+            route = routes.get(sw, {}).get(model.route_key(probe.dst, probe.family))
             want = set(route.live_ports) if route else set()
             if {p for k, p in recs if k in model.AFTER_DEC} != want:
                 return False
@@ -618,7 +728,8 @@ class OamEcmp(FabricApp):
                     raise ApiError(422, f"pairs[{i}]: source and destination are both {a}", f"pairs[{i}]")
             pairs = [tuple(p) for p in body.pairs]
         try:
-            return self.verify(pairs, body.both_directions, body.hop_budget, body.collect_timeout, body.settle)
+            return self.verify(pairs, body.both_directions, body.hop_budget, body.collect_timeout, body.settle,
+                               tuple(dict.fromkeys(body.families)))
         except Busy as exc:
             raise ApiError(409, str(exc)) from None
 

@@ -13,6 +13,10 @@ controller to re-read and repair the switches it touched).
 * :func:`redirect_bucket` - a bucket (or a single-next-hop route) points at another port
 * :func:`make_loop` - switches send a destination's traffic around a cycle
 * :func:`cut_link` - a link goes down (the controller notices and reroutes)
+* :func:`drop_at_ingress` - a drop flow in table 0 for one destination's addresses
+* :func:`drop_from_port` - a forward-table drop for one destination, scoped by ``in_port``
+* :func:`delete_route` - one address family's route to a destination is deleted
+* :func:`zero_weight` - a select-group bucket gets weight 0 (OVS never picks it)
 
 ``lab`` is an :class:`ovs_scripts.lab.Lab` (anything with ``topology``,
 ``ofctl(switch, *args)``, ``link(a, b, state)`` and ``rest_url``).
@@ -28,8 +32,13 @@ from dataclasses import dataclass, field
 from ryu_apps.lib.ofdata import Bucket, Group, Output
 
 FORWARD_TABLE = 90
+INGRESS_TABLE = 0
+#: priorities of the injected drops: above the fabric's fabric-port admission (200) and its routes (500)
+FAULT_INGRESS_PRIORITY = 300
+FAULT_ROUTE_PRIORITY = 600
 #: group ids this module creates (outside the fabric's 0x02xxxxxx and the app's 0x06xxxxxx)
 FAULT_GROUP_BASE = 0x0E0A0000
+OAM_APP_ID = 0x06  # cookie app id of the OAM app's own flows (probe twins): never the target of a fault
 
 
 class FaultError(ValueError):
@@ -45,6 +54,7 @@ class Fault:
     group_id: int | None = None
     undo_ports: list[tuple[str, int]] = field(default_factory=list)   # (switch, port): mod-port forward
     undo_links: list[tuple[str, str]] = field(default_factory=list)   # link up
+    undo_flows: list[tuple[str, str]] = field(default_factory=list)   # (switch, spec): del-flows --strict
     resync: list[str] = field(default_factory=list)                   # switches the controller must repair
 
     def to_json(self) -> dict:
@@ -78,7 +88,8 @@ def _routes(lab, switch: str, dest: str) -> list:
     fd = _flowdump()
     flows = fd.parse_flows(lab.ofctl(switch, "dump-flows", f"table={FORWARD_TABLE}").stdout)
     wanted = _addresses(lab, dest)
-    found = [f for f in flows if any(str(f.match.get(k)) == v for k, v in wanted)]
+    found = [f for f in flows if any(str(f.match.get(k)) == v for k, v in wanted)
+             and f.cookie >> 56 != OAM_APP_ID]  # not the OAM app's probe twins
     if not found:
         raise FaultError(f"{switch} has no route to {dest} in table {FORWARD_TABLE}")
     return found
@@ -130,9 +141,15 @@ def _check_port(lab, switch: str, port: int) -> None:
 
 
 def _retarget_routes(lab, switch: str, dest: str, actions: str) -> None:
+    """Change exactly the route flows (``--strict``, their priority): a non-strict mod-flows would also
+    rewrite every more specific flow, the OAM app's probe twins included."""
+    routes = _routes(lab, switch, dest)
     for field_, addr in _addresses(lab, dest):
         proto = "ipv6" if field_ == "ipv6_dst" else "ip"
-        lab.ofctl(switch, "mod-flows", f"table={FORWARD_TABLE},{proto},{field_}={addr},actions={actions}")
+        for f in routes:
+            if str(f.match.get(field_)) == addr:
+                lab.ofctl(switch, "--strict", "mod-flows", f"table={FORWARD_TABLE},priority={f.priority},{proto},"
+                                                           f"{field_}={addr},actions={actions}")
 
 
 # --- the faults -------------------------------------------------------------------------------
@@ -235,6 +252,74 @@ def cut_link(lab, a: str, b: str) -> Fault:
     return Fault("cut_link", a, f"link {a}-{b} down", undo_links=[(a, b)])
 
 
+def _family_addresses(lab, dest: str, family: int | None) -> list[tuple[str, str, str]]:
+    """(ovs-ofctl protocol, match field, address) of ``dest``'s host addresses of ``family`` (None: both)."""
+    out = []
+    for field_, addr in _addresses(lab, dest):
+        fam = 6 if field_ == "ipv6_dst" else 4
+        if family in (None, fam):
+            out.append(("ipv6" if fam == 6 else "ip", field_, addr))
+    if not out:
+        raise FaultError(f"{dest} has no IPv{family} host address")
+    return out
+
+
+def _add_drops(lab, kind: str, switch: str, dest: str, table: int, priority: int, extra: str,
+               family: int | None, port: int | None) -> Fault:
+    specs = [f"table={table},priority={priority},{extra}{proto},{field_}={addr}"
+             for proto, field_, addr in _family_addresses(lab, dest, family)]
+    for spec in specs:
+        lab.ofctl(switch, "add-flow", f"{spec},actions=drop")
+    return Fault(kind, switch, f"{switch}: {'; '.join(specs)} actions=drop", port,
+                 undo_flows=[(switch, spec) for spec in specs], resync=[switch])
+
+
+def drop_at_ingress(lab, switch: str, dest: str, family: int | None = None) -> Fault:
+    """A table-0 flow on ``switch`` that drops traffic to ``dest``'s hosts (above the fabric's admission)."""
+    return _add_drops(lab, "drop_at_ingress", switch, dest, INGRESS_TABLE, FAULT_INGRESS_PRIORITY, "", family, None)
+
+
+def drop_from_port(lab, switch: str, dest: str, in_port: int, family: int | None = None) -> Fault:
+    """A forward-table flow on ``switch`` that drops traffic to ``dest``'s hosts arriving on ``in_port`` only."""
+    _check_port(lab, switch, in_port)
+    return _add_drops(lab, "drop_from_port", switch, dest, FORWARD_TABLE, FAULT_ROUTE_PRIORITY,
+                      f"in_port={in_port},", family, in_port)
+
+
+def delete_route(lab, switch: str, dest: str, family: int = 4) -> Fault:
+    """Delete ``switch``'s IPv``family`` route(s) to ``dest``'s hosts (exactly those flows)."""
+    found = 0
+    for proto, field_, addr in _family_addresses(lab, dest, family):
+        for f in _routes(lab, switch, dest):
+            if str(f.match.get(field_)) == addr:
+                prio = f.priority
+                lab.ofctl(switch, "--strict", "del-flows", f"table={FORWARD_TABLE},priority={prio},{proto},"
+                                                           f"{field_}={addr}")
+                found += 1
+    if not found:
+        raise FaultError(f"{switch} has no IPv{family} route to {dest}")
+    return Fault("delete_route", switch, f"{switch}: IPv{family} route to {dest} deleted", resync=[switch])
+
+
+def zero_weight(lab, switch: str, dest: str, port: int) -> Fault:
+    """Give the bucket for ``port`` of ``switch``'s select group towards ``dest`` weight 0: it stays in the
+    group, live, and OVS never picks it."""
+    kind, target = _route_target(lab, switch, dest)
+    if kind != "group":
+        raise FaultError(f"{switch} routes {dest} straight out of port {target}, no group bucket to weigh")
+    g = _group(lab, switch, target)
+    if g.type != "select":
+        raise FaultError(f"group {target:#x} on {switch} is {g.type}, not select")
+    buckets = _buckets(g)
+    if not any(_port_of(b) == port for b in buckets):
+        raise FaultError(f"group {target:#x} on {switch} has no bucket for port {port}")
+    new = [Bucket(actions=b.actions, weight=0, watch_port=b.watch_port) if _port_of(b) == port else b
+           for b in buckets]
+    _mod_group(lab, switch, target, g.type, new)
+    return Fault("zero_weight", switch, f"{switch} group {target:#x}: bucket for port {port} has weight 0", port,
+                 target, resync=[switch])
+
+
 # --- undoing them --------------------------------------------------------------------------
 
 
@@ -251,6 +336,8 @@ def heal(lab, faults: list[Fault], timeout: float = 15.0) -> None:
             lab.ofctl(sw, "mod-port", str(port), "forward")
         for a, b in f.undo_links:
             lab.link(a, b, "up")
+        for sw, spec in f.undo_flows:
+            lab.ofctl(sw, "--strict", "del-flows", spec)
     switches = sorted({sw for f in faults for sw in f.resync})
     for sw in switches:
         _rest(lab, "POST", f"/v1/switches/{sw}/resync")

@@ -63,6 +63,8 @@ from ryu_apps.lib.ofdata import OFPP_CONTROLLER, Flow, Group, GroupAction, Outpu
 
 FUNC_REPLICATE = 0x0E0A
 ETH_IPV6 = 0x86DD
+ETH_IP = 0x0800
+FAMILIES = (4, 6)
 IPPROTO_UDP = 17
 OAM_UDP_PORT = 0x0E0A  # source and destination port of a probe's UDP header
 PROBE_PAYLOAD = b"OAM-ECMP"
@@ -74,8 +76,8 @@ MARKER_OUI = (0x0E, 0x0A)
 # report kinds (byte 2 of the marker MAC)
 FWD, EDGE, ARRIVE, EXPIRE, NOROUTE = 1, 2, 3, 4, 5
 KIND_NAMES = {FWD: "forwarded", EDGE: "edge", ARRIVE: "arrived", EXPIRE: "expired", NOROUTE: "no_route"}
-#: kinds reported after the switch decremented the hop limit (by a replicate-group bucket)
-AFTER_DEC = frozenset({FWD, EDGE})
+#: kinds reported after the switch decremented the hop limit (by a probe twin in the forward table)
+AFTER_DEC = frozenset({FWD, EDGE, ARRIVE})
 
 # finding classes
 MISSING = "missing_member"
@@ -183,19 +185,78 @@ def _checksum(data: bytes) -> int:
     return ~s & 0xFFFF
 
 
-def build_probe(plan: SidPlan, src: str, dest: str, probe_id: int, hop_budget: int) -> bytes:
-    """An Ethernet/IPv6/UDP probe from ``src`` carrying the replicate SID of ``dest``."""
-    src_ip = plan.end_sid(src).packed
-    dst_ip = plan.sid(dest, probe_id, src, hop_budget).packed
-    payload = PROBE_PAYLOAD
+@dataclass(frozen=True)
+class Endpoint:
+    """The host whose addresses a probe of one family carries, on one leaf."""
+
+    host: str
+    mac: str
+    port: int
+    address: str
+    family: int  # 4 | 6
+
+
+def endpoints(topology, leaf: str) -> dict[int, Endpoint]:
+    """Per address family, the first host (by name) on ``leaf`` with an address of that family."""
+    out: dict[int, Endpoint] = {}
+    for h in sorted((h for h in topology.hosts.values() if h.switch == leaf), key=lambda h: h.name):
+        if h.ipv4 and 4 not in out:
+            out[4] = Endpoint(h.name, h.mac, h.port, str(h.ipv4.ip), 4)
+        if h.ipv6 and 6 not in out:
+            out[6] = Endpoint(h.name, h.mac, h.port, str(h.ipv6.ip), 6)
+    return out
+
+
+def route_key(dest: str, family: int) -> str:
+    """Key of a destination leaf's route of one family in the route tables: ``l2/ipv4``."""
+    return f"{dest}/ipv{family}"
+
+
+def lookup_packet(ep: Endpoint) -> dict:
+    """The header fields a probe to ``ep`` carries that a forward-table flow may match."""
+    dst = "ipv4_dst" if ep.family == 4 else "ipv6_dst"
+    return {"eth_type": ETH_IP if ep.family == 4 else ETH_IPV6, dst: ep.address, "ip_proto": IPPROTO_UDP,
+            "udp_src": OAM_UDP_PORT, "udp_dst": OAM_UDP_PORT}
+
+
+PROBE_TAIL = struct.Struct("!IHHBB")  # probe id, src node, dest node, hop budget, family
+PROBE_DATA_LEN = len(PROBE_PAYLOAD) + PROBE_TAIL.size
+
+
+def build_probe(plan: SidPlan, src: str, dest: str, probe_id: int, hop_budget: int,
+                src_ep: Endpoint, dst_ep: Endpoint, router_mac: str) -> bytes:
+    """A data packet of the pair: ``src_ep``'s host to ``dst_ep``'s host, routed (to the router MAC),
+    UDP 3594 -> 3594 with the probe's identity in the payload.
+
+    The switches classify it like that host's own UDP traffic to the other host; only the
+    forward table's probe twins (matching the UDP ports) tell it apart, at the ECMP decision.
+    """
+    if src_ep.family != dst_ep.family:
+        raise ValueError(f"probe {src}->{dest}: address families differ ({src_ep.family}, {dst_ep.family})")
+    payload = PROBE_PAYLOAD + PROBE_TAIL.pack(probe_id & 0xFFFFFFFF, plan.nodes[src], plan.nodes[dest],
+                                              hop_budget & 0xFF, src_ep.family)
     ulen = 8 + len(payload)
-    pseudo = src_ip + dst_ip + struct.pack("!IxxxB", ulen, IPPROTO_UDP)
+    if src_ep.family == 6:
+        s_ip = ipaddress.IPv6Address(src_ep.address).packed
+        d_ip = ipaddress.IPv6Address(dst_ep.address).packed
+        pseudo = s_ip + d_ip + struct.pack("!IxxxB", ulen, IPPROTO_UDP)
+    else:
+        s_ip = ipaddress.IPv4Address(src_ep.address).packed
+        d_ip = ipaddress.IPv4Address(dst_ep.address).packed
+        pseudo = s_ip + d_ip + struct.pack("!xBH", IPPROTO_UDP, ulen)
     udp = struct.pack("!HHHH", OAM_UDP_PORT, OAM_UDP_PORT, ulen, 0) + payload
     csum = _checksum(pseudo + udp) or 0xFFFF
     udp = udp[:6] + struct.pack("!H", csum) + udp[8:]
-    ip6 = struct.pack("!IHBB", 6 << 28 | (probe_id & 0xFFFFF), ulen, IPPROTO_UDP, hop_budget) + src_ip + dst_ip
-    eth = _mac_bytes(PROBE_ETH_DST) + _mac_bytes(PROBE_ETH_SRC) + struct.pack("!H", ETH_IPV6)
-    return eth + ip6 + udp
+    if src_ep.family == 6:
+        ip = struct.pack("!IHBB", 6 << 28, ulen, IPPROTO_UDP, hop_budget) + s_ip + d_ip
+        ethertype = ETH_IPV6
+    else:
+        hdr = struct.pack("!BBHHHBBH", 0x45, 0, 20 + ulen, probe_id & 0xFFFF, 0x4000, hop_budget, IPPROTO_UDP,
+                          0) + s_ip + d_ip
+        ip = hdr[:10] + struct.pack("!H", _checksum(hdr)) + hdr[12:]
+        ethertype = ETH_IP
+    eth = _mac_bytes(router_mac) + _mac_bytes(src_ep.mac) + struct.pack("!H", ethertype)
+    return eth + ip + udp
 
 
 @dataclass(frozen=True)
@@ -204,22 +265,24 @@ class Report:
 
     kind: int
     port: int          # out port for FWD/EDGE, else 0
-    hop_limit: int     # the copy's IPv6 hop limit
+    hop_limit: int     # the copy's IPv4 TTL / IPv6 hop limit
     dest_node: int
     probe_id: int
     src_node: int
     hop_budget: int
+    family: int = 6
 
     @property
     def hop(self) -> int:
-        """Switches traversed so far, this one included (1 at the source)."""
+        """Where on its path the copy was (grows by one per switch; the source's value depends on
+        whether its ingress decremented the TTL, so paths are walked from the lowest one)."""
         return self.hop_budget - self.hop_limit + (0 if self.kind in AFTER_DEC else 1)
 
 
-def parse_report(data: bytes, block: int) -> Report:
+def parse_report(data: bytes, block: int | None = None) -> Report:
     """Read a report from packet-in data: fixed offsets, no loops, every length checked."""
-    if len(data) < 54:
-        raise BadReport(f"report of {len(data)} bytes is shorter than Ethernet + IPv6 (54)")
+    if len(data) < 14:
+        raise BadReport(f"report of {len(data)} bytes is shorter than an Ethernet header")
     if data[0] != MARKER_OUI[0] or data[1] != MARKER_OUI[1]:
         raise BadReport(f"Ethernet destination {data[0:6].hex(':')} is not a report marker")
     kind = data[2]
@@ -227,18 +290,34 @@ def parse_report(data: bytes, block: int) -> Report:
         raise BadReport(f"unknown report kind {kind}")
     port = int.from_bytes(data[3:6], "big")
     (ethertype,) = struct.unpack_from("!H", data, 12)
-    if ethertype != ETH_IPV6:
-        raise BadReport(f"ethertype {ethertype:#06x} is not IPv6 (tagged reports are not expected)")
-    if data[14] >> 4 != 6:
-        raise BadReport(f"IP version {data[14] >> 4} in an IPv6 frame")
-    hop_limit = data[21]
-    dst = int.from_bytes(data[38:54], "big")
-    if dst >> 96 != block >> 96:
-        raise BadReport(f"destination {ipaddress.IPv6Address(dst)} is outside the SID block")
-    if dst >> 64 & 0xFFFF != FUNC_REPLICATE:
-        raise BadReport(f"function {dst >> 64 & 0xFFFF:#06x} is not replicate")
-    return Report(kind, port, hop_limit, dst >> 80 & 0xFFFF, dst >> 32 & 0xFFFFFFFF, dst >> 16 & 0xFFFF,
-                  dst & 0xFFFF)
+    if ethertype == ETH_IPV6:
+        l4, family = 14 + 40, 6
+        if len(data) < l4 + 8 + PROBE_DATA_LEN:
+            raise BadReport(f"IPv6 report of {len(data)} bytes is too short for a probe")
+        if data[14] >> 4 != 6:
+            raise BadReport(f"IP version {data[14] >> 4} in an IPv6 frame")
+        proto, hop_limit = data[20], data[21]
+    elif ethertype == ETH_IP:
+        l4, family = 14 + 20, 4
+        if len(data) < l4 + 8 + PROBE_DATA_LEN:
+            raise BadReport(f"IPv4 report of {len(data)} bytes is too short for a probe")
+        if data[14] != 0x45:
+            raise BadReport(f"IPv4 version/header length {data[14]:#04x} is not 0x45 (probes carry no options)")
+        proto, hop_limit = data[23], data[22]
+    else:
+        raise BadReport(f"ethertype {ethertype:#06x} is neither IPv4 nor IPv6 (tagged reports are not expected)")
+    if proto != IPPROTO_UDP:
+        raise BadReport(f"IP protocol {proto} is not UDP")
+    sport, dport = struct.unpack_from("!HH", data, l4)
+    if sport != OAM_UDP_PORT or dport != OAM_UDP_PORT:
+        raise BadReport(f"UDP ports {sport}->{dport} are not the probe's {OAM_UDP_PORT}")
+    off = l4 + 8
+    if data[off:off + len(PROBE_PAYLOAD)] != PROBE_PAYLOAD:
+        raise BadReport("payload is not a probe's")
+    probe_id, src_node, dest_node, budget, fam = PROBE_TAIL.unpack_from(data, off + len(PROBE_PAYLOAD))
+    if fam != family:
+        raise BadReport(f"payload says IPv{fam} in an IPv{family} frame")
+    return Report(kind, port, hop_limit, dest_node, probe_id, src_node, budget, family)
 
 
 # --- the topology as the analysis sees it ------------------------------------------
@@ -338,10 +417,11 @@ def distances(graph: nx.MultiGraph, dests: Iterable[str]) -> dict[str, dict[str,
 class NextHop:
     port: int
     bucket: int | None = None  # index in the group; None for a flow's own output
-    live: bool = True          # the bucket's watch_port is up (select/ff)
+    live: bool = True          # the switch can pick it: watch_port up (select/ff) and weight > 0 (select)
+    weight: int | None = None  # a select bucket's weight as read from the switch
 
     def to_json(self) -> dict:
-        return {"port": self.port, "bucket": self.bucket, "live": self.live}
+        return {"port": self.port, "bucket": self.bucket, "live": self.live, "weight": self.weight}
 
 
 @dataclass(frozen=True)
@@ -491,9 +571,10 @@ def resolve_route(switch: str, dest: str, address: str, pkt: dict, flows: "list[
                 buckets = live[:1]
             for index, ports, watch in buckets:
                 alive = (switch, watch) not in down_ports
-                if group.type == "select":
-                    alive = alive and group.buckets[index].weight > 0
-                hops.extend(NextHop(p, index, alive) for p in ports)
+                weight = group.buckets[index].weight if group.type == "select" else None
+                if weight is not None:
+                    alive = alive and weight > 0
+                hops.extend(NextHop(p, index, alive, weight) for p in ports)
             return Route(switch, dest, address, "group", flow.cookie, group.group_id, group.type, tuple(hops))
     return Route(switch, dest, address, "output" if hops else "none", flow.cookie, None, None, tuple(hops))
 
@@ -510,6 +591,8 @@ class ProbeResult:
     dst: str
     hop_budget: int
     launched: bool = True
+    family: int = 6
+    root_port: int = OFPP_CONTROLLER  # the in port the probe was launched with (the source host's port)
     reports: dict[tuple, int] = field(default_factory=dict)  # (switch, in_port, kind, port, hop) -> copies
     received: int = 0
     duplicates: int = 0
@@ -568,8 +651,8 @@ def outcomes(probe: ProbeResult, wiring: Wiring, limit: int = MAX_PATHS) -> tupl
     for recs in nodes.values():
         recs.sort()
     out: list[Outcome] = []
-    root = (probe.src, OFPP_CONTROLLER, 1)
-    if root not in nodes:
+    root = root_of(probe, nodes)
+    if root is None:
         return [Outcome("silent", (), probe.src)], False
     stack = [(root, ())]
     truncated = False
@@ -597,6 +680,12 @@ def outcomes(probe: ProbeResult, wiring: Wiring, limit: int = MAX_PATHS) -> tupl
             elif kind == NOROUTE:
                 out.append(Outcome("no_route", hops, sw))
     return out, truncated
+
+
+def root_of(probe: ProbeResult, nodes) -> tuple[str, int, int] | None:
+    """The source's first report node: (src, launch port, lowest hop)."""
+    ours = [k for k in nodes if k[0] == probe.src and k[1] == probe.root_port]
+    return min(ours, key=lambda k: k[2]) if ours else None
 
 
 def reached(probe: ProbeResult) -> dict[tuple[str, int, int], set[tuple[int, int]]]:
@@ -669,25 +758,30 @@ class Findings:
         self.items: dict[tuple, dict] = {}
 
     def add(self, cls: str, pair: tuple[str, str], switch: str | None, port: int | None, detail: str,
-            path: str | None = None, **extra) -> None:
-        key = (cls, pair, switch, port)
+            path: str | None = None, family: str | None = None, **extra) -> None:
+        key = (cls, pair, switch, port, family)
         f = self.items.get(key)
         if f is None:
-            f = self.items[key] = {"class": cls, "pair": list(pair), "switch": switch, "port": port,
-                                   "detail": detail, "paths": [], **extra}
+            f = self.items[key] = {"class": cls, "pair": list(pair), "family": family, "switch": switch,
+                                   "port": port, "detail": detail, "paths": [], **extra}
         if path is not None and path not in f["paths"] and len(f["paths"]) < 20:
             f["paths"].append(path)
 
     def list(self) -> list[dict]:
         order = {c: i for i, c in enumerate(FINDING_ORDER)}
-        return sorted(self.items.values(), key=lambda f: (order[f["class"]], f["pair"], f["switch"] or "",
-                                                          f["port"] or 0))
+        return sorted(self.items.values(), key=lambda f: (order[f["class"]], f["pair"], f["family"] or "",
+                                                          f["switch"] or "", f["port"] or 0))
 
 
 def analyze_pair(probe: ProbeResult, ctx: Context, findings: Findings) -> dict:
     """Classify one probe's paths against the expected set; returns the pair's summary."""
     src, dst = probe.src, probe.dst
     pair = (src, dst)
+    rk = route_key(dst, probe.family)
+    fam = f"ipv{probe.family}"
+
+    def add(*args, **kw) -> None:
+        findings.add(*args, family=fam, **kw)
     expected = expected_paths(ctx.design, src, dst)
     shortest = expected[0].length if expected else None
     outs, truncated = outcomes(probe, ctx.wiring) if probe.launched else ([], False)
@@ -697,33 +791,43 @@ def analyze_pair(probe: ProbeResult, ctx: Context, findings: Findings) -> dict:
 
     # black holes: copies that left a switch and never showed up, or were dropped
     for o in outs:
-        where = (_route(ctx, o.at, dst) or Route(o.at, dst, "", "none"))
+        where = (_route(ctx, o.at, rk) or Route(o.at, dst, "", "none"))
         if o.end == "lost":
             peer = ctx.wiring.peer.get((o.at, o.port))
             down = _link_down(ctx, o.at, o.port)
+            nxt = _route(ctx, peer[0], rk) if peer else None
+            why = ""
+            if down:
+                why = f" ({down} is down)"
+            elif peer and nxt is not None and nxt.kind == "none":
+                why = (f": {peer[0]}'s forward table has no route for {nxt.address or dst} that a packet from "
+                       f"any port would hit")
+            elif peer:
+                why = (f": dropped on the link or by a flow at {peer[0]} before its forward-table decision "
+                       f"(ingress, another app's table, or a route scoped by in_port {peer[1]})")
             text = (f"{o.at} sent a copy out of {ctx.wiring.describe_port(o.at, o.port)} "
-                    f"({where.where(o.port)}); it never arrived" + (f" at {peer[0]}:{peer[1]}" if peer else "")
-                    + (f" ({down} is down)" if down else ""))
-            findings.add(BLACK_HOLE, pair, o.at, o.port, text, _partial(o), group=_gid(where),
+                    f"({where.where(o.port)}); {peer[0] + ' never forwarded it' if peer else 'it never arrived'}"
+                    + why)
+            add(BLACK_HOLE, pair, o.at, o.port, text, _partial(o), group=_gid(where),
                          bucket=_bucket(where, o.port))
         elif o.end == "hairpin":
             text = (f"{o.at} {where.where(o.port)} sends traffic to {dst} back out of port {o.port}, the port it "
                     f"came in on; a switch never outputs to the in port, so traffic sent that way is dropped")
-            findings.add(BLACK_HOLE, pair, o.at, o.port, text, _partial(o), group=_gid(where),
+            add(BLACK_HOLE, pair, o.at, o.port, text, _partial(o), group=_gid(where),
                          bucket=_bucket(where, o.port))
         elif o.end == "edge":
             text = (f"{o.at} {where.where(o.port)} outputs to {ctx.wiring.describe_port(o.at, o.port)}, "
                     f"not a fabric link: traffic to {dst} taking it is dropped or leaks (the probe was not sent there)")
-            findings.add(BLACK_HOLE, pair, o.at, o.port, text, _partial(o), group=_gid(where),
+            add(BLACK_HOLE, pair, o.at, o.port, text, _partial(o), group=_gid(where),
                          bucket=_bucket(where, o.port))
         elif o.end == "no_route":
-            route = _route(ctx, o.at, dst)
+            route = _route(ctx, o.at, rk)
             why = "group %#010x does not exist" % route.group_id if route and route.kind == "missing_group" \
                 else "no live next hop" if route and route.next_hops else "no route"
-            findings.add(BLACK_HOLE, pair, o.at, None, f"{o.at} drops traffic to {dst}: {why}", _partial(o),
+            add(BLACK_HOLE, pair, o.at, None, f"{o.at} drops traffic to {dst}: {why}", _partial(o),
                          group=_gid(route))
         elif o.end == "silent":
-            findings.add(BLACK_HOLE, pair, src, None, f"no report from the source {src}: the probe was not "
+            add(BLACK_HOLE, pair, src, None, f"no report from the source {src}: the probe was not "
                          f"launched or its reports were lost (switch disconnected or rate-limited)")
     # loops: copies whose hop limit ran out
     for o in outs:
@@ -733,47 +837,47 @@ def analyze_pair(probe: ProbeResult, ctx: Context, findings: Findings) -> dict:
         cycle = _cycle(sws)
         dev = _deviation(ctx, o.hops, dst)
         sw, port = dev if dev else (o.at, None)
-        where = _route(ctx, sw, dst) if dev else None
+        where = _route(ctx, sw, rk) if dev else None
         if cycle:
             text = (f"hop limit {probe.hop_budget} spent: cycle {'>'.join(cycle)}"
                     + (f", entered by {sw} {where.where(port) if where else ''} out of "
                        f"{ctx.wiring.describe_port(sw, port)}" if dev else ""))
         else:
             text = f"hop limit {probe.hop_budget} spent after {len(sws)} switches without reaching {dst}"
-        findings.add(LOOP, pair, sw, port, text, ">".join(sws), group=_gid(where), bucket=_bucket(where, port))
+        add(LOOP, pair, sw, port, text, ">".join(sws), group=_gid(where), bucket=_bucket(where, port))
     # extra delivered paths: longer than the shortest (suboptimal) or not in the design
     for p in sorted(delivered - exp_set, key=str):
         hops3 = tuple((s, 0, o) for s, o in p.hops)
         dev = _deviation(ctx, hops3, dst)
         sw, port = dev if dev else (p.hops[0][0], p.hops[0][1])
-        where = _route(ctx, sw, dst)
+        where = _route(ctx, sw, rk)
         revisit = len(set(p.switches)) != len(p.switches)
         if shortest is not None and p.length > shortest:
             text = (f"{p.length} hops instead of {shortest}: {sw} {where.where(port) if where else ''} sends "
                     f"traffic to {dst} out of {ctx.wiring.describe_port(sw, port)}, away from the shortest paths"
                     + (" (the path visits a switch twice)" if revisit else ""))
-            findings.add(SUBOPTIMAL, pair, sw, port, text, str(p), group=_gid(where), bucket=_bucket(where, port))
+            add(SUBOPTIMAL, pair, sw, port, text, str(p), group=_gid(where), bucket=_bucket(where, port))
         else:
-            findings.add(UNEXPECTED, pair, sw, port, f"equal-length path not in the design via {sw} "
+            add(UNEXPECTED, pair, sw, port, f"equal-length path not in the design via {sw} "
                          f"{ctx.wiring.describe_port(sw, port)}", str(p), group=_gid(where),
                          bucket=_bucket(where, port))
     # expected members that were not delivered: find where the expected path broke off
     for p in sorted(exp_set - delivered, key=str):
-        node = (src, OFPP_CONTROLLER, 1)
+        node = root_of(probe, nodes)
         for i, (sw, port) in enumerate(p.hops):
             recs = nodes.get(node)
             if not recs:
                 break  # an earlier problem (reported above) starved this switch
             if (FWD, port) in recs:
                 nxt = ctx.wiring.peer[(sw, port)]
-                child = (nxt[0], nxt[1], i + 2)
+                child = (nxt[0], nxt[1], node[2] + 1)
                 if child not in nodes:
                     break  # black hole, reported above
                 node = child
                 continue
             if any(k in (NOROUTE, EXPIRE) for k, _ in recs):
                 break
-            route = _route(ctx, sw, dst)
+            route = _route(ctx, sw, rk)
             intended = ctx.intended.get(sw, {}).get(dst, ())
             down = next((d for d in (_link_down(ctx, s2, p2) for s2, p2 in p.hops[i:]) if d), None)
             nh = route.hop_of(port) if route else None
@@ -783,8 +887,8 @@ def analyze_pair(probe: ProbeResult, ctx: Context, findings: Findings) -> dict:
                 cause, text = "link_down", (f"{sw} does not use {ctx.wiring.describe_port(sw, port)} towards "
                                             f"{dst}: {down} on this path is down; {how}")
             elif nh is not None and not nh.live:
-                cause, text = "bucket_inactive", (f"{sw} {route.where(port)} for port {port} is not live "
-                                                  f"(watch_port down)")
+                cause, text = "bucket_inactive", (f"{sw} {route.where(port)} for port {port} is never used: "
+                                                  f"{'its weight is 0' if nh.weight == 0 else 'watch_port down'}")
             elif port in intended:
                 holds = "has no bucket for" if route and route.kind == "group" else "does not send to"
                 cause, text = "bucket_removed", (
@@ -795,14 +899,14 @@ def analyze_pair(probe: ProbeResult, ctx: Context, findings: Findings) -> dict:
             else:
                 cause, text = "not_intended", (f"{sw} does not use {ctx.wiring.describe_port(sw, port)} "
                                                f"(not in the fabric's intended ECMP set either)")
-            findings.add(MISSING, pair, sw, port, text, str(p), group=_gid(route), cause=cause)
+            add(MISSING, pair, sw, port, text, str(p), group=_gid(route), cause=cause)
             break
         else:
-            if node in nodes and (ARRIVE, 0) not in nodes[node]:
-                findings.add(BLACK_HOLE, pair, dst, None, f"copies reached {dst} but it did not report "
+            if node is not None and node in nodes and (ARRIVE, 0) not in nodes[node]:
+                add(BLACK_HOLE, pair, dst, None, f"copies reached {dst} but it did not report "
                              f"their arrival", str(p))
     mda = mda_cost(expected)
-    return {"src": src, "dst": dst, "probe_id": probe.probe_id, "hop_budget": probe.hop_budget,
+    return {"src": src, "dst": dst, "family": fam, "probe_id": probe.probe_id, "hop_budget": probe.hop_budget,
             "launched": probe.launched,
             "expected": [str(p) for p in expected], "observed": sorted(str(p) for p in delivered),
             "shortest_hops": shortest,
@@ -841,10 +945,10 @@ def _bucket(route: Route | None, port: int | None) -> int | None:
 
 def symmetry(pairs: dict[tuple[str, str], dict], findings: Findings) -> None:
     """Flag pairs whose two directions took different switch sequences."""
-    for (a, b), fwd in pairs.items():
-        if a > b or (b, a) not in pairs:
+    for (a, b, fam), fwd in pairs.items():
+        if a > b or (b, a, fam) not in pairs:
             continue
-        rev = pairs[(b, a)]
+        rev = pairs[(b, a, fam)]
         if not (fwd["launched"] and rev["launched"]):
             continue
         f_set = {_seq(p) for p in fwd["observed"]}
@@ -858,7 +962,8 @@ def symmetry(pairs: dict[tuple[str, str], dict], findings: Findings) -> None:
                     + (f"only {a}->{b}: {', '.join(only_f)}" if only_f else "")
                     + ("; " if only_f and only_r else "")
                     + (f"only {b}->{a}: {', '.join(only_r)}" if only_r else ""))
-            findings.add(ASYMMETRIC, (a, b), None, None, text, only_forward=only_f, only_reverse=only_r)
+            findings.add(ASYMMETRIC, (a, b), None, None, text, family=fam, only_forward=only_f,
+                         only_reverse=only_r)
 
 
 def _seq(path_text: str) -> tuple[str, ...]:
@@ -868,17 +973,17 @@ def _seq(path_text: str) -> tuple[str, ...]:
 def analyze(probes: list[ProbeResult], ctx: Context) -> dict:
     """Classify every probe; returns ``{"pairs": [...], "findings": [...], "totals": {...}}``."""
     findings = Findings()
-    pairs: dict[tuple[str, str], dict] = {}
+    pairs: dict[tuple[str, str, str], dict] = {}
     for probe in probes:
-        pairs[(probe.src, probe.dst)] = analyze_pair(probe, ctx, findings)
+        pairs[(probe.src, probe.dst, f"ipv{probe.family}")] = analyze_pair(probe, ctx, findings)
     symmetry(pairs, findings)
     flist = findings.list()
-    by_pair: dict[tuple[str, str], list[str]] = defaultdict(list)
+    by_pair: dict[tuple[str, str, str], list[str]] = defaultdict(list)
     for f in flist:
         a, b = f["pair"]
-        by_pair[(a, b)].append(f["class"])
+        by_pair[(a, b, f["family"])].append(f["class"])
         if f["class"] == ASYMMETRIC:
-            by_pair[(b, a)].append(f["class"])
+            by_pair[(b, a, f["family"])].append(f["class"])
     for key, summary in pairs.items():
         classes = sorted(set(by_pair.get(key, [])))
         summary["findings"] = classes
@@ -897,7 +1002,7 @@ def analyze(probes: list[ProbeResult], ctx: Context) -> dict:
               "findings": {c: sum(1 for f in flist if f["class"] == c) for c in FINDING_ORDER}}
     launched = totals["probes"] or 1
     totals["mda_ratio"] = round(totals["mda_probes"] / launched, 1)
-    return {"pairs": sorted(pairs.values(), key=lambda p: (p["src"], p["dst"])), "findings": flist,
+    return {"pairs": sorted(pairs.values(), key=lambda p: (p["src"], p["dst"], p["family"])), "findings": flist,
             "totals": totals}
 
 
@@ -909,13 +1014,13 @@ def render_table(report: dict) -> str:
     t = report.get("totals", {})
     tm = report.get("timing", {})
     lines = [f"ECMP verification #{report.get('id', '?')} of {report.get('topology', '?')}: "
-             f"{t.get('pairs', 0)} leaf pairs, {t.get('ok', 0)} ok, {t.get('faulty', 0)} with findings  "
+             f"{t.get('pairs', 0)} leaf pairs x families, {t.get('ok', 0)} ok, {t.get('faulty', 0)} with findings  "
              f"(hop budget {report.get('hop_budget', '?')}; {t.get('probes', 0)} probes, "
              f"{t.get('copies', 0)} copies, {t.get('reports', 0)} reports in {tm.get('total_s', 0):.2f} s; "
              f"MDA would need {t.get('mda_probes', 0)} probes)"]
     rows = [("pair", "verdict", "expected", "observed", "copies", "findings")]
     for p in report.get("pairs", []):
-        rows.append((f"{p['src']}->{p['dst']}", p["verdict"], str(len(p["expected"])), str(len(p["observed"])),
+        rows.append((f"{p['src']}->{p['dst']} {p.get('family', '')}".rstrip(), p["verdict"], str(len(p["expected"])), str(len(p["observed"])),
                      str(p["copies"]), ",".join(p["findings"]) or "-"))
     widths = [max(len(r[i]) for r in rows) + 2 for i in range(len(rows[0]))]
     for r in rows:
@@ -929,7 +1034,7 @@ def render_table(report: dict) -> str:
             grp = f" group {f['group']}" if f.get("group") else ""
             bkt = f" bucket {f['bucket']}" if f.get("bucket") is not None else ""
             arrow = "<->" if f["class"] == ASYMMETRIC else "->"
-            head = f"{arrow.join(f['pair'])}{where}{grp}{bkt}"
+            head = f"{arrow.join(f['pair'])}{' ' + f['family'] if f.get('family') else ''}{where}{grp}{bkt}"
             lines.append(f"  {f['class'].upper():<16} {head}: {f['detail']}")
             for path in f.get("paths", [])[:3]:
                 lines.append(f"  {'':<16}   path {path}")

@@ -4,6 +4,12 @@ One leaf-spine lab (4 leaves x 3 spines) serves most tests (module scope, torn
 down at the end); every fault test injects its fault through the lab
 (``ovs-ofctl`` on a switch, or a link), verifies, and heals before the next.
 The fat-tree gets one smoke test of its own.
+
+Probes are data packets of the pair they verify (IPv4 and IPv6, the hosts' own
+addresses), so the faults of issue 9 section 3 (a table-0 drop, an in_port
+scoped route drop, a deleted IPv4 route, a weight-0 bucket) are each checked
+three ways: the verdict, real UDP traffic of the same pair between the hosts'
+namespaces, and ``ovs-appctl ofproto/trace`` on the faulty switch.
 """
 
 from __future__ import annotations
@@ -27,8 +33,9 @@ from ryu_apps.lib import oam_ecmp_model as m
 pytestmark = pytest.mark.integration
 TOPO = Path(__file__).resolve().parents[2] / "topologies"
 PY = sys.executable
-SID_BLOCK = "fcbb:bb00::/32"
 LEAVES = ["l1", "l2", "l3", "l4"]
+PAIRS = 12 * 2  # ordered leaf pairs x address families
+ROUTER_MAC = "0e:fa:b0:00:00:01"
 
 
 def call(lab, path, body=None, method=None, timeout=60):
@@ -54,7 +61,7 @@ def of_class(report, cls):
     return [f for f in report["findings"] if f["class"] == cls]
 
 
-def assert_healthy(report, pairs=12):
+def assert_healthy(report, pairs=PAIRS):
     assert report["totals"]["pairs"] == pairs and report["totals"]["ok"] == pairs, m.render_table(report)
     assert report["findings"] == [], m.render_table(report)
     for p in report["pairs"]:
@@ -89,11 +96,29 @@ def healed(lab):
     assert_healthy(verify(lab))
 
 
+#: counts the frames eth0 receives; "matched": probe frames (UDP 3594 -> 3594 carrying the probe payload)
+SNIFF = r"""
+import json, socket, sys, time
+sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(3)); sock.bind(("eth0", 0))
+sock.settimeout(0.1); print("sniffing", flush=True)
+frames = ipv6 = matched = 0; end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    try:
+        data, addr = sock.recvfrom(4096)
+    except (socket.timeout, TimeoutError):
+        continue
+    if addr[2] == socket.PACKET_OUTGOING:
+        continue
+    frames += 1; ipv6 += data[12:14] == b"\x86\xdd"
+    matched += b"OAM-ECMP" in data or b"\x0e\x0a\x0e\x0a" in data
+print(json.dumps({"frames": frames, "ipv6": ipv6, "matched": matched}))
+"""
+
+
 def sniffers(lab, seconds):
     procs = {}
     for h in lab.topology.hosts:
-        procs[h] = lab.popen(h, [PY, "-u", "-m", "ovs_scripts.traffic", "sniff", "--seconds", str(seconds),
-                                 "--ipv6-prefix", SID_BLOCK])
+        procs[h] = lab.popen(h, [PY, "-u", "-c", SNIFF, str(seconds)])
     for h, p in procs.items():
         assert "sniffing" in p.stdout.readline(), h
     return procs
@@ -133,13 +158,14 @@ def test_healthy_fabric_every_pair_exactly_the_expected_paths(lab):
     report = verify(lab)
     assert_healthy(report)
     t = report["totals"]
-    # one probe per ordered pair; each copy on a link and each arrival was reported by a switch
-    assert t["probes"] == 12 and t["copies"] == 12 * 6 and t["reports"] == 12 * 9 and t["duplicates"] == 0
+    # one probe per ordered pair and family; each copy on a link and each arrival was reported by a switch
+    assert t["probes"] == PAIRS and t["copies"] == PAIRS * 6 and t["reports"] == PAIRS * 9 and t["duplicates"] == 0
     assert report["pairs"][0]["expected"] == ["l1:11>s1:2>l2", "l1:12>s2:2>l2", "l1:13>s3:2>l2"]
-    assert t["mda_probes"] == 12 * 34 and t["mda_ratio"] == 34.0
+    assert {p["family"] for p in report["pairs"]} == {"ipv4", "ipv6"}
+    assert t["mda_probes"] == PAIRS * 34 and t["mda_ratio"] == 34.0
     # the same report as a table, and the switches hold exactly what the controller wants
     status, table = call(lab, f"/v1/oam/ecmp/reports/{report['id']}/table")
-    assert status == 200 and "12 ok, 0 with findings" in table["table"]
+    assert status == 200 and f"{PAIRS} ok, 0 with findings" in table["table"]
     for sw in ("l1", "s2"):
         bridge, rundir = lab.switch_target(sw)
         _, desired = call(lab, f"/v1/switches/{sw}/desired")
@@ -179,21 +205,23 @@ def test_removed_bucket_is_a_missing_member(lab, healed):
     report = verify(lab, settle=1.0)
     missing = of_class(report, m.MISSING)
     gid = f"{healed[0].group_id:#010x}"
-    assert {(tuple(f["pair"]), f["switch"], f["port"], f["group"]) for f in missing} == \
-        {(("l1", d), "l1", 13, gid) for d in ("l2", "l3", "l4")}, m.render_table(report)
+    assert {(tuple(f["pair"]), f["family"], f["switch"], f["port"], f["group"]) for f in missing} == \
+        {(("l1", d), fam, "l1", 13, gid) for d in ("l2", "l3", "l4") for fam in ("ipv4", "ipv6")}, \
+        m.render_table(report)
     assert all(f["cause"] == "bucket_removed" for f in missing)
     assert {tuple(f["pair"]) for f in of_class(report, m.ASYMMETRIC)} == {("l1", "l2"), ("l1", "l3"), ("l1", "l4")}
     assert not of_class(report, m.BLACK_HOLE) and not of_class(report, m.LOOP)
-    assert report["totals"]["ok"] == 6
+    assert report["totals"]["ok"] == 12
 
 
 def test_port_that_drops_is_a_black_hole(lab, healed):
     healed.append(faults.drop_port(lab, "l1", 12))
     report = verify(lab, settle=1.0)
     holes = of_class(report, m.BLACK_HOLE)
-    assert {(tuple(f["pair"]), f["switch"], f["port"], f["bucket"]) for f in holes} == \
-        {(("l1", d), "l1", 12, 1) for d in ("l2", "l3", "l4")}, m.render_table(report)
-    assert all("never arrived at s2:1" in f["detail"] for f in holes)
+    assert {(tuple(f["pair"]), f["family"], f["switch"], f["port"], f["bucket"]) for f in holes} == \
+        {(("l1", d), fam, "l1", 12, 1) for d in ("l2", "l3", "l4") for fam in ("ipv4", "ipv6")}, \
+        m.render_table(report)
+    assert all("s2 never forwarded it" in f["detail"] for f in holes)
     assert not of_class(report, m.MISSING)  # the bucket is there; its copies vanish
 
 
@@ -254,6 +282,182 @@ def test_cut_link_is_a_missing_member_with_its_cause(lab, healed):
     assert not of_class(report, m.BLACK_HOLE) and not of_class(report, m.ASYMMETRIC)
 
 
+# --- faults that traffic suffers from behind the forward table's back (issue 9 section 3) ------------
+#
+# Each verdict is checked against real UDP traffic of the same pair (many flows, each its own source
+# port, so the select groups spread them over every member) and against ofproto/trace on the switch.
+
+#: listener: accepts TCP connections (the kernel completes the handshake) for a few seconds
+TCP_LISTEN = r"""
+import socket, sys, time
+fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_STREAM); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(1024); print("ready", flush=True); time.sleep(float(sys.argv[3]))
+"""
+#: client: n connections opened at once; prints how many were established within the deadline.
+#: (TCP flows, because each connection gets its own flow hash: the select groups spread them)
+TCP_CONNECT = r"""
+import select, socket, sys, time
+fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+socks = []
+for i in range(int(sys.argv[3])):
+    c = socket.socket(fam, socket.SOCK_STREAM); c.setblocking(False)
+    c.connect_ex((sys.argv[1], int(sys.argv[2]))); socks.append(c)
+pending, ok, end = set(socks), 0, time.monotonic() + float(sys.argv[4])
+while pending and time.monotonic() < end:
+    _, w, _ = select.select([], list(pending), [], 0.05)
+    for c in w:
+        pending.discard(c)
+        ok += c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+print(ok)
+"""
+FLOWS = 48  # (2/3)^48 ~ 4e-9: the chance that no flow hashes onto one given member of three
+
+
+def host_of(lab, leaf):
+    return next(h for h in sorted(lab.topology.hosts.values(), key=lambda h: h.name) if h.switch == leaf)
+
+
+def address(lab, leaf, fam):
+    h = host_of(lab, leaf)
+    return str((h.ipv4 if fam == 4 else h.ipv6).ip)
+
+
+def delivered(lab, src, dst, fam, flows=None, port=5002) -> int:
+    """How many of ``flows`` TCP connections from ``src``'s host to ``dst``'s host get through (real packets)."""
+    flows = flows or FLOWS
+    to = address(lab, dst, fam)
+    server = lab.popen(host_of(lab, dst).name, [PY, "-u", "-c", TCP_LISTEN, to, str(port), "8"])
+    try:
+        assert "ready" in server.stdout.readline()
+        r = lab.exec(host_of(lab, src).name, [PY, "-c", TCP_CONNECT, to, str(port), str(flows), "3"])
+        return int(r.stdout.strip().splitlines()[-1])
+    finally:
+        server.kill()
+        server.wait(timeout=30)
+        server.stdout.close()
+
+
+def trace(lab, switch, fam, src, dst, in_port, sport=21000) -> str:
+    """``ovs-appctl ofproto/trace`` of one data packet of the pair, in the switch's namespace."""
+    bridge, rundir = lab.switch_target(switch)
+    sh = host_of(lab, src)
+    first_hop = switch == src
+    eth = f"dl_src={sh.mac if first_hop else ROUTER_MAC},dl_dst={ROUTER_MAC}"
+    if fam == 4:
+        l3 = f"udp,nw_src={address(lab, src, 4)},nw_dst={address(lab, dst, 4)},nw_ttl=64"
+    else:
+        l3 = f"udp6,ipv6_src={address(lab, src, 6)},ipv6_dst={address(lab, dst, 6)},nw_ttl=64"
+    proto, rest = l3.split(",", 1)
+    spec = f"{proto},in_port={in_port},{eth},{rest},udp_src={sport},udp_dst=5002"
+    r = lab.exec(switch, ["env", f"OVS_RUNDIR={rundir}", "ovs-appctl", "ofproto/trace", bridge, spec])
+    return r.stdout
+
+
+def traced_members(lab, switch, fam, src, dst, in_port) -> set[int]:
+    """Ports the switch's select group can send the pair's traffic to, by ofproto/trace: the first pass
+    ends in hash + recirc (dp_hash selection); each dp_hash value is then traced through the group."""
+    bridge, rundir = lab.switch_target(switch)
+    first = trace(lab, switch, fam, src, dst, in_port)
+    rid = re.search(r"recirc\((0x[0-9a-f]+)\)", first)
+    if rid is None:  # no select group on the way: whatever the single pass outputs
+        return {int(p) for p in re.findall(r"output:(\d+)", first)}
+    spec = re.search(r"^Flow: (.*)$", first, re.M).group(1)
+    final = re.search(r"^Final flow: (.*)$", first, re.M).group(1)
+    spec = (spec if final == "unchanged" else final).replace("tp_src=", "udp_src=").replace("tp_dst=", "udp_dst=")
+    ports = set()
+    for h in range(1, 64):
+        r = lab.exec(switch, ["env", f"OVS_RUNDIR={rundir}", "ovs-appctl", "ofproto/trace", bridge,
+                              f"recirc_id={rid.group(1)},dp_hash={h},{spec}"])
+        ports |= {int(p) for p in re.findall(r"output:(\d+)", r.stdout)}
+    return ports
+
+
+def trace_drops(text: str) -> bool:
+    return "Datapath actions: drop" in text
+
+
+def verdict(report, src, dst, fam):
+    fams = {f"ipv{fam}", None}  # None: a report without families (the SID-probe design)
+    found = [p for p in report["pairs"] if p["src"] == src and p["dst"] == dst and p.get("family") in fams]
+    assert found, f"{src}->{dst} ipv{fam} not in the report"
+    return found[0]["verdict"]
+
+
+def pair_findings(report, src, dst, fam):
+    return [f for f in report["findings"] if f["pair"] == [src, dst] and f.get("family") in (f"ipv{fam}", None)]
+
+
+def test_table0_drop_on_a_spine_is_seen_as_traffic_sees_it(lab, healed):
+    """A table-0 drop for l2's addresses on s2: probes pass table 0 like data now, so they meet it."""
+    assert delivered(lab, "l1", "l2", 4) == FLOWS and delivered(lab, "l1", "l2", 6) == FLOWS
+    healed.append(faults.drop_at_ingress(lab, "s2", "l2"))
+    report = verify(lab, pairs=[["l1", "l2"], ["l3", "l2"]], both_directions=False, settle=1.0)
+    for fam in (4, 6):
+        for src in ("l1", "l3"):
+            assert verdict(report, src, "l2", fam) == "fault", m.render_table(report)
+            holes = [f for f in pair_findings(report, src, "l2", fam) if f["class"] == m.BLACK_HOLE]
+            assert [(f["switch"], f["port"]) for f in holes] == [(src, 12)], m.render_table(report)
+            assert "s2 never forwarded it" in holes[0]["detail"]
+        got = delivered(lab, "l1", "l2", fam)
+        assert 0 < got < FLOWS, f"real IPv{fam} traffic l1->l2 must lose the flows hashed onto s2: {got}/{FLOWS}"
+        assert trace_drops(trace(lab, "s2", fam, "l1", "l2", in_port=1))
+        assert not trace_drops(trace(lab, "s1", fam, "l1", "l2", in_port=1))
+
+
+def test_in_port_scoped_route_drop_is_seen_for_that_in_port_only(lab, healed):
+    """s2 drops l2's traffic only when it comes in from l1 (port 1): l1->l2 is faulty, l3->l2 is not."""
+    healed.append(faults.drop_from_port(lab, "s2", "l2", in_port=1))
+    report = verify(lab, pairs=[["l1", "l2"], ["l3", "l2"]], both_directions=False, settle=1.0)
+    for fam in (4, 6):
+        assert verdict(report, "l1", "l2", fam) == "fault", m.render_table(report)
+        assert verdict(report, "l3", "l2", fam) == "ok", m.render_table(report)
+        holes = [f for f in pair_findings(report, "l1", "l2", fam) if f["class"] == m.BLACK_HOLE]
+        assert [(f["switch"], f["port"]) for f in holes] == [("l1", 12)], m.render_table(report)
+        got = delivered(lab, "l1", "l2", fam)
+        assert 0 < got < FLOWS, f"IPv{fam} l1->l2 over s2 must be lost: {got}/{FLOWS}"
+        assert delivered(lab, "l3", "l2", fam) == FLOWS
+        assert trace_drops(trace(lab, "s2", fam, "l1", "l2", in_port=1))
+        assert not trace_drops(trace(lab, "s2", fam, "l3", "l2", in_port=3))
+
+
+def test_deleted_ipv4_route_on_a_spine_is_an_ipv4_fault_only(lab, healed):
+    healed.append(faults.delete_route(lab, "s2", "l2", family=4))
+    report = verify(lab, pairs=[["l1", "l2"]], both_directions=False, settle=1.0)
+    assert verdict(report, "l1", "l2", 4) == "fault", m.render_table(report)
+    assert verdict(report, "l1", "l2", 6) == "ok", m.render_table(report)
+    holes = [f for f in pair_findings(report, "l1", "l2", 4) if f["class"] == m.BLACK_HOLE]
+    assert [(f["switch"], f["port"]) for f in holes] == [("l1", 12)] and "no route for 10.6.2.1" in \
+        holes[0]["detail"], m.render_table(report)
+    got4, got6 = delivered(lab, "l1", "l2", 4), delivered(lab, "l1", "l2", 6)
+    assert 0 < got4 < FLOWS and got6 == FLOWS, (got4, got6)
+    assert trace_drops(trace(lab, "s2", 4, "l1", "l2", in_port=1))
+    assert not trace_drops(trace(lab, "s2", 6, "l1", "l2", in_port=1))
+
+
+def test_zero_weight_bucket_is_a_missing_member_read_exactly(lab, healed):
+    """OVS never picks a weight-0 bucket: traffic never uses l1's port 13, and the verdict says so."""
+    assert traced_members(lab, "l1", 4, "l1", "l2", in_port=1) == {11, 12, 13}
+    healed.append(faults.zero_weight(lab, "l1", "l2", 13))
+    report = verify(lab, pairs=[["l1", "l2"]], both_directions=False, settle=1.0)
+    _, routes = call(lab, "/v1/oam/ecmp/routes")
+    hop13 = next(nh for nh in routes["routes"]["l1"]["l2/ipv4"]["next_hops"] if nh["port"] == 13)
+    assert hop13["weight"] == 0 and hop13["live"] is False, hop13  # read state kept exactly
+    for fam in (4, 6):
+        assert verdict(report, "l1", "l2", fam) == "fault", m.render_table(report)
+        missing = [f for f in pair_findings(report, "l1", "l2", fam) if f["class"] == m.MISSING]
+        assert [(f["switch"], f["port"], f["cause"]) for f in missing] == [("l1", 13, "bucket_inactive")], \
+            m.render_table(report)
+        assert "weight is 0" in missing[0]["detail"]
+        p = next(p for p in report["pairs"] if p["dst"] == "l2" and p["family"] == f"ipv{fam}")
+        assert p["observed"] == ["l1:11>s1:2>l2", "l1:12>s2:2>l2"]
+        # real traffic: every flow arrives, none of them over port 13
+        before = port_tx(lab, "l1", 13)
+        assert delivered(lab, "l1", "l2", fam) == FLOWS
+        assert port_tx(lab, "l1", 13) - before == 0
+        assert traced_members(lab, "l1", fam, "l1", "l2", in_port=1) == {11, 12}
+
+
 # --- REST and CLI -----------------------------------------------------------------------------
 
 
@@ -274,7 +478,7 @@ def test_rest_errors_name_the_field(lab):
     assert status == 200 and body["hop_budget"] == 5
     try:
         report = verify(lab, pairs=[["l1", "l3"]])
-        assert report["hop_budget"] == 5 and report["totals"]["pairs"] == 2 and report["totals"]["ok"] == 2
+        assert report["hop_budget"] == 5 and report["totals"]["pairs"] == 4 and report["totals"]["ok"] == 4
     finally:
         assert call(lab, "/v1/apps/oam_ecmp/intent", before, "PUT")[0] == 200
     sids = call(lab, "/v1/oam/ecmp/sids")[1]
@@ -286,14 +490,14 @@ def test_cli_verify_and_fault(lab, healed):
     cli = [PY, "-m", "ryu_apps.lib.oam_ecmp_cli"]
     env = {"OVSLAB_RUNDIR": str(lab.dir.parent), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
     r = subprocess.run(cli + ["verify", "--url", lab.rest_url], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and "12 ok, 0 with findings" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and f"{PAIRS} ok, 0 with findings" in r.stdout, r.stdout + r.stderr
     r = subprocess.run(cli + ["fault", "remove-bucket", "l3", "l1", "11", "--lab", lab.name], capture_output=True,
                        text=True, timeout=60, env=env)
     assert r.returncode == 0, r.stderr
     healed.append(faults.Fault("cli", "l3", "", resync=["l3"]))
     r = subprocess.run(cli + ["verify", "--lab", lab.name, "--pair", "l3", "l1", "--one-way"], capture_output=True,
                        text=True, timeout=120, env=env)
-    assert r.returncode == 1 and "MISSING_MEMBER" in r.stdout and "l3->l1 l3 port 11" in r.stdout, r.stdout
+    assert r.returncode == 1 and "MISSING_MEMBER" in r.stdout and "l3->l1 ipv4 l3 port 11" in r.stdout, r.stdout
     r = subprocess.run(cli + ["verify", "--url", lab.rest_url, "--pair", "l1", "l7"], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 2 and "pairs[0][1]" in r.stderr
@@ -306,7 +510,7 @@ def test_fat_tree_every_pair_exactly_the_expected_paths(lab_factory):
     ft = lab_factory(TOPO / "oam_ecmp_fattree.yaml", timeout=120)
     report = verify(ft)
     t = report["totals"]
-    assert t["pairs"] == 56 and t["ok"] == 56 and report["findings"] == [], m.render_table(report)
+    assert t["pairs"] == 112 and t["ok"] == 112 and report["findings"] == [], m.render_table(report)
     by_pair = {(p["src"], p["dst"]): p for p in report["pairs"]}
     assert len(by_pair[("e11", "e12")]["observed"]) == 2 and len(by_pair[("e11", "e42")]["observed"]) == 4
     assert all(p["observed"] == p["expected"] for p in report["pairs"])
@@ -315,6 +519,7 @@ def test_fat_tree_every_pair_exactly_the_expected_paths(lab_factory):
     try:
         report = verify(ft, pairs=[["e11", "e21"]], both_directions=False)
         missing = of_class(report, m.MISSING)
-        assert [(f_["switch"], f_["port"]) for f_ in missing] == [("a11", 12)], m.render_table(report)
+        assert [(f_["switch"], f_["port"], f_["family"]) for f_ in missing] == \
+            [("a11", 12, "ipv4"), ("a11", 12, "ipv6")], m.render_table(report)
     finally:
         faults.heal(ft, [f])
