@@ -87,9 +87,9 @@ def counters(lab, fence):
 # ---------------------------------------------------------------------------
 
 
-def test_spoofed_ns_from_a_clone_leaves_no_neighbour_entry_anywhere(lab):
+def test_spoofed_ns_from_a_clone_leaves_no_neighbour_entry_anywhere(lab, tmp_path):
     """The issue's repro, with every source kind; then every host's neighbour table is read."""
-    from scapy.layers.inet6 import ICMPv6ND_NS, ICMPv6NDOptSrcLLAddr, IPv6
+    from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6NDOptDstLLAddr, ICMPv6NDOptSrcLLAddr, IPv6
     from scapy.layers.l2 import Ether
 
     H = lab.topology.hosts
@@ -119,11 +119,25 @@ def test_spoofed_ns_from_a_clone_leaves_no_neighbour_entry_anywhere(lab):
     print(f"\nspoofed NS: {len(frames)} frames from aweb; {len(hosts)} neighbour tables read, "
           f"{entries} entries in all, {len(bad)} pointing at aweb or naming a spoofed source")
     assert not bad, f"neighbour tables poisoned: {bad}"
-    # control: the clone's own, real neighbour discovery still works (and names clone db's MAC)
-    ok, summary = ping6(lab, "aweb", "fd00:fc::13")
+    # control: the clone's own, real neighbour discovery still works (and names clone db's MAC) ...
+    cap = Captures(lab, ["aweb"], tmp_path)
+    try:
+        ok, summary = ping6(lab, "aweb", "fd00:fc::13")
+    finally:
+        got = cap.stop()
     assert ok, summary
     mine = {e["dst"]: e["lladdr"] for e in neigh6(lab, "aweb")}
     assert mine.get("fd00:fc::13") == H["adb"].mac, mine
+    # ... answered by a solicited NA: target the parent address, override set, not a router
+    nas = [p[ICMPv6ND_NA] for p in got["aweb"] if ICMPv6ND_NA in p]
+    assert nas, [p.summary() for p in got["aweb"]]
+    for na in nas:
+        assert (na.tgt, na.R, na.S, na.O) == ("fd00:fc::13", 0, 1, 1), na.show(dump=True)
+        assert na[ICMPv6NDOptDstLLAddr].lladdr == H["adb"].mac
+    # the link-local source the fence admits is the one the clone's kernel really has
+    r = lab.exec("aweb", ["ip", "-j", "-6", "addr", "show", "dev", "eth0", "scope", "link"])
+    kernel_ll = {a["local"] for i in json.loads(r.stdout) for a in i.get("addr_info", []) if a.get("local")}
+    assert kernel_ll == {str(link_local(a))}, kernel_ll
     after = counters(lab, "shop-a")
     assert after["port_drop"] - before["port_drop"] >= 2 * len(spoofed), (before, after)
 
