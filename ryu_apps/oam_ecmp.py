@@ -1,32 +1,36 @@
-"""OAM ECMP verification: replicate-and-forward probes that find broken or suboptimal ECMP paths.
+"""OAM ECMP verification: probes that travel as the pair's own traffic and are copied at every ECMP decision.
 
 Launch it with the base fabric::
 
     ryu-manager --fabric-topology topologies/oam_ecmp_leafspine.yaml ryu_apps/fabric.py ryu_apps/oam_ecmp.py
 
+A probe is a data packet of the pair it verifies: the source host's MAC and
+IPv4 or IPv6 address, the destination host's address, UDP 3594 -> 3594 with
+the probe's identity in the payload, launched into the source leaf as if its
+host had sent it (packet-out with the host's ``in_port``).  It goes through
+ingress, other apps' tables and the forward table like that host's traffic.
+
 What it installs (cookie kinds in brackets, see ``ovslab flows --app oam_ecmp``):
 
-* ``ingress`` (table 0, band 3000-3999): on fabric ports and for the
-  controller's own packet-outs, IPv6 to the SID block goes to ``oam`` [1];
-  from host ports it is dropped, so hosts can neither inject probes [2] nor
-  receive one.
-* ``oam`` (table 30): per switch and destination leaf, a flow matching the
-  destination's replicate SID (``block:node:e0a::/64``) that decrements the hop
-  limit and applies an ``all`` group [3]: one bucket per ECMP next hop (the
-  copy that travels on) and one per next hop that sends a copy, tagged with the
-  out port, to the controller (128 bytes); at the destination leaf a flow that
-  reports the arrival and drops the probe [4]; hop limit 0 or 1: report and
-  drop [5].  Every one of these flows goes through the OAM meter (probe packets
-  per second per switch), which bounds a replication storm in the data plane.
+* ``ingress`` (table 0, priority 3800): a probe whose TTL/hop limit is 0 or 1
+  is reported and dropped [5].
+* ``forward`` (table 90): a *probe twin* one priority above every flow read
+  from the switch [7]: the same match plus the probe's UDP ports, ``dec_ttl``,
+  then the flow's own outputs on fabric links (each reported to the
+  controller), outputs to hosts reported instead of taken (no probe frame
+  reaches a host), and each group replaced by its *mirror* [8]: an ``all``
+  group with a copy and a report per bucket the switch can pick now (select:
+  weight > 0 and watch_port live; fast failover: the first live bucket).
+  Every OAM flow goes through the OAM meter (probe packets per second per
+  switch), which bounds a replication storm in the data plane.
 
-The replicate group of a switch is programmed from that switch's *installed*
-route and select group (read from the switch at the start of every
-verification), one bucket per installed bucket, because Open vSwitch cannot
-send one packet through every bucket of a select group.  The copies then travel
-the real links and every switch reports each copy, so the controller rebuilds
-the paths the probe actually took and compares them with the ECMP set the
-topology implies (:mod:`ryu_apps.lib.oam_ecmp_model` documents the SID layout
-and the analysis).
+The twins and mirrors are rebuilt from the switches' forward tables and groups
+read at the start of every verification, exactly as decoded, because Open
+vSwitch cannot send one packet through every bucket of a select group.  The
+copies then travel the real links, and every switch reports each copy, so the
+controller rebuilds the paths the probe actually took and compares them with
+the ECMP set the topology implies (:mod:`ryu_apps.lib.oam_ecmp_model`
+documents the encoding and the analysis; ``docs/oam_ecmp.md`` the design).
 """
 
 from __future__ import annotations

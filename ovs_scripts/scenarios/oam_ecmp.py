@@ -57,7 +57,8 @@ def _healthy(report: dict) -> bool:
 
 @scenario("oam_ecmp", "oam_ecmp_leafspine.yaml")
 def oam_ecmp(lab: Lab, check: Check) -> None:
-    """4x3 leaf-spine: replicate probes verify every leaf pair; six injected faults found and classified"""
+    """4x3 leaf-spine: probes (IPv4 and IPv6 data packets of each pair) verify every leaf pair; ten injected
+    faults found and classified"""
     report = _verify(lab)
     check("healthy fabric: every leaf pair took exactly its 3 expected ECMP paths", _healthy(report),
           _summary(report))
@@ -77,6 +78,15 @@ def oam_ecmp(lab: Lab, check: Check) -> None:
         ("traffic for l2 loops s1>l3>s2>l4>s1",
          lambda: faults.make_loop(lab, "l2", ["s1", "l3", "s2", "l4"]), model.LOOP, ("s1", 3)),
         ("link s3-l2 cut", lambda: faults.cut_link(lab, "s3", "l2"), model.MISSING, ("l1", 13)),
+        # faults behind the forward table's back (issue 9 section 3): traffic suffers, so must the probes
+        ("s2 drops l2's traffic in table 0",
+         lambda: faults.drop_at_ingress(lab, "s2", "l2"), model.BLACK_HOLE, ("l1", 12)),
+        ("s2 drops l2's traffic from l1 only (a route scoped by in_port)",
+         lambda: faults.drop_from_port(lab, "s2", "l2", 1), model.BLACK_HOLE, ("l1", 12)),
+        ("s2's IPv4 route to l2 deleted",
+         lambda: faults.delete_route(lab, "s2", "l2", 4), model.BLACK_HOLE, ("l1", 12)),
+        ("l1's bucket for s3 gets weight 0 (OVS never picks it)",
+         lambda: faults.zero_weight(lab, "l1", "l2", 13), model.MISSING, ("l1", 13)),
     ]
     for what, inject, cls, where in cases:
         fault = inject()
@@ -110,8 +120,8 @@ def oam_ecmp(lab: Lab, check: Check) -> None:
 def oam_ecmp_fattree(lab: Lab, check: Check) -> None:
     """k=4 fat-tree (20 switches): every edge pair verified, a removed aggregation bucket found"""
     report = _verify(lab)
-    check("healthy fat-tree: 56 edge pairs, 2 paths within a pod, 4 across", _healthy(report)
-          and report["totals"]["pairs"] == 56, _summary(report))
+    check("healthy fat-tree: 56 edge pairs x 2 address families, 2 paths within a pod, 4 across", _healthy(report)
+          and report["totals"]["pairs"] == 112, _summary(report))
     t = report["totals"]
     check.note(f"MDA would need {t['mda_probes']} probes for the same path sets ({t['mda_ratio']}x)")
     fault = faults.remove_bucket(lab, "a11", "e21", 12)

@@ -1,37 +1,21 @@
-"""OAM ECMP verification, the pure part: SIDs, probes, reports, expected paths, analysis.
+"""OAM ECMP verification, the pure part: probes, reports, expected paths, analysis.
 
 Nothing here talks to a switch; :mod:`ryu_apps.oam_ecmp` (the os-ken app)
 feeds it the topology, the routes read from the switches and the reports, and
 serves what it returns.
 
-The instruction encoding
-------------------------
-Open vSwitch 3.1 cannot match an SRv6 segment routing header, so the
-"replicate" instruction rides in the IPv6 destination address, laid out like
-an SRv6 SID (locator, function, arguments)::
-
-    bits   0..31   32..47   48..63    64..95     96..111   112..127
-         +--------+--------+--------+-----------+---------+----------+
-         | block  |  node  |  func  | probe id  | src node| hop budget|
-         +--------+--------+--------+-----------+---------+----------+
-         |  locator /48    |
-         |  locator + function /64  |      arguments (not matched)     |
-
-* ``block`` is the fabric's SID block (``locator_block``, a /32, default
-  ``fcbb:bb00::/32``); ``node`` a 16-bit id per switch, so every switch owns
-  the locator ``block:node::/48`` (by default the low 16 bits of its dpid).
-* ``func`` ``0x0e0a`` is the replicate function (``End.RPL`` here): "copy me
-  to every ECMP next hop towards this locator's switch and report each copy".
-* switches match ``ipv6_dst=<block>:<node>:e0a::/64``; the arguments name the
-  probe, its source and the hop budget it was launched with, so every report
-  is self-describing.
-
-The hop count is the IPv6 hop limit (matchable as ``nw_ttl``, decremented with
-``dec_ttl``).  Where each copy was seen travels back in the controller copy's
-Ethernet destination, rewritten by the bucket that made the copy::
+Probes and reports
+------------------
+A probe is a data packet of the pair (:func:`build_probe`): Ethernet from the
+source host's MAC to the router MAC, IPv4 or IPv6 between the two hosts' own
+addresses, TTL/hop limit = the hop budget, UDP 3594 -> 3594 and the payload
+``OAM-ECMP`` + probe id (32 bits), source and destination node ids (16 bits
+each, from the :class:`SidPlan`), hop budget and family (8 bits each).  The
+hop count is the TTL, decremented by every probe twin.  Where each copy was
+seen travels back in the controller copy's Ethernet destination::
 
     0e:0a:<kind>:<port, 24 bits>      kind 1 forwarded, 2 edge (not forwarded),
-                                      3 arrived, 4 hop limit spent, 5 no route
+                                      3 arrived, 4 hop limit spent, 5 no route (first design)
 
 Path analysis
 -------------

@@ -24,9 +24,20 @@ from ryu_apps.fabric import FabricIntent, compute_fabric
 from ryu_apps.lib import oam_ecmp_model as m
 from ryu_apps.lib import pipeline
 from ryu_apps.lib.app import FabricView
-from ryu_apps.lib.ofdata import (OFPP_CONTROLLER, Bucket, DecTtl, Flow, Group, GroupAction, Match, Meter, MeterBand,
-                                 Output, SetField)
 from ryu_apps.lib.oam_ecmp_topo import fat_tree, leaf_spine
+from ryu_apps.lib.ofdata import (
+    OFPP_CONTROLLER,
+    Bucket,
+    DecTtl,
+    Flow,
+    Group,
+    GroupAction,
+    Match,
+    Meter,
+    MeterBand,
+    Output,
+    SetField,
+)
 from ryu_apps.lib.state import SwitchState
 from ryu_apps.lib.topology import from_dict, load
 from ryu_apps.oam_ecmp import OamIntent, ReadTables, compute_oam, intended_routes
@@ -380,7 +391,7 @@ def test_state_fits_the_pipeline_and_merges_with_the_fabric(ls, ft):
                 pipeline.check_flow("oam_ecmp", f)
                 assert f.meter is not None  # every OAM flow is metered
                 if f.table == 90:  # a twin: one above a flow of the switch, probes only
-                    assert dict((n, v) for n, v, _ in f.match.fields)["udp_dst"] == m.OAM_UDP_PORT
+                    assert {n: v for n, v, _ in f.match.fields}["udp_dst"] == m.OAM_UDP_PORT
                     assert any(g.table == 90 and g.priority == f.priority - 1 and g.cookie >> 56 != 6
                                for g in st.flows.values())
             for g in st.groups.values():
