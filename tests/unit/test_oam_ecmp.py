@@ -481,6 +481,25 @@ def test_zero_weight_bucket_is_never_probed_and_is_a_missing_member(ls):
         assert "weight is 0" in missing[0]["detail"]
 
 
+def test_routes_of_any_match_shape_get_twins(ls):
+    """A prefix route scoped by in_port (above the /32) sends l1's IPv4 traffic for l2 from s2 to l3 only:
+    the twin of exactly that flow copies l1's probe the same way; l3's probe, from another port, is not."""
+    sws = Switches(ls)
+    sws.add("s2", Flow(table=90, priority=700, match=Match(in_port=1, eth_type=0x0800, ipv4_dst="10.6.2.0/24"),
+                       actions=(Output(3),)))
+    states, plan, routes = states_for(ls, sws)
+    twins = [f for f in states["s2"].flows.values() if f.cookie >> 56 == 6 and f.priority == 701]
+    assert len(twins) == 1 and ("in_port", 1, None) in twins[0].match.fields
+    sim = Sim(ls, states, plan)
+    result = analyze(ls, states, plan, routes, sim.verify([("l1", "l2"), ("l3", "l2")]))
+    v = verdicts(result)
+    assert v[("l1", "l2", "ipv4")] == "fault" and v[("l1", "l2", "ipv6")] == "ok"
+    assert v[("l3", "l2", "ipv4")] == v[("l3", "l2", "ipv6")] == "ok"
+    p = next(p for p in result["pairs"] if (p["src"], p["dst"], p["family"]) == ("l1", "l2", "ipv4"))
+    assert "l1:12>s2:3>l3" in " ".join(p["observed"] + [x for f in result["findings"] for x in f["paths"]])
+    assert not sim.leaked
+
+
 # --- the other faults -----------------------------------------------------------------------------
 
 
