@@ -14,8 +14,9 @@ What it installs (cookie kinds in brackets, see ``ovslab flows --app oam_ecmp``)
 
 * ``ingress`` (table 0, priority 3800): a probe whose TTL/hop limit is 0 or 1
   is reported and dropped [5].
-* ``forward`` (table 90): a *probe twin* one priority above every flow read
-  from the switch [7]: the same match plus the probe's UDP ports, ``dec_ttl``,
+* ``forward`` (table 90), and any other table whose flows output (other apps'
+  tables too): a *probe twin* one priority above every such flow read from
+  the switch [7]: the same match plus the probe's UDP ports, ``dec_ttl``,
   then the flow's own outputs on fabric links (each reported to the
   controller), outputs to hosts reported instead of taken (no probe frame
   reaches a host), and each group replaced by its *mirror* [8]: an ``all``
@@ -53,7 +54,7 @@ from ryu_apps.lib import oam_ecmp_model as model
 from ryu_apps.lib.app import FabricApp, FabricView, IntentError, PacketIn
 from ryu_apps.lib.core import FabricCore
 from ryu_apps.lib.ofdata import Bucket, DecTtl, Flow, Group, GroupAction, Match, Meter, MeterBand, Output, SetField
-from ryu_apps.lib.pipeline import FORWARD, INGRESS
+from ryu_apps.lib.pipeline import FORWARD, INGRESS, PIPELINE
 from ryu_apps.lib.rest import ApiError
 from ryu_apps.lib.state import SwitchState
 
@@ -188,13 +189,16 @@ def all_pairs(leaves: list[str]) -> list[tuple[str, str]]:
 
 @dataclass(frozen=True)
 class ReadTables:
-    """What one switch held when a verification read it: its forward-table flows (other apps')
+    """What one switch held when a verification read it: its flows (every table, other apps' only)
     and its groups (other apps'), exactly as decoded."""
 
     flows: tuple[Flow, ...]
     groups: dict[int, Group]
 
 
+#: tables whose flows get probe twins (where the pipeline allows them): forward, and the function apps'
+#: own tables, so a probe that another app's table outputs directly is copied and reported, never delivered
+TWIN_TABLES = frozenset(t.table_id for t in PIPELINE if APP in t.twins)
 PROBE_FIELDS = {"ip_proto": model.IPPROTO_UDP, "udp_src": model.OAM_UDP_PORT, "udp_dst": model.OAM_UDP_PORT}
 _PASS_ACTIONS = (SetField, DecTtl)  # kept in a twin as they are (they change the copy like the data packet)
 
@@ -334,24 +338,24 @@ def compute_oam(view: FabricView, plan: model.SidPlan, leaves: list[str], tables
             st.add_group(mirror_group(sw, group, read.groups, wiring, host_addrs, view.down_ports, mid, gcookie))
             return mid
 
-        keys = {(f.priority, f.match) for f in read.flows}
-        for flow in sorted(read.flows, key=lambda f: (-f.priority, str(f.match))):
-            if flow.table != FORWARD or flow.priority >= 0xFFFF or flow.priority == 0:
+        keys = {(f.table, f.priority, f.match) for f in read.flows}
+        for flow in sorted(read.flows, key=lambda f: (f.table, -f.priority, str(f.match))):
+            if flow.table not in TWIN_TABLES or flow.priority >= 0xFFFF or flow.priority == 0:
                 continue
-            if not flow.actions and flow.goto is None:
-                continue  # a drop: the probe meets it like the data packet
-            c = cookies.make(APP, K_TWIN, f"{sw}:{flow.priority}:{flow.match}")
+            if not any(isinstance(a, (Output, GroupAction)) for a in flow.actions):
+                continue  # a drop or a goto: the probe meets it like the data packet
+            c = cookies.make(APP, K_TWIN, f"{sw}:{flow.table}:{flow.priority}:{flow.match}")
             for fam in (4, 6):
                 match = _twin_match(flow.match, fam)
-                if match is None or (flow.priority + 1, match) in keys:
+                if match is None or (flow.table, flow.priority + 1, match) in keys:
                     continue
                 acts = twin_actions(sw, flow.match, flow.actions, wiring, host_addrs, mirror) \
                     if flow.goto is None else None
                 if acts is None:
                     acts = (DecTtl(),) + _report(model.EDGE, 0xFFFFFF)
-                st.add_flow(Flow(table=FORWARD, priority=flow.priority + 1, cookie=c, meter=OAM_METER,
+                st.add_flow(Flow(table=flow.table, priority=flow.priority + 1, cookie=c, meter=OAM_METER,
                                  match=match, actions=acts))
-                st.label(c, f"OAM: probe twin of {sw} table {FORWARD} priority {flow.priority} {flow.match}")
+                st.label(c, f"OAM: probe twin of {sw} table {flow.table} priority {flow.priority} {flow.match}")
     return states
 
 
@@ -468,7 +472,7 @@ class OamEcmp(FabricApp):
                 return
             try:
                 flows = []
-                for body in channel.multipart(lambda xid: ofwire.flow_stats_request(xid, table=FORWARD)):
+                for body in channel.multipart(ofwire.flow_stats_request):  # every table
                     for fs in ofwire.parse_flow_stats(body):
                         if fs.cookie >> cookies.APP_SHIFT == self.app_id:
                             continue  # our own probe twins
@@ -488,7 +492,7 @@ class OamEcmp(FabricApp):
             except Exception as exc:  # noqa: BLE001 - a switch that cannot be read is a note, not a crash
                 notes.append(f"{sw}: reading its tables failed: {exc}")
                 return
-            tables[sw] = ReadTables(tuple(flows), groups)
+            tables[sw] = ReadTables(tuple(f for f in flows if f.table in TWIN_TABLES), groups)
             table = model.Table(flows, FORWARD)
             out[sw] = {key: model.resolve_route(sw, d, addr, pkt, table, groups, FORWARD, down)
                        for key, (d, addr, pkt) in lookups.items() if d != sw}

@@ -47,7 +47,8 @@ class Table:
     bands: tuple[Band, ...]
     next_tables: tuple[int, ...] = ()
     #: apps that may install probe twins here: a copy of another app's flow one priority above it,
-    #: matching only that app's probes (so it wins exactly where the flow it mirrors would win)
+    #: matching only that app's probes (so it wins exactly where the flow it mirrors would win);
+    #: oam_ecmp twins every flow that outputs, in every table a probe can reach with data
     twins: tuple[str, ...] = ()
 
 
@@ -68,19 +69,19 @@ PIPELINE: tuple[Table, ...] = (
                  Band("multicast_standby", 2000, 2999, "IGMP, multicast data and standby requests"),
                  Band("oam_ecmp", 3000, 3999, "replicate probes"),
                  Band("cloud_router", 4000, 4999, "client traffic into the NAC table")),
-          next_tables=(FENCE, MCAST, OAM, NAC, ARP_ND, FORWARD)),
+          next_tables=(FENCE, MCAST, OAM, NAC, ARP_ND, FORWARD), twins=("oam_ecmp",)),
     Table(FENCE, "fence", "translate clone <-> parent addresses; drop whatever would leave the fence",
           bands=_own("fenced_clone", "fence translation, ARP/ND for parent addresses, fence drops"),
-          next_tables=(ARP_ND, FORWARD)),
+          next_tables=(ARP_ND, FORWARD), twins=("oam_ecmp",)),
     Table(MCAST, "mcast", "multicast trees: active and standby paths, accept/discard at the destination",
           bands=_own("multicast_standby", "multicast forwarding"),
-          next_tables=(ARP_ND, FORWARD)),
+          next_tables=(ARP_ND, FORWARD), twins=("oam_ecmp",)),
     Table(OAM, "oam", "replicate probes over every ECMP next hop and report each copy",
           bands=_own("oam_ecmp", "probe replication and reports"),
-          next_tables=(ARP_ND, FORWARD)),
+          next_tables=(ARP_ND, FORWARD), twins=("oam_ecmp",)),
     Table(NAC, "nac", "per-client policy: allowed destinations, rate limits, quarantine",
           bands=_own("cloud_router", "client policy and tunnel steering"),
-          next_tables=(ARP_ND, FORWARD)),
+          next_tables=(ARP_ND, FORWARD), twins=("oam_ecmp",)),
     Table(ARP_ND, "arp_nd", "answer ARP in the switch; send IPv6 neighbor solicitations to the controller",
           bands=(Band("core", 0, 0, "table miss: drop"),
                  Band("fabric", 100, 999, "ARP responders, ND punts")),

@@ -40,7 +40,7 @@ from ryu_apps.lib.ofdata import (
 )
 from ryu_apps.lib.state import SwitchState
 from ryu_apps.lib.topology import from_dict, load
-from ryu_apps.oam_ecmp import OamIntent, ReadTables, compute_oam, intended_routes
+from ryu_apps.oam_ecmp import TWIN_TABLES, OamIntent, ReadTables, compute_oam, intended_routes
 
 TOPO = Path(__file__).resolve().parents[2] / "topologies"
 CTL = OFPP_CONTROLLER
@@ -226,7 +226,7 @@ class Switches:
         del self.flows[sw][flow.key]
 
     def read(self):
-        return {sw: ReadTables(tuple(f for f in fl.values() if f.table == 90), dict(self.groups[sw]))
+        return {sw: ReadTables(tuple(f for f in fl.values() if f.table in TWIN_TABLES), dict(self.groups[sw]))
                 for sw, fl in self.flows.items()}
 
 
@@ -402,7 +402,7 @@ def test_state_fits_the_pipeline_and_merges_with_the_fabric(ls, ft):
                         assert len(outs) == 1  # bucket actions are an action set: one output each
                         if outs[0].port == CTL:
                             assert outs[0].max_len == 128 and isinstance(b.actions[0], SetField)
-    for table, prio in ((90, 5000), (0, 501)):  # twins only one above another app's band, only in forward
+    for table, prio in ((90, 5000), (80, 501)):  # twins: one above another app's band, in the tables that allow them
         with pytest.raises(pipeline.PipelineError):
             pipeline.check_flow("oam_ecmp", Flow(table=table, priority=prio, match=Match(), cookie=6 << 56))
 
@@ -498,6 +498,23 @@ def test_routes_of_any_match_shape_get_twins(ls):
     p = next(p for p in result["pairs"] if (p["src"], p["dst"], p["family"]) == ("l1", "l2", "ipv4"))
     assert "l1:12>s2:3>l3" in " ".join(p["observed"] + [x for f in result["findings"] for x in f["paths"]])
     assert not sim.leaked
+
+
+def test_another_apps_table_that_outputs_to_a_host_gets_twins_and_no_probe_leaks(ls):
+    """l2 steers IPv4 traffic for h2 into the NAC table (cloud_router's band), which delivers it itself:
+    the probe follows the data packet there, is reported as arrived, and never reaches h2."""
+    sws = Switches(ls)
+    sws.add("l2", Flow(table=0, priority=4500, match=Match(in_port=12, eth_type=0x0800, ipv4_dst="10.6.2.1"),
+                       goto=40, cookie=5 << 56))
+    sws.add("l2", Flow(table=40, priority=500, match=Match(eth_type=0x0800, ipv4_dst="10.6.2.1"),
+                       actions=(SetField("eth_dst", "02:00:00:06:00:02"), Output(1)), cookie=5 << 56))
+    states, plan, routes = states_for(ls, sws)
+    assert [f.priority for f in states["l2"].flows.values() if f.table == 40 and f.cookie >> 56 == 6] == [501]
+    sim = Sim(ls, states, plan)
+    result = analyze(ls, states, plan, routes, sim.verify([("l1", "l2")]))
+    assert set(verdicts(result).values()) == {"ok"}, result["findings"]
+    assert not sim.leaked
+    assert sim.data_reaches("l1", "l2", 4)  # data via s2 (port 12 of l2) takes the NAC table and arrives
 
 
 # --- the other faults -----------------------------------------------------------------------------
