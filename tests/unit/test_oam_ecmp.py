@@ -40,7 +40,13 @@ from ryu_apps.lib.ofdata import (
 )
 from ryu_apps.lib.state import SwitchState
 from ryu_apps.lib.topology import from_dict, load
-from ryu_apps.oam_ecmp import TWIN_TABLES, OamIntent, ReadTables, compute_oam, intended_routes
+from ryu_apps.oam_ecmp import (
+    TWIN_TABLES,
+    OamIntent,
+    ReadTables,
+    compute_oam,
+    intended_routes,
+)
 
 TOPO = Path(__file__).resolve().parents[2] / "topologies"
 CTL = OFPP_CONTROLLER
