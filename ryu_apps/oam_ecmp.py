@@ -53,7 +53,18 @@ from ryu_apps.lib import cookies, ofwire
 from ryu_apps.lib import oam_ecmp_model as model
 from ryu_apps.lib.app import FabricApp, FabricView, IntentError, PacketIn
 from ryu_apps.lib.core import FabricCore
-from ryu_apps.lib.ofdata import Bucket, DecTtl, Flow, Group, GroupAction, Match, Meter, MeterBand, Output, SetField
+from ryu_apps.lib.ofdata import (
+    Bucket,
+    DecTtl,
+    Flow,
+    Group,
+    GroupAction,
+    Match,
+    Meter,
+    MeterBand,
+    Output,
+    SetField,
+)
 from ryu_apps.lib.pipeline import FORWARD, INGRESS, PIPELINE
 from ryu_apps.lib.rest import ApiError
 from ryu_apps.lib.state import SwitchState
