@@ -29,10 +29,15 @@ class Hang(BaseException):
 
 @contextmanager
 def time_limit(seconds: float):
-    def fire(*_):
+    def fire(_signum, frame):
+        # not inside hypothesis' gc callback or pytest's hooks (an exception there is lost or
+        # reported as unraisable); the timer re-fires 50 ms later
+        if frame is not None and any(part in frame.f_code.co_filename for part in ("hypothesis", "_pytest")):
+            return
         raise Hang(f"still running after {seconds}s")
     old = signal.signal(signal.SIGALRM, fire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    # re-fires every 50 ms: os-ken has bare ``except:`` clauses that can swallow one alarm
+    signal.setitimer(signal.ITIMER_REAL, seconds, 0.05)
     try:
         yield
     finally:
@@ -142,7 +147,7 @@ def test_a_real_ovs_style_flow_dump_with_nat_and_groups_passes():
 
 def _mutations():
     names = sorted(SAMPLES)
-    flip = st.tuples(st.integers(0, 4095), st.integers(0, 255))
+    flip = st.tuples(st.integers(0, 4095), st.one_of(st.sampled_from([0, 1, 3, 4, 7, 8, 0xFF]), st.integers(0, 255)))
     return st.tuples(st.sampled_from(names), st.lists(flip, max_size=6), st.integers(0, 4096),
                      st.booleans(), st.binary(max_size=64))
 
