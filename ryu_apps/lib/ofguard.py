@@ -295,8 +295,11 @@ def _hello(buf, n):
 
 def _error(buf, n):
     _need(n >= 12, f"ERROR: length {n} < 12")
-    if _H(buf, 8)[0] == 0xFFFF:
+    etype = _H(buf, 8)[0]
+    if etype == 0xFFFF:
         _need(n >= 16, f"ERROR: experimenter error length {n} < 16")
+    elif etype == 0:  # HELLO_FAILED: os-ken's handler decodes the text as ASCII inside the receive loop
+        _need(all(b < 0x80 for b in bytes(buf[12:n])), "ERROR: HELLO_FAILED text is not ASCII")
 
 
 def _experimenter(buf, n):

@@ -121,6 +121,9 @@ def test_controller_only_messages_and_unknown_versions_and_types_are_refused():
         ofguard.check(struct.pack("!BBHI", 6, 10, 8, 1))
     # a HELLO of another version is fine (version negotiation)
     assert ofguard.check(struct.pack("!BBHIHHI", 6, 0, 16, 1, 1, 8, 0x52)) == (6, 0)
+    with pytest.raises(ofguard.Malformed, match="not ASCII"):  # os-ken's handler would raise in its loop
+        ofguard.check(struct.pack("!BBHIHH", 4, 1, 14, 1, 0, 0) + b"\xff\xfe")
+    assert ofguard.check(struct.pack("!BBHIHH", 4, 1, 14, 1, 0, 0) + b"no") == (4, 1)
     with pytest.raises(ofguard.Malformed, match="header length 16 but 12 bytes"):
         ofguard.check(struct.pack("!BBHII", 4, 2, 16, 1, 0))
 
