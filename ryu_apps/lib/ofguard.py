@@ -21,7 +21,9 @@ message of every version.  A refused message closes that connection only
 (the rest of the buffer is dropped unparsed), is counted per switch and
 message type (:func:`stats`, served in ``GET /v1/health`` as
 ``openflow_guard``) and logged in one line.  ERROR messages are also rate
-limited per connection: a flood closes the connection the same way.
+limited per connection: a flood closes the connection the same way (errors
+for the xids of a bundle the programmer is sending are not counted: a switch
+refusing many of its adds is normal).
 """
 
 from __future__ import annotations
@@ -465,6 +467,13 @@ def refuse(datapath, what: str, reason: str) -> None:
         LOG.exception("openflow guard: closing %s failed", who)
 
 
+def _awaited_error(datapath, xid: int) -> bool:
+    """An error for an xid of a bundle the programmer is sending now (one per refused add is normal)."""
+    from ryu_apps.lib import programmer  # the programmer keeps at most STRAY_ERRORS_MAX of them
+    window = programmer._error_windows.get(id(datapath))
+    return window is not None and window[0] <= xid <= window[1]
+
+
 def guarded(original):
     """``ofproto_parser.msg`` with :func:`check` in front of it."""
 
@@ -479,7 +488,7 @@ def guarded(original):
         except Exception as exc:  # noqa: BLE001 - a bug in the check must not admit the message
             refuse(datapath, type_name(version, msg_type), f"guard error {type(exc).__name__}: {exc}")
             return None
-        if msg_type == 1:
+        if msg_type == 1 and not _awaited_error(datapath, xid):
             budget = getattr(datapath, "_ofguard_errors", None)
             if budget is None:
                 budget = datapath._ofguard_errors = _ErrorBudget()

@@ -219,6 +219,20 @@ def test_an_error_flood_closes_the_connection():
         n += 1
     assert dp.closed == 1 and ofguard.ERROR_BURST <= n < 1.5 * ofguard.ERROR_BURST, n
     assert ofguard.stats()["error_floods"] == floods + 1
+    # errors for the xids of a bundle being sent are the programmer's business, not a flood
+    dp2 = FakeDatapath(dpid=0x97)
+    ch = programmer.OFChannel(dp2)
+    first = programmer.XID_BASE | 1
+    ch.expect_errors(first, first + 100_000)
+    for i in range(int(2 * ofguard.ERROR_BURST)):
+        msg(dp2, 4, 1, len(err), first + i, err)
+    assert dp2.closed == 0
+    ch.take_errors(first, first + 100_000)
+    n = 0
+    while dp2.closed == 0 and n < 3 * ofguard.ERROR_BURST:
+        msg(dp2, 4, 1, len(err), first + n, err)
+        n += 1
+    assert dp2.closed == 1, "once the window is closed the same errors count again"
 
 
 # -- the programmer's channel -----------------------------------------------------------------------
