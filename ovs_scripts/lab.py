@@ -543,8 +543,12 @@ class Lab:
                              and s.get("synced") is True]
                     dpids = {_as_dpid(s.get("dpid")) for s in ready}
                     if len(ready) == len(data) and (want <= dpids or len(ready) >= len(want)):
-                        return
-                    last = f"{len(ready)} of {len(want)} switches connected and synced"
+                        waiting = self._bfd_links_down()
+                        if not waiting:
+                            return
+                        last = f"BFD not up yet on {', '.join(waiting)}"
+                    else:
+                        last = f"{len(ready)} of {len(want)} switches connected and synced"
                 else:
                     last = f"unexpected answer {str(data)[:100]}"
             except (urllib.error.URLError, OSError, ValueError) as exc:
@@ -552,6 +556,18 @@ class Lab:
             if time.monotonic() > deadline:
                 self._fail_controller(f"controller not ready after {timeout:g} s ({last})")
             time.sleep(0.25)
+
+    def _bfd_links_down(self) -> list[str]:
+        """BFD-monitored switch links the controller still sees down (BFD sessions take about a
+        second to come up; until then those links are not LIVE and carry nothing)."""
+        bfd = {f"{e[0]}:{e[1]}" for ln in self.topology.links if ln.kind == "veth" and ln.bfd_ms
+               for e in ((ln.a, ln.a_port), (ln.b, ln.b_port))}
+        if not bfd:
+            return []
+        url = self.state.data["controller"]["rest_url"] + "/v1/topology"
+        with urllib.request.urlopen(urllib.request.Request(url, headers=self.rest_headers()), timeout=2) as resp:
+            down = set(json.loads(resp.read().decode()).get("down_ports", []))
+        return sorted(bfd & down)
 
     def _fail_controller(self, why: str) -> None:
         tail = self.controller_log_tail()

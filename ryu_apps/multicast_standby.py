@@ -403,7 +403,7 @@ class MulticastStandby(FabricApp):
         sw = self.core.topology.switch_by_dpid(msg.datapath.id)
         if sw is not None:
             ofp = msg.datapath.ofproto
-            live = msg.reason != ofp.OFPPR_DELETE and FabricCore._live(ofp, msg.desc)
+            live = msg.reason != ofp.OFPPR_DELETE and self.core._port_live(sw.name, ofp, msg.desc)
             LOG.debug("port-status %s:%d reason %d config %#x state %#x", sw.name, msg.desc.port_no, msg.reason,
                       msg.desc.config, msg.desc.state)
             hub.spawn(self._after_port_change, sw.name, msg.desc.port_no, live, time.time())
@@ -413,8 +413,8 @@ class MulticastStandby(FabricApp):
         # OVS reports `ip link set down` as two port-status messages, the first still live:
         # what counts is the core's record, which a failure waits for (a little).
         hub.sleep(0)
-        for _ in range(20):
-            if live or (switch, port) in self.core.down_ports:
+        for _ in range(20):  # until the core's record agrees with this message (either way)
+            if ((switch, port) not in self.core.down_ports) == live:
                 break
             hub.sleep(0.001)
         t0 = time.monotonic()
