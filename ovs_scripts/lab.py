@@ -432,9 +432,8 @@ class Lab:
                     for pi in topo.switch_ports(s):
                         if pi.kind in ("host", "veth"):
                             ports.append(PortConfig(pi.ifname, pi.port))
-                            link = topo.link_at(s, pi.port) if pi.kind == "veth" else None
-                            if link is not None and link.bfd_ms:
-                                bfd[pi.ifname] = link.bfd_ms
+                            if (s, pi.port) in topo.bfd_ports:
+                                bfd[pi.ifname] = topo.link_at(s, pi.port).bfd_ms
                         else:
                             peer_node = topo.switches[pi.peer].node
                             link = next(l for l in topo.links if (l.a, l.a_port) == (s, pi.port)
@@ -560,8 +559,7 @@ class Lab:
     def _bfd_links_down(self) -> list[str]:
         """BFD-monitored switch links the controller still sees down (BFD sessions take about a
         second to come up; until then those links are not LIVE and carry nothing)."""
-        bfd = {f"{e[0]}:{e[1]}" for ln in self.topology.links if ln.kind == "veth" and ln.bfd_ms
-               for e in ((ln.a, ln.a_port), (ln.b, ln.b_port))}
+        bfd = {f"{s}:{p}" for s, p in self.topology.bfd_ports}
         if not bfd:
             return []
         url = self.state.data["controller"]["rest_url"] + "/v1/topology"
@@ -1009,8 +1007,8 @@ def _write_rest_token(labdir: Path) -> str:
     return str(path)
 
 
-def switch_name(name_or_bridge: str, rundir: str | os.PathLike | None = None) -> str | None:
-    """The lab switch name of a switch or bridge name in any lab that is up (``zab-s1`` -> ``s1``)."""
+def _lab_switch(name_or_bridge: str, rundir) -> tuple[str, str, dict, dict] | None:
+    """``(lab, switch, switch info, lab state)`` of a switch (name or bridge) in any lab that is up."""
     for lab in list_labs(rundir):
         try:
             data = json.loads((base_dir(rundir) / lab / "state.json").read_text())
@@ -1018,8 +1016,14 @@ def switch_name(name_or_bridge: str, rundir: str | os.PathLike | None = None) ->
             continue
         for s, info in data.get("switches", {}).items():
             if name_or_bridge in (s, info.get("bridge")):
-                return s
+                return lab, s, info, data
     return None
+
+
+def switch_name(name_or_bridge: str, rundir: str | os.PathLike | None = None) -> str | None:
+    """The lab switch name of a switch or bridge name in any lab that is up (``zab-s1`` -> ``s1``)."""
+    found = _lab_switch(name_or_bridge, rundir)
+    return found[1] if found else None
 
 
 def find_switch(name_or_bridge: str, rundir: str | os.PathLike | None = None
@@ -1029,12 +1033,8 @@ def find_switch(name_or_bridge: str, rundir: str | os.PathLike | None = None
     ``rest_url`` is ``http://127.0.0.1:<rest_port>`` when the lab runs its controller, else None.
     A switch name used by several labs matches the first lab in name order; bridges are unique.
     """
-    for lab in list_labs(rundir):
-        try:
-            data = json.loads((base_dir(rundir) / lab / "state.json").read_text())
-        except (OSError, ValueError):
-            continue
-        for s, info in data.get("switches", {}).items():
-            if name_or_bridge in (s, info.get("bridge")):
-                return lab, info["bridge"], info["sandbox"], data.get("controller", {}).get("rest_url")
-    return None
+    found = _lab_switch(name_or_bridge, rundir)
+    if found is None:
+        return None
+    lab, _, info, data = found
+    return lab, info["bridge"], info["sandbox"], data.get("controller", {}).get("rest_url")

@@ -403,7 +403,7 @@ class MulticastStandby(FabricApp):
         sw = self.core.topology.switch_by_dpid(msg.datapath.id)
         if sw is not None:
             ofp = msg.datapath.ofproto
-            live = msg.reason != ofp.OFPPR_DELETE and self.core._port_live(sw.name, ofp, msg.desc)
+            live = msg.reason != ofp.OFPPR_DELETE and self.core.port_live(sw.name, ofp, msg.desc)
             LOG.debug("port-status %s:%d reason %d config %#x state %#x", sw.name, msg.desc.port_no, msg.reason,
                       msg.desc.config, msg.desc.state)
             hub.spawn(self._after_port_change, sw.name, msg.desc.port_no, live, time.time())

@@ -88,8 +88,6 @@ class FabricCore(app_manager.OSKenApp):
         self.view_since: float | None = None   # since when at least one switch is connected
         self.ports_known: set[str] = set()     # connected switches whose port list has arrived
         self.hold_down = self.topology.spec.controller.switch_hold_down
-        self.bfd_ports = {end for ln in self.topology.links if ln.kind == "veth" and ln.bfd_ms
-                          for end in ((ln.a, ln.a_port), (ln.b, ln.b_port))}
         self._judge_at: float | None = None
         self.ever_connected: set[str] = set()
         rate = config.get("packet-in-rate")
@@ -309,8 +307,8 @@ class FabricCore(app_manager.OSKenApp):
     # -- liveness ----------------------------------------------------------------
     def forwards(self, switch: str) -> bool:
         """Does a BFD-monitored link say ``switch``'s data plane still answers?"""
-        for ln in self.topology.links:
-            if not (ln.kind == "veth" and ln.bfd_ms) or switch not in (ln.a, ln.b):
+        for ln in self.topology.bfd_links:
+            if switch not in (ln.a, ln.b):
                 continue
             peer, peer_port = (ln.b, ln.b_port) if ln.a == switch else (ln.a, ln.a_port)
             if peer in self.ports_known and (peer, peer_port) not in self.down_ports:
@@ -365,11 +363,11 @@ class FabricCore(app_manager.OSKenApp):
     def _live(ofp, port) -> bool:
         return not (port.state & ofp.OFPPS_LINK_DOWN) and not (port.config & ofp.OFPPC_PORT_DOWN)
 
-    def _port_live(self, switch: str, ofp, port) -> bool:
+    def port_live(self, switch: str, ofp, port) -> bool:
         """Up, and on a BFD-monitored link also LIVE (the far switch's data plane answers)."""
         if not self._live(ofp, port):
             return False
-        return (switch, port.port_no) not in self.bfd_ports or bool(port.state & ofp.OFPPS_LIVE)
+        return (switch, port.port_no) not in self.topology.bfd_ports or bool(port.state & ofp.OFPPS_LIVE)
 
     @set_ev_cls(ofp_event.EventOFPPortDescStatsReply, MAIN_DISPATCHER)
     def _port_desc(self, ev):
@@ -384,7 +382,7 @@ class FabricCore(app_manager.OSKenApp):
             if port.port_no not in declared:
                 continue
             present.add(port.port_no)
-            changed |= self._set_port(name, port.port_no, self._port_live(name, ofp, port))
+            changed |= self._set_port(name, port.port_no, self.port_live(name, ofp, port))
         for port_no in declared - present:  # declared but missing on the switch
             changed |= self._set_port(name, port_no, False)
         self.ports_known.add(name)
@@ -400,7 +398,7 @@ class FabricCore(app_manager.OSKenApp):
         if name is None:
             return
         ofp = msg.datapath.ofproto
-        live = msg.reason != ofp.OFPPR_DELETE and self._port_live(name, ofp, msg.desc)
+        live = msg.reason != ofp.OFPPR_DELETE and self.port_live(name, ofp, msg.desc)
         if self._set_port(name, msg.desc.port_no, live):
             LOG.info("port %s:%d is %s", name, msg.desc.port_no, "up" if live else "down")
             self.schedule_recompute()

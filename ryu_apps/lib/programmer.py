@@ -31,7 +31,7 @@ from os_ken.lib import hub
 from os_ken.ofproto import ofproto_parser
 
 from ryu_apps.lib import ofwire
-from ryu_apps.lib.ofdata import Flow, Group, Meter
+from ryu_apps.lib.ofdata import Group, Meter
 from ryu_apps.lib.state import ActualState, Changes, SwitchState, diff
 
 LOG = logging.getLogger(__name__)
@@ -71,6 +71,17 @@ class _Waiter:
     failed: str | None = None  # set when the channel died under the waiter
 
 
+_TAKES = {OFPT_MULTIPART_REPLY: "multipart", OFPT_BARRIER_REPLY: "barrier", OFPT_EXPERIMENTER: "bundle"}
+
+
+def waiter_for(datapath, msg_type: int, xid: int) -> _Waiter | None:
+    """The waiter that takes this message off the wire (os-ken never parses it), or None."""
+    waiter = _waiters.get((id(datapath), xid))
+    if waiter is not None and (msg_type == OFPT_ERROR or _TAKES.get(msg_type) == waiter.kind):
+        return waiter
+    return None
+
+
 def install_interceptor() -> None:
     """Route replies to programmer xids to their waiters (idempotent)."""
     global _installed
@@ -79,7 +90,7 @@ def install_interceptor() -> None:
     original = ofproto_parser._MSG_PARSERS[ofwire.OFP_VERSION]
 
     def parse(datapath, version, msg_type, msg_len, xid, buf):
-        waiter = _waiters.get((id(datapath), xid))
+        waiter = waiter_for(datapath, msg_type, xid)
         if waiter is None:
             if msg_type == OFPT_ERROR and xid & ~XID_MASK == XID_BASE and len(buf) >= 12:
                 window = _error_windows.get(id(datapath))
@@ -95,16 +106,12 @@ def install_interceptor() -> None:
             err_type, err_code = struct.unpack_from("!HH", data, 8) if len(data) >= 12 else (0, 0)
             waiter.errors.append((xid, err_type, err_code, data[12:76]))
             waiter.done = True
-        elif msg_type == OFPT_MULTIPART_REPLY and waiter.kind == "multipart":
+        elif msg_type == OFPT_MULTIPART_REPLY:
             mp_type, flags, body = ofwire.parse_multipart_reply(data)
             waiter.bodies.append(bytes(body))
             waiter.done = not flags & OFPMPF_REPLY_MORE
-        elif msg_type == OFPT_BARRIER_REPLY and waiter.kind == "barrier":
+        else:  # the barrier or bundle reply it waits for
             waiter.done = True
-        elif msg_type == OFPT_EXPERIMENTER and waiter.kind == "bundle":
-            waiter.done = True
-        else:
-            return original(datapath, version, msg_type, msg_len, xid, buf)
         if waiter.done:
             waiter.event.set()
         return None

@@ -25,6 +25,7 @@ against the kernel's 15-character limit here, not when ``ip link`` fails.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from typing import Any, Literal
 
 import networkx as nx
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 IFNAMSIZ = 15
 NAME_RE = r"^[a-z][a-z0-9_]*$"
@@ -301,6 +302,16 @@ class Topology:
 
     def switch_ports(self, switch: str) -> list[PortInfo]:
         return sorted((p for (s, _), p in self.ports.items() if s == switch), key=lambda p: p.port)
+
+    @functools.cached_property
+    def bfd_links(self) -> tuple[Link, ...]:
+        """Switch-to-switch veth links that run BFD: up only while LIVE (README, "Liveness")."""
+        return tuple(ln for ln in self.links if ln.kind == "veth" and ln.bfd_ms)
+
+    @functools.cached_property
+    def bfd_ports(self) -> frozenset[tuple[str, int]]:
+        """Both ends of every link in :attr:`bfd_links`."""
+        return frozenset(end for ln in self.bfd_links for end in ((ln.a, ln.a_port), (ln.b, ln.b_port)))
 
     def link_at(self, switch: str, port: int) -> Link | None:
         """The switch-to-switch link (veth or tunnel) on ``switch``:``port``, if any."""
