@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -97,7 +98,7 @@ def leftovers(prefixes: list[str], rundir: Path) -> list[str]:
 
 
 class LabFactory:
-    """``lab_factory(topology, controller=True, timeout=60)`` -> a Lab that is torn down after the test.
+    """``lab_factory(topology, controller=True, timeout=60, **changes)`` -> a Lab torn down after the test.
 
     The topology is copied with a fresh ``lab.prefix`` and free controller ports.
     ``controller=False`` is ``ovslab up --no-controller``.
@@ -123,8 +124,8 @@ class LabFactory:
         self.labs.append(data["lab"]["name"])
         return path
 
-    def __call__(self, topology: str | Path, controller: bool = True, timeout: float = 60) -> labmod.Lab:
-        path = self.prepare(topology)
+    def __call__(self, topology: str | Path, controller: bool = True, timeout: float = 60, **changes) -> labmod.Lab:
+        path = self.prepare(topology, **changes)
         return labmod.Lab.up(path, controller=controller, timeout=timeout, rundir=self.rundir)
 
     def cli(self, *args: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess:
@@ -144,6 +145,25 @@ class LabFactory:
             except Exception as exc:  # noqa: BLE001 - report, keep cleaning
                 errors.append(f"{name}: {exc}")
         return errors
+
+
+@contextlib.contextmanager
+def module_factory(tmp_path_factory, name: str):
+    """A LabFactory for a module-scoped fixture: skipped without a lab environment, always torn down.
+
+    ``with module_factory(tmp_path_factory, "x") as factory: yield factory("chain3.yaml")``
+    """
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    rundir = RUN_BASE / f"t{next(_counter)}"
+    factory = LabFactory(tmp_path_factory.mktemp(name), rundir)
+    try:
+        yield factory
+    finally:
+        errors = factory.cleanup()
+        shutil.rmtree(rundir, ignore_errors=True)
+        assert not errors, f"teardown failed: {errors}"
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ the next expects it; the destructive NAC kill comes last.
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -25,21 +24,11 @@ APP = "cloud_router"
 
 @pytest.fixture(scope="module")
 def cl(tmp_path_factory):
-    reason = conftest._skip_reason()
-    if reason:
-        pytest.skip(reason)
-    rundir = conftest.RUN_BASE / f"t{next(conftest._counter)}"
-    factory = conftest.LabFactory(tmp_path_factory.mktemp("cloud_router"), rundir)
-    try:
-        lab = factory(TOPO)
-        c = CloudLab(lab)
+    with conftest.module_factory(tmp_path_factory, "cloud_router") as factory:
+        c = CloudLab(factory(TOPO))
         c.start_services()
         assert c.wait_ready(), c.rest(f"/v1/{APP}")
         yield c
-    finally:
-        errors = factory.cleanup()
-        shutil.rmtree(rundir, ignore_errors=True)
-        assert not errors, f"teardown failed: {errors}"
 
 
 def nac_table(cl, nac):

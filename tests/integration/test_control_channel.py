@@ -7,10 +7,7 @@ pings running while the faults happen.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import signal
 import socket
 import struct
 import time
@@ -22,6 +19,7 @@ import pytest
 from ovs_scripts.lab import ROOT_SANDBOX
 from ovs_scripts.ovsdb import BridgeConfig
 from tests.integration import conftest
+from tests.integration.labtools import frozen_relay, get, ping_loss, start_ping, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -93,51 +91,14 @@ def rest(lab, path, method="GET", body=None):
         return err.code, json.loads(err.read())
 
 
-def get(lab, path):
-    status, body = rest(lab, path)
-    assert status == 200, (path, status, body)
-    return body
-
-
-def wait_for(pred, timeout, step=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return bool(pred())
-
-
 def all_synced(lab) -> bool:
     return all(s["synced"] for s in get(lab, "/v1/switches"))
 
 
-def start_ping(lab, host, addr, seconds):
-    count = int(seconds / 0.02)
-    return lab.popen(host, ["ping", "-n", "-q", "-i", "0.02", "-W", "1", "-c", str(count), addr])
-
-
-def ping_loss(proc) -> tuple[int, int]:
-    out, _ = proc.communicate(timeout=60)
-    m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
-    assert m, out
-    sent, got = int(m.group(1)), int(m.group(2))
-    return sent, sent - got
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    reason = conftest._skip_reason()
-    if reason:
-        pytest.skip(reason)
-    rundir = conftest.RUN_BASE / f"t{next(conftest._counter)}"
-    factory = conftest.LabFactory(tmp_path_factory.mktemp("control_channel"), rundir)  # one lab for the module
-    try:
+    with conftest.module_factory(tmp_path_factory, "control_channel") as factory:  # one lab for the module
         yield factory("chain3.yaml")
-    finally:
-        errors = factory.cleanup()
-        shutil.rmtree(rundir, ignore_errors=True)
-        assert not errors, errors
 
 
 def of_port(lab) -> int:
@@ -205,19 +166,10 @@ def test_a_second_real_bridge_with_a_known_dpid_is_refused_and_leaves_no_trace(l
     assert r.returncode == 0, r.stdout
 
 
-def _relay_pgid(lab) -> int:
-    for e in lab.state.objects:
-        if e["kind"] == "process" and e.get("what") == f"relay {ROOT_SANDBOX}" and e.get("pid"):
-            return os.getpgid(e["pid"])  # the relay and its per-connection children (socat fork)
-    raise AssertionError("no relay recorded")
-
-
 def test_a_silent_channel_is_reported_and_a_write_says_it_was_not_applied(lab):
     assert wait_for(lambda: all_synced(lab), 20)
-    pgid = _relay_pgid(lab)
     rate = get(lab, "/v1/apps/fabric/intent")["nd_rate_per_host"]
-    os.killpg(pgid, signal.SIGSTOP)  # the channel freezes: TCP stays open, nothing moves
-    try:
+    with frozen_relay(lab):  # the channel freezes: TCP stays open, nothing moves
         t0 = time.monotonic()
         assert wait_for(lambda: {s["channel"]["state"] for s in get(lab, "/v1/switches")} == {"silent"}, 6), \
             get(lab, "/v1/switches")
@@ -234,8 +186,6 @@ def test_a_silent_channel_is_reported_and_a_write_says_it_was_not_applied(lab):
         # the keepalive closes the dead channels
         assert wait_for(lambda: {s["channel"]["state"] for s in get(lab, "/v1/switches")} == {"down"}, 15)
         t_down = time.monotonic() - t0
-    finally:
-        os.killpg(pgid, signal.SIGCONT)
     print(f"\nfrozen channel: reported silent after {t_silent:.1f} s, PUT answered 202 in {t_put * 1000:.0f} ms "
           f"naming {sorted(body['pending'])}, channels closed after {t_down:.1f} s")
     # the switches come back and get what was written meanwhile

@@ -13,16 +13,13 @@ outside host.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 import time
 
 import pytest
 
-from ovs_scripts.lab import Lab
 from ryu_apps.lib.fenced_clone_model import link_local
-from tests.integration.conftest import RUN_BASE, LabFactory, _skip_reason
+from tests.integration.conftest import module_factory
 from tests.integration.test_fenced_clone import TOPO, Captures, call, ident, send_frames, wait_synced
 
 pytestmark = pytest.mark.integration
@@ -36,12 +33,8 @@ MIX = {"name": "mix", "parent": ["db", "wdb"],
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    reason = _skip_reason()
-    if reason:
-        pytest.skip(reason)
-    factory = LabFactory(tmp_path_factory.mktemp("fenced-nd"), RUN_BASE / f"fenced-nd-{os.getpid()}")
-    lab = Lab.up(factory.prepare(TOPO), rundir=factory.rundir, timeout=60)
-    try:
+    with module_factory(tmp_path_factory, "fenced-nd") as factory:
+        lab = factory(TOPO)
         for h in SERVERS:
             proc = lab.popen(h, [PY, "-u", "-m", "ovs_scripts.traffic", "ident-serve", str(PORT), "--name", h])
             assert "listening" in proc.stdout.readline()
@@ -49,10 +42,6 @@ def lab(tmp_path_factory):
         assert status == 201 and body["synced"], body
         wait_synced(lab)
         yield lab
-    finally:
-        errors = factory.cleanup()
-        shutil.rmtree(factory.rundir, ignore_errors=True)
-        assert not errors, f"teardown failed: {errors}"
 
 
 def ping6(lab, host, addr, count=3) -> tuple[bool, str]:

@@ -7,10 +7,7 @@ links, real pings and a TCP stream running while the control channels fail.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import signal
 import sys
 import time
 
@@ -18,7 +15,7 @@ import pytest
 
 from ovs_scripts.lab import ROOT_SANDBOX
 from tests.integration import conftest
-from tests.integration.test_control_channel import get, ping_loss, start_ping, wait_for
+from tests.integration.labtools import frozen_relay, get, ping_loss, set_controller_target, start_ping, wait_for
 
 pytestmark = pytest.mark.integration
 PY = sys.executable
@@ -27,32 +24,12 @@ BFD_MS = 100
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    reason = conftest._skip_reason()
-    if reason:
-        pytest.skip(reason)
-    rundir = conftest.RUN_BASE / f"t{next(conftest._counter)}"
-    factory = conftest.LabFactory(tmp_path_factory.mktemp("liveness"), rundir)
     links = [["h1", "s1"], ["h2", "s2"], ["h3", "s3"],
              {"a": "s1", "b": "s2", "bfd_ms": BFD_MS}, {"a": "s2", "b": "s3", "bfd_ms": BFD_MS}]
-    try:
-        path = factory.prepare("chain3.yaml", links=links)
-        from ovs_scripts import lab as labmod
-        lab = labmod.Lab.up(path, controller=True, timeout=60, rundir=rundir)
-        # BFD sessions come up within about a second; until then the links are not LIVE
-        assert wait_for(lambda: get(lab, "/v1/topology")["down_ports"] == []
-                        and all(s["synced"] for s in get(lab, "/v1/switches")), 20), get(lab, "/v1/topology")
+    with conftest.module_factory(tmp_path_factory, "liveness") as factory:
+        lab = factory("chain3.yaml", links=links)  # ready once the BFD links are up, too
+        assert get(lab, "/v1/topology")["down_ports"] == [], get(lab, "/v1/topology")
         yield lab
-    finally:
-        errors = factory.cleanup()
-        shutil.rmtree(rundir, ignore_errors=True)
-        assert not errors, errors
-
-
-def _relay_pgid(lab) -> int:
-    for e in lab.state.objects:
-        if e["kind"] == "process" and e.get("what") == f"relay {ROOT_SANDBOX}" and e.get("pid"):
-            return os.getpgid(e["pid"])
-    raise AssertionError("no relay recorded")
 
 
 def _tcp_stream(lab, seconds):
@@ -80,16 +57,12 @@ def test_losing_every_control_channel_for_12_s_changes_nothing_in_the_data_plane
     pings = [start_ping(lab, "h1", "10.1.0.3", 16), start_ping(lab, "h3", "fd00:1::1", 16)]
     server, client = _tcp_stream(lab, 14)
     time.sleep(1.0)
-    pgid = _relay_pgid(lab)
-    os.killpg(pgid, signal.SIGSTOP)  # every channel freezes; the keepalive closes them after ~5 s
-    try:
+    with frozen_relay(lab):  # every channel freezes; the keepalive closes them after ~5 s
         assert wait_for(lambda: {s["channel"]["state"] for s in get(lab, "/v1/switches")} == {"down"}, 15)
         time.sleep(12 - 5)
         health = get(lab, "/v1/health")
         assert health["switches_dead"] == [], health
         assert sorted(health["switches_lost"]) == ["s1", "s2", "s3"], health
-    finally:
-        os.killpg(pgid, signal.SIGCONT)
     assert wait_for(lambda: all(s["synced"] for s in get(lab, "/v1/switches")), 30), get(lab, "/v1/switches")
     results = [ping_loss(p) for p in pings]
     tcp = json.loads([ln for ln in client.communicate(timeout=60)[0].splitlines() if ln.startswith("{")][-1])
@@ -108,17 +81,11 @@ def test_losing_every_control_channel_for_12_s_changes_nothing_in_the_data_plane
 
 
 def test_one_switch_losing_its_channel_is_still_forwarding_by_bfd(lab):
-    sb = lab.sandbox(ROOT_SANDBOX)
-    bridge = lab.topology.switches["s2"].bridge
-    with sb.db() as db:
-        target = db.controllers(bridge)[0]["target"]
     before = _flow_mods(lab)
     pings = [start_ping(lab, "h1", "10.1.0.3", 8), start_ping(lab, "h1", "fd00:1::2", 8)]
     time.sleep(0.5)
     # point s2's Controller row at a socket nobody listens on: its channel drops, its flows stay
-    # (removing the row would not do: OVS flushes a secure bridge's flows when its last controller goes)
-    with sb.db() as db:
-        db.api.set_controller(bridge, [f"unix:{sb.dir}/nowhere.sock"]).execute(check_error=True)
+    target = set_controller_target(lab, "s2", f"unix:{lab.sandbox(ROOT_SANDBOX).dir}/nowhere.sock")
     try:
         assert wait_for(lambda: not get(lab, "/v1/switches/s2")["connected"], 5)
         time.sleep(lab.topology.spec.controller.switch_hold_down + 2)
@@ -127,8 +94,7 @@ def test_one_switch_losing_its_channel_is_still_forwarding_by_bfd(lab):
         assert st["data_plane"] == "forwarding (BFD)" and health["switches_dead"] == [], (st, health)
         assert _flow_mods(lab)["s1"] == before["s1"] and _flow_mods(lab)["s3"] == before["s3"]
     finally:
-        with sb.db() as db:
-            db.api.set_controller(bridge, [target]).execute(check_error=True)
+        set_controller_target(lab, "s2", target)
     results = [ping_loss(p) for p in pings]
     assert wait_for(lambda: get(lab, "/v1/switches/s2")["synced"], 20), get(lab, "/v1/switches/s2")
     st = get(lab, "/v1/switches/s2")
@@ -145,8 +111,7 @@ def test_a_switch_whose_data_plane_dies_is_found_by_bfd_and_routed_around(lab):
     sb = lab.sandbox(ROOT_SANDBOX)
     s2 = lab.topology.switches["s2"]
     fabric_ifaces = [p.ifname for p in lab.topology.switch_ports("s2") if p.kind == "veth"]
-    with sb.db() as db:
-        db.api.set_controller(s2.bridge, [f"unix:{sb.dir}/nowhere.sock"]).execute(check_error=True)
+    set_controller_target(lab, "s2", f"unix:{lab.sandbox(ROOT_SANDBOX).dir}/nowhere.sock")
     assert wait_for(lambda: not get(lab, "/v1/switches/s2")["connected"], 5)
     t0 = time.monotonic()
     with sb.db() as db:

@@ -16,7 +16,6 @@ destination device) never join.  Tests run in file order; the switch kill comes 
 from __future__ import annotations
 
 import copy
-import shutil
 import subprocess
 import sys
 import time
@@ -25,7 +24,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ovs_scripts import lab as labmod
 from ovs_scripts.sandbox import kill_pid
 from ryu_apps.lib import multicast_standby_wire as wire
 from tests.integration import conftest
@@ -52,27 +50,20 @@ def _topology_changes() -> dict:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    reason = conftest._skip_reason()
-    if reason:
-        pytest.skip(reason)
-    rundir = conftest.RUN_BASE / f"t{next(conftest._counter)}"
-    factory = conftest.LabFactory(tmp_path_factory.mktemp("multicast_hostile"), rundir)
     procs: list[subprocess.Popen] = []
-    try:
-        lab = labmod.Lab.up(factory.prepare(TOPO, **_topology_changes()), timeout=90, rundir=rundir)
-        lab.procs = procs
-        yield lab
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-        errors = factory.cleanup()
-        shutil.rmtree(rundir, ignore_errors=True)
-        assert not errors, f"teardown failed: {errors}"
+    with conftest.module_factory(tmp_path_factory, "multicast_hostile") as factory:
+        try:
+            lab = factory(TOPO, timeout=90, **_topology_changes())
+            lab.procs = procs
+            yield lab
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.terminate()
+                    try:
+                        p.wait(timeout=10)
+                    except subprocess.TimeoutExpired:
+                        p.kill()
 
 
 def sniffer(lab, host, seconds):

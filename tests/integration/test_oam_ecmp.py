@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -72,17 +71,8 @@ def assert_healthy(report, pairs=PAIRS):
 def lab(tmp_path_factory):
     from tests.integration import conftest
 
-    reason = conftest._skip_reason()
-    if reason:
-        pytest.skip(reason)
-    rundir = conftest.RUN_BASE / f"oam{next(conftest._counter)}"
-    factory = conftest.LabFactory(tmp_path_factory.mktemp("oam"), rundir)
-    try:
+    with conftest.module_factory(tmp_path_factory, "oam") as factory:
         yield factory(TOPO / "oam_ecmp_leafspine.yaml")
-    finally:
-        errors = factory.cleanup()
-        shutil.rmtree(rundir, ignore_errors=True)
-        assert not errors, f"teardown failed: {errors}"
 
 
 @pytest.fixture

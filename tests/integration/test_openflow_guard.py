@@ -14,18 +14,16 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import struct
-import subprocess
 import time
 import urllib.request
 
 import pytest
 
-from ovs_scripts.lab import ROOT_SANDBOX
 from tests.integration import conftest
+from tests.integration.labtools import frozen_relay, get, ping_loss, set_controller_target, start_ping, wait_for
 from tests.unit import ofguard_shapes as shapes
 
 pytestmark = pytest.mark.integration
@@ -33,21 +31,6 @@ pytestmark = pytest.mark.integration
 HELLO = struct.pack("!BBHI", 4, 0, 8, 1)
 FEATURES_REQUEST = 5
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def get(lab, path, timeout=5):
-    with urllib.request.urlopen(f"{lab.rest_url}{path}", timeout=timeout) as resp:
-        assert resp.status == 200
-        return json.loads(resp.read())
-
-
-def wait_for(pred, timeout, step=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return bool(pred())
 
 
 def all_synced(lab) -> bool:
@@ -113,30 +96,10 @@ def send_shape(port: int, payload: bytes, wait: float = 2.0) -> bool:
     return False
 
 
-def start_ping(lab, host, addr, seconds):
-    return lab.popen(host, ["ping", "-n", "-q", "-i", "0.05", "-W", "1", "-c", str(int(seconds / 0.05)), addr])
-
-
-def ping_loss(proc) -> tuple[int, int]:
-    out, _ = proc.communicate(timeout=120)
-    m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
-    assert m, out
-    return int(m.group(1)), int(m.group(1)) - int(m.group(2))
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    reason = conftest._skip_reason()
-    if reason:
-        pytest.skip(reason)
-    rundir = conftest.RUN_BASE / f"t{next(conftest._counter)}"
-    factory = conftest.LabFactory(tmp_path_factory.mktemp("openflow_guard"), rundir)
-    try:
+    with conftest.module_factory(tmp_path_factory, "openflow_guard") as factory:
         yield factory("chain3.yaml")
-    finally:
-        errors = factory.cleanup()
-        shutil.rmtree(rundir, ignore_errors=True)
-        assert not errors, errors
 
 
 def _shapes() -> list[tuple[str, bytes, bool]]:
@@ -158,7 +121,8 @@ def test_malformed_messages_close_only_their_connection_and_disturb_nothing(lab)
     assert guard0["refused"] == 0, f"the real switches' own messages were refused: {guard0}"
     syncs = {s["name"]: s["syncs"] for s in get(lab, "/v1/switches")}
     cases = _shapes()
-    pings = [start_ping(lab, "h1", "10.1.0.3", 45), start_ping(lab, "h3", "fd00:1::1", 45)]
+    pings = [start_ping(lab, "h1", "10.1.0.3", 45, interval=0.05),
+             start_ping(lab, "h3", "fd00:1::1", 45, interval=0.05)]
     worst_hs, worst_idle, refused, t_start = 0.0, 0.0, guard0["refused"], time.monotonic()
     try:
         for name, payload, must_close in cases:
@@ -195,38 +159,18 @@ def test_malformed_messages_close_only_their_connection_and_disturb_nothing(lab)
     assert guard["refused"] >= sum(1 for _, _, c in cases if c), guard
     for sent, lost in results:
         assert sent > 50 and lost == 0, results
-    # neighbour discovery still answered by the controller (the ND punt path)
+    # neighbour discovery still answered
     lab.exec("h1", ["ip", "-6", "neigh", "flush", "dev", "eth0"])
     r = lab.exec("h1", ["ping", "-6", "-n", "-c", "2", "-i", "0.2", "-W", "2", "fd00:1::3"], check=False)
     assert r.returncode == 0, r.stdout
-
-
-def _vsctl(lab, *args: str) -> str:
-    sb = lab.sandbox(ROOT_SANDBOX)
-    cp = subprocess.run(["ovs-vsctl", f"--db={sb.remote}", *args], capture_output=True, text=True, timeout=20,
-                        env=sb.env())
-    assert cp.returncode == 0, cp.stderr
-    return cp.stdout.strip()
-
-
-def _relay_pgid(lab) -> int:
-    for e in lab.state.objects:
-        if e["kind"] == "process" and e.get("what") == f"relay {ROOT_SANDBOX}" and e.get("pid"):
-            return os.getpgid(e["pid"])
-    raise AssertionError("no relay recorded")
 
 
 def test_a_sync_in_flight_when_the_channel_dies_does_not_block_the_switch(lab):
     """Freeze the relay, change intent (every sync now waits for a reply), drop s1's channel,
     thaw: s1 reconnects and must be synced in seconds, not after the 120 s reply timeout."""
     assert wait_for(lambda: all_synced(lab), 30), get(lab, "/v1/switches")
-    bridge = lab.topology.switches["s1"].bridge
-    ctl = _vsctl(lab, "get", "bridge", bridge, "controller").strip("[]")
-    target = _vsctl(lab, "get", "controller", ctl, "target").strip('"')
     rate = get(lab, "/v1/apps/fabric/intent")["nd_rate_per_host"]
-    pgid = _relay_pgid(lab)
-    os.killpg(pgid, signal.SIGSTOP)
-    try:
+    with frozen_relay(lab):
         req = urllib.request.Request(f"{lab.rest_url}/v1/apps/fabric/intent", method="PUT",
                                      data=json.dumps({"nd_rate_per_host": rate + 1}).encode())
         with urllib.request.urlopen(req, timeout=10) as resp:
@@ -235,14 +179,12 @@ def test_a_sync_in_flight_when_the_channel_dies_does_not_block_the_switch(lab):
         assert wait_for(lambda: not get(lab, "/v1/switches/s1")["synced"], 3), get(lab, "/v1/switches/s1")
         assert get(lab, "/v1/switches/s1")["connected"]
         time.sleep(0.3)
-        _vsctl(lab, "set", "controller", ctl, "target=\"unix:/nonexistent/ovslab-test.sock\"")
+        target = set_controller_target(lab, "s1", "unix:/nonexistent/ovslab-test.sock")
         time.sleep(0.3)
-    finally:
-        os.killpg(pgid, signal.SIGCONT)
     t0 = time.monotonic()
     assert wait_for(lambda: not get(lab, "/v1/switches/s1")["connected"], 10), "s1's channel never went down"
     t_down = time.monotonic() - t0
-    _vsctl(lab, "set", "controller", ctl, f'target="{target}"')
+    set_controller_target(lab, "s1", target)
     t1 = time.monotonic()
     ok = wait_for(lambda: get(lab, "/v1/switches/s1")["synced"], 15)
     t_sync = time.monotonic() - t1

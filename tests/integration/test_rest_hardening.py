@@ -48,19 +48,10 @@ def http(method: str, url: str, body=None, headers=None, raw: bytes | None = Non
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    reason = conftest._skip_reason()
-    if reason:
-        pytest.skip(reason)
-    rundir = conftest.RUN_BASE / f"t{next(conftest._counter)}"
-    factory = conftest.LabFactory(tmp_path_factory.mktemp("rest_hardening"), rundir)
-    try:
-        lab = labmod.Lab.up(factory.prepare("chain3.yaml"), rundir=rundir, timeout=60, rest_token=True)
+    with conftest.module_factory(tmp_path_factory, "rest_hardening") as factory:
+        lab = labmod.Lab.up(factory.prepare("chain3.yaml"), rundir=factory.rundir, timeout=60, rest_token=True)
         lab.factory = factory
         yield lab
-    finally:
-        errors = factory.cleanup()
-        shutil.rmtree(rundir, ignore_errors=True)
-        assert not errors, errors
 
 
 class Controller:

@@ -3,49 +3,22 @@ channel bookkeeping (issue 15: waiters on a dead channel, stray errors)."""
 
 from __future__ import annotations
 
-import signal
 import struct
 import time
 import tracemalloc
-from contextlib import contextmanager
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from os_ken.lib import hub
 from os_ken.ofproto import ofproto_parser, ofproto_v1_3, ofproto_v1_3_parser
 
 from ryu_apps.lib import ofguard, ofwire, programmer
+from tests.timelimit import Hang, time_limit
 from tests.unit import ofguard_shapes as shapes
 
 SAMPLES = shapes.samples()
 MALFORMED = shapes.all_malformed()
-
-
-class Hang(BaseException):
-    """Raised by the alarm; a BaseException so no ``except Exception`` swallows it."""
-
-
-@contextmanager
-def time_limit(seconds: float):
-    def fire(_signum, frame):
-        # not inside hypothesis' gc callback or pytest's hooks (an exception there is lost or
-        # reported as unraisable); the timer re-fires 50 ms later
-        if frame is not None and any(part in frame.f_code.co_filename for part in ("hypothesis", "_pytest")):
-            return
-        raise Hang(f"still running after {seconds}s")
-    old = signal.signal(signal.SIGALRM, fire)
-    outer, started = signal.getitimer(signal.ITIMER_REAL), time.monotonic()  # pytest-timeout's, if any
-    # re-fires every 50 ms: os-ken has bare ``except:`` clauses that can swallow one alarm
-    signal.setitimer(signal.ITIMER_REAL, seconds, 0.05)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-        if outer[0] > 0:
-            signal.setitimer(signal.ITIMER_REAL, max(0.01, outer[0] - (time.monotonic() - started)), outer[1])
 
 
 class FakeDatapath:

@@ -12,10 +12,7 @@ mutations (byte flips, truncation, extension) of a valid frame for each.
 from __future__ import annotations
 
 import ipaddress
-import signal
 import struct
-import time
-from contextlib import contextmanager
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -26,34 +23,10 @@ from ryu_apps.lib import multicast_standby_wire as mwire
 from ryu_apps.lib import oam_ecmp_model as oam
 from ryu_apps.lib import pktparse
 from ryu_apps.lib.cloud_router_pkt import client_frame
+from tests.timelimit import time_limit
 
 LIMIT = 1.0  # seconds per input, enforced by an alarm (hypothesis' deadline only reports afterwards)
 BLOCK = int(ipaddress.IPv6Address("fd00:5eed::"))
-
-
-class Hang(BaseException):
-    pass
-
-
-@contextmanager
-def time_limit(seconds: float):
-    def fire(_signum, frame):
-        # not inside hypothesis' gc callback or pytest's hooks (an exception there is lost or
-        # reported as unraisable); the timer re-fires 50 ms later
-        if frame is not None and any(part in frame.f_code.co_filename for part in ("hypothesis", "_pytest")):
-            return
-        raise Hang(f"still running after {seconds}s")
-    old = signal.signal(signal.SIGALRM, fire)
-    outer, started = signal.getitimer(signal.ITIMER_REAL), time.monotonic()  # pytest-timeout's, if any
-    # re-fires every 50 ms: os-ken has bare ``except:`` clauses that can swallow one alarm
-    signal.setitimer(signal.ITIMER_REAL, seconds, 0.05)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-        if outer[0] > 0:
-            signal.setitimer(signal.ITIMER_REAL, max(0.01, outer[0] - (time.monotonic() - started)), outer[1])
 
 
 def _eth(dst: bytes, src: bytes, ethertype: int) -> bytes:
