@@ -53,7 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ovs_scripts.lab import Lab  # noqa: E402
-from ryu_apps.lib import cookies  # noqa: E402
+from ryu_apps.framework import cookies  # noqa: E402
 
 PY = sys.executable
 OF_PORT, REST_PORT = 16663, 18090

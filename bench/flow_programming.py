@@ -2,7 +2,7 @@
 
 For 1k, 10k and 100k distinct flows on one userspace bridge:
 
-* framework: the controller (``ryu_apps/bench.py`` computing the flows) programs
+* framework: the controller (``ovs_scripts/bench_app.py`` computing the flows) programs
   the switch from the moment it connects until the atomic bundle is committed
   (read the empty switch, diff, encode, bundle, commit reply);
 * OVS limit: ``ovs-ofctl --bundle add-flows`` of the very same flows (their
@@ -29,9 +29,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ovs_scripts.bench_app import bench_flows  # noqa: E402
 from ovs_scripts.lab import Lab  # noqa: E402
-from ryu_apps.bench import bench_flows  # noqa: E402
-from ryu_apps.lib import cookies, pipeline  # noqa: E402
+from ryu_apps.framework import (
+    cookies,
+    pipeline,  # noqa: E402
+)
 
 OF_PORT, REST_PORT = 16653, 18080
 

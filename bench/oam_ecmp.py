@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ovs_scripts.lab import Lab, LabError  # noqa: E402
-from ryu_apps.lib.oam_ecmp_topo import fat_tree, leaf_spine  # noqa: E402
+from ovs_scripts.topogen import fat_tree, leaf_spine  # noqa: E402
 
 PRESETS = {
     "quick": [("leafspine", 4, 3), ("fattree", 4)],

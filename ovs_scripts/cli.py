@@ -25,7 +25,7 @@ from ovs_scripts.lab import Lab, LabError
 from ovs_scripts.netns import CommandError
 from ovs_scripts.ovsdb import OvsdbError
 from ovs_scripts.sandbox import SandboxError
-from ryu_apps.lib.topology import TopologyError
+from ryu_apps.framework.topology import TopologyError
 
 USER_ERRORS = (LabError, TopologyError, CommandError, OvsdbError, SandboxError)
 

@@ -5,7 +5,7 @@ Reads the flows, groups and meters of one Open vSwitch bridge with
 (``<rundir>/<bridge>.mgmt``), parses them with the ``ovs.flow`` parsers
 (``OFPFlow`` for flows, its action decoders for group buckets, the generic
 ``KVParser`` for the rest; no regexes) and groups flows by the cookie layout of
-:mod:`ryu_apps.lib.cookies` (app id | kind | object).
+:mod:`ryu_apps.framework.cookies` (app id | kind | object).
 
 Public API::
 
@@ -54,7 +54,8 @@ from typing import Any
 from ovs.flow.kv import KVDecoders, KVParser
 from ovs.flow.ofp import OFPFlow
 
-from ryu_apps.lib import cookies
+from ovs_scripts import lab_apps  # noqa: F401 - names lab tools' flows too
+from ryu_apps.framework import cookies
 
 #: The program that talks to the switch; tests may point it elsewhere.
 OFCTL = "ovs-ofctl"

@@ -65,11 +65,12 @@ from pathlib import Path
 from typing import Any
 
 from ovs_scripts import netns as nsutil
+from ovs_scripts.lab_apps import LAB_APPS
 from ovs_scripts.netns import CommandError
 from ovs_scripts.ovsdb import BridgeConfig, OvsdbError, PortConfig
 from ovs_scripts.sandbox import Sandbox, find_pids, kill_pid, pid_alive, pid_cmdline
-from ryu_apps.lib import topology as topo_mod
-from ryu_apps.lib.topology import IFNAMSIZ, Topology, TopologyError
+from ryu_apps.framework import topology as topo_mod
+from ryu_apps.framework.topology import IFNAMSIZ, Topology, TopologyError
 
 DEFAULT_BASE = "/run/ovslab"
 STATE_VERSION = 1
@@ -513,7 +514,8 @@ class Lab:
         from ryu_apps.manager import controller_command
 
         spec = self.topology.spec.controller
-        argv = controller_command(str(self.dir / "topology.yaml"), list(self.topology.apps),
+        apps = [LAB_APPS.get(a, a) for a in self.topology.apps]
+        argv = controller_command(str(self.dir / "topology.yaml"), apps,
                                   of_port=spec.of_port, rest_port=spec.rest_port,
                                   state_dir=str(self.dir / "controller-state"),
                                   rest_token_file=self.state.data["controller"].get("rest_token_file"))

@@ -131,10 +131,11 @@ def ping(host: str, count: int, interval: float, deadline: float) -> dict:
 
 def flood_ns(target: str, seconds: float, iface: str = "eth0") -> dict:
     """Send neighbour solicitations for ``target`` as fast as possible for ``seconds`` (a packet-in storm)."""
+    from socket import inet_pton
+
     from scapy.layers.inet6 import ICMPv6ND_NS, ICMPv6NDOptSrcLLAddr, IPv6
     from scapy.layers.l2 import Ether
     from scapy.utils6 import in6_getnsma, in6_getnsmac
-    from socket import inet_pton
 
     mac = open(f"/sys/class/net/{iface}/address").read().strip()
     src = next((line.split()[0] for line in open("/proc/net/if_inet6") if line.split()[-1] == iface

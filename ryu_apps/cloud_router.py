@@ -18,14 +18,14 @@ Tiers (each a lab node running its own Open vSwitch), client to service::
 * Roaming: an access point punts a client seen at a port where it is not
   known; the controller moves its location (new AP, TD and forwarder flows,
   the old ones removed); key, NAC and policy stay.  A late claim from the
-  port the client left is refused (:class:`~ryu_apps.lib.cloud_router_model.Locations`).
+  port the client left is refused (:class:`~ryu_apps.functions.cloud_router.model.Locations`).
 * NAC choice: rendezvous hashing per client; forwarders send a client to the
   first of its NACs that has not failed (its switch went away, its uplink is
   down, or no forwarder's tunnel to it is LIVE).  Every NAC holds every
   client's policy, so no path exists on which a client's packet skips it.
 
-The logic lives in :mod:`ryu_apps.lib.cloud_router_model` (intent, keys,
-locations) and :mod:`ryu_apps.lib.cloud_router_flows` (flows); this module is
+The logic lives in :mod:`ryu_apps.functions.cloud_router.model` (intent, keys,
+locations) and :mod:`ryu_apps.functions.cloud_router.flows` (flows); this module is
 the thin os-ken app: events in, REST, and ``compute``.
 """
 
@@ -39,19 +39,40 @@ from os_ken.controller import ofp_event
 from os_ken.controller.handler import MAIN_DISPATCHER, set_ev_cls
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ryu_apps.lib import cookies
-from ryu_apps.lib.app import FabricApp, FabricView, IntentError, PacketIn
-from ryu_apps.lib.cloud_router_flows import (K_PUNT, KIND_NAMES, ClientInfo, FlowCache, Inputs, active_nac,
-                                             client_rank, client_td, compute_cloud, failed_nacs)
-from ryu_apps.lib.cloud_router_model import (APP, QUARANTINE, Client, CloudRouterIntent, IntentCheckError,
-                                             Locations, Policy, Roles, assign_keys, derive_roles, expand_rule,
-                                             normalize_mac, policy_ids)
-from ryu_apps.lib.cloud_router_pkt import client_frame
-from ryu_apps.lib import config
-from ryu_apps.lib.core import PACKET_IN_BYTES, FabricCore, TokenBucket
-from ryu_apps.lib.pktparse import BadPacket
-from ryu_apps.lib.rest import ApiError, validation_error
-from ryu_apps.lib.state import StateConflict, SwitchState
+from ryu_apps.framework import config, cookies
+from ryu_apps.framework.app import FabricApp, FabricView, IntentError, PacketIn
+from ryu_apps.framework.core import PACKET_IN_BYTES, FabricCore, TokenBucket
+from ryu_apps.framework.rest import ApiError, validation_error
+from ryu_apps.framework.state import StateConflict, SwitchState
+from ryu_apps.functions.cloud_router.flows import (
+    K_PUNT,
+    KIND_NAMES,
+    ClientInfo,
+    FlowCache,
+    Inputs,
+    active_nac,
+    client_rank,
+    client_td,
+    compute_cloud,
+    failed_nacs,
+)
+from ryu_apps.functions.cloud_router.model import (
+    APP,
+    QUARANTINE,
+    Client,
+    CloudRouterIntent,
+    IntentCheckError,
+    Locations,
+    Policy,
+    Roles,
+    assign_keys,
+    derive_roles,
+    expand_rule,
+    normalize_mac,
+    policy_ids,
+)
+from ryu_apps.functions.cloud_router.wire import client_frame
+from ryu_apps.packet.parse import BadPacket
 
 LOG = logging.getLogger(__name__)
 DEFAULT_ROUTER_MAC = "0e:fa:b0:00:00:01"

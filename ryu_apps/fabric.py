@@ -31,14 +31,28 @@ import networkx as nx
 from os_ken.lib.packet import ethernet, icmpv6, ipv6, packet
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ryu_apps.lib import cookies, pktparse
-from ryu_apps.lib.app import FabricApp, FabricView
-from ryu_apps.lib.core import FabricCore
-from ryu_apps.lib.ofdata import (OFPP_IN_PORT, Bucket, DecTtl, Flow, Group, GroupAction, Match,
-                                 Meter, MeterBand, Output, RegMove, Resubmit, SetField)
-from ryu_apps.lib.pipeline import ARP_ND, FORWARD, INGRESS
-from ryu_apps.lib.state import SwitchState
-from ryu_apps.lib.topology import MAC_RE
+from ryu_apps.framework import cookies
+from ryu_apps.framework.app import FabricApp, FabricView
+from ryu_apps.framework.core import FabricCore
+from ryu_apps.framework.pipeline import ARP_ND, FORWARD, INGRESS
+from ryu_apps.framework.state import SwitchState
+from ryu_apps.framework.topology import MAC_RE
+from ryu_apps.openflow.ofdata import (
+    OFPP_IN_PORT,
+    Bucket,
+    DecTtl,
+    Flow,
+    Group,
+    GroupAction,
+    Match,
+    Meter,
+    MeterBand,
+    Output,
+    RegMove,
+    Resubmit,
+    SetField,
+)
+from ryu_apps.packet import parse as pktparse
 
 APP = "fabric"
 ETH_IP, ETH_ARP, ETH_IPV6 = 0x0800, 0x0806, 0x86DD

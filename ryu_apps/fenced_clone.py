@@ -7,7 +7,7 @@ Launch together with the base fabric (whose forward table routes the translated 
 An application's components (``web``, ``app``, ``db``) are declared hosts; a
 clone of it is a set of other declared hosts with their own MACs and
 addresses, whose software still uses the parent's addresses.  A *fence*
-(``ryu_apps/lib/fenced_clone_model.py``) maps each clone component to the
+(``ryu_apps/functions/fenced_clone/model.py``) maps each clone component to the
 parent component it clones.  The switch a clone sits on then
 
 * rewrites the source of everything the clone sends to its parent component's
@@ -23,7 +23,7 @@ parent component it clones.  The switch a clone sits on then
   fence's MAC) and, with egress allowed, packets from the allowed prefixes
   ("block in and out").
 
-The flows are in ``ryu_apps/lib/fenced_clone_flows.py``.  REST: ``/v1/fences``.
+The flows are in ``ryu_apps/functions/fenced_clone/flows.py``.  REST: ``/v1/fences``.
 """
 
 from __future__ import annotations
@@ -34,16 +34,30 @@ from os_ken.lib import hub
 from pydantic import ValidationError
 
 from ryu_apps.fabric import neighbor_advertisement
-from ryu_apps.lib import cookies, ofwire, pktparse
-from ryu_apps.lib.app import FabricApp, FabricView, IntentError, PacketIn
-from ryu_apps.lib.core import FabricCore
-from ryu_apps.lib.fenced_clone_flows import APP, KIND_NAMES, K_ND, compute_fence, fence_cookie_mask
-from ryu_apps.lib.fenced_clone_model import (Fence, FencedCloneIntent, FenceSpec, MemberSpec, intent_error_relative,
-                                             link_local,
-                                             resolve)
-from ryu_apps.lib.pipeline import PipelineError
-from ryu_apps.lib.rest import ApiError, validation_error
-from ryu_apps.lib.state import StateConflict, SwitchState
+from ryu_apps.framework import cookies
+from ryu_apps.framework.app import FabricApp, FabricView, IntentError, PacketIn
+from ryu_apps.framework.core import FabricCore
+from ryu_apps.framework.pipeline import PipelineError
+from ryu_apps.framework.rest import ApiError, validation_error
+from ryu_apps.framework.state import StateConflict, SwitchState
+from ryu_apps.functions.fenced_clone.flows import (
+    APP,
+    K_ND,
+    KIND_NAMES,
+    compute_fence,
+    fence_cookie_mask,
+)
+from ryu_apps.functions.fenced_clone.model import (
+    Fence,
+    FencedCloneIntent,
+    FenceSpec,
+    MemberSpec,
+    intent_error_relative,
+    link_local,
+    resolve,
+)
+from ryu_apps.openflow import ofwire
+from ryu_apps.packet import parse as pktparse
 
 SYNC_WAIT_MAX = 30.0
 

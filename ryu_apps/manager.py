@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ryu_apps.lib import config
+from ryu_apps.framework import config
 
 
 def controller_command(topology_path: str, apps: list[str], *, of_port: int = 6653, rest_port: int = 8080,
@@ -32,7 +32,8 @@ def controller_command(topology_path: str, apps: list[str], *, of_port: int = 66
             cmd += [f"--fabric-{option}", str(value)]
     if log_file:
         cmd += ["--log-file", str(log_file)]
-    return cmd + [f"ryu_apps.{app}" for app in apps]
+    # a name is a fabric app in ryu_apps/ (``fabric``), a dotted module (a lab app) is taken as is
+    return cmd + [app if "." in app else f"ryu_apps.{app}" for app in apps]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if "--ofp-tcp-listen-port" not in " ".join(args):
         args = ["--ofp-tcp-listen-port", "6653"] + args
-    from ryu_apps.lib.rest import RestConfigError
+    from ryu_apps.framework.rest import RestConfigError
 
     try:
         manager.main(args=args, prog="ryu-manager")

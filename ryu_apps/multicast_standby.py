@@ -5,11 +5,11 @@ Launch with the base fabric::
     ryu-manager --fabric-topology topologies/multicast_standby.yaml \\
         ryu_apps/fabric.py ryu_apps/multicast_standby.py
 
-What it does (the model is :mod:`ryu_apps.lib.multicast_standby_model`):
+What it does (the model is :mod:`ryu_apps.functions.multicast_standby.model`):
 
 * receivers join with real IGMP (v1/v2/v3, any-source and source-specific);
   the edge switch punts IGMP to the controller (metered, bounded parsing of
-  :mod:`ryu_apps.lib.multicast_standby_wire`); the controller is the querier
+  :mod:`ryu_apps.functions.multicast_standby.wire`); the controller is the querier
   (general queries to every host port) so memberships of hosts that vanish
   expire;
 * a source is learned from its first packets (punted, metered); the channel
@@ -47,15 +47,14 @@ from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_c
 from os_ken.lib import hub
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ryu_apps.lib import cookies
-from ryu_apps.lib import multicast_standby_model as model
-from ryu_apps.lib import multicast_standby_wire as wire
-from ryu_apps.lib.app import FabricApp, FabricView, PacketIn
-from ryu_apps.lib.core import FabricCore
-from ryu_apps.lib.pipeline import MCAST
-from ryu_apps.lib.rest import ApiError
-from ryu_apps.lib.state import SwitchState
-from ryu_apps.lib.topology import MAC_RE
+from ryu_apps.framework import cookies
+from ryu_apps.framework.app import FabricApp, FabricView, PacketIn
+from ryu_apps.framework.core import FabricCore
+from ryu_apps.framework.pipeline import MCAST
+from ryu_apps.framework.rest import ApiError
+from ryu_apps.framework.state import SwitchState
+from ryu_apps.framework.topology import MAC_RE
+from ryu_apps.functions.multicast_standby import model, wire
 
 LOG = logging.getLogger(__name__)
 APP = model.APP

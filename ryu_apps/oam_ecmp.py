@@ -30,7 +30,7 @@ read at the start of every verification, exactly as decoded, because Open
 vSwitch cannot send one packet through every bucket of a select group.  The
 copies then travel the real links, and every switch reports each copy, so the
 controller rebuilds the paths the probe actually took and compares them with
-the ECMP set the topology implies (:mod:`ryu_apps.lib.oam_ecmp_model`
+the ECMP set the topology implies (:mod:`ryu_apps.functions.oam_ecmp.model`
 documents the encoding and the analysis; ``docs/oam_ecmp.md`` the design).
 """
 
@@ -49,11 +49,15 @@ from os_ken.lib import hub
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ryu_apps.fabric import FabricIntent, ecmp_group_id, next_hops
-from ryu_apps.lib import cookies, ofwire
-from ryu_apps.lib import oam_ecmp_model as model
-from ryu_apps.lib.app import FabricApp, FabricView, IntentError, PacketIn
-from ryu_apps.lib.core import FabricCore
-from ryu_apps.lib.ofdata import (
+from ryu_apps.framework import cookies
+from ryu_apps.framework.app import FabricApp, FabricView, IntentError, PacketIn
+from ryu_apps.framework.core import FabricCore
+from ryu_apps.framework.pipeline import FORWARD, INGRESS, PIPELINE
+from ryu_apps.framework.rest import ApiError
+from ryu_apps.framework.state import SwitchState
+from ryu_apps.functions.oam_ecmp import model
+from ryu_apps.openflow import ofwire
+from ryu_apps.openflow.ofdata import (
     Bucket,
     DecTtl,
     Flow,
@@ -65,9 +69,6 @@ from ryu_apps.lib.ofdata import (
     Output,
     SetField,
 )
-from ryu_apps.lib.pipeline import FORWARD, INGRESS, PIPELINE
-from ryu_apps.lib.rest import ApiError
-from ryu_apps.lib.state import SwitchState
 
 LOG = logging.getLogger(__name__)
 APP = "oam_ecmp"

@@ -13,9 +13,17 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from ryu_apps.lib.ofdata import (OFPP_CONTROLLER, OFPP_IN_PORT, DecTtl, GroupAction, Output, RegMove, Resubmit,
-                                 SetField)
-from ryu_apps.lib.state import SwitchState
+from ryu_apps.framework.state import SwitchState
+from ryu_apps.openflow.ofdata import (
+    OFPP_CONTROLLER,
+    OFPP_IN_PORT,
+    DecTtl,
+    GroupAction,
+    Output,
+    RegMove,
+    Resubmit,
+    SetField,
+)
 
 MAX_STEPS = 32
 

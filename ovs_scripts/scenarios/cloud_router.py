@@ -25,11 +25,11 @@ from ovs_scripts import flowdump
 from ovs_scripts.demo import Check, scenario
 from ovs_scripts.lab import Lab
 from ovs_scripts.sandbox import kill_pid
-from ryu_apps.lib import cookies
+from ryu_apps.framework import cookies
 
 PY = sys.executable
 APP = "cloud_router"
-K_LOC, K_POLICY = 2, 4  # cookie kinds (ryu_apps.lib.cloud_router_flows)
+K_LOC, K_POLICY = 2, 4  # cookie kinds (ryu_apps.functions.cloud_router.flows)
 P_RULE_DENY = 4000
 
 # what each service host runs: TCP+UDP echo ports (iperf3 on web:5201)

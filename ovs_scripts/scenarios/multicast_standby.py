@@ -148,7 +148,7 @@ def multicast_standby(lab: Lab, check: Check) -> None:
     import scapy.layers.l2  # noqa: F401
     from scapy.utils import rdpcap
 
-    from ryu_apps.lib import multicast_standby_wire as wire
+    from ryu_apps.functions.multicast_standby import wire
 
     frames = [wire.parse_request(bytes(p)) for _, path in caps for p in rdpcap(str(path))]
     into = [f for f in frames if f.dest_device == 0x53 and f.sender_device == 0x55]

@@ -9,10 +9,17 @@ import json
 import time
 import urllib.request
 
-from ovs_scripts.demo import Check, port_tx_packets, scenario, start_server, tcp, tcp_detail
+from ovs_scripts import oam_ecmp_faults as faults
+from ovs_scripts.demo import (
+    Check,
+    port_tx_packets,
+    scenario,
+    start_server,
+    tcp,
+    tcp_detail,
+)
 from ovs_scripts.lab import Lab
-from ryu_apps.lib import oam_ecmp_faults as faults
-from ryu_apps.lib import oam_ecmp_model as model
+from ryu_apps.functions.oam_ecmp import model
 
 
 def _verify(lab: Lab, **body) -> dict:

@@ -18,9 +18,16 @@ import time
 
 import pytest
 
-from ryu_apps.lib.fenced_clone_model import link_local
+from ryu_apps.functions.fenced_clone.model import link_local
 from tests.integration.conftest import module_factory
-from tests.integration.test_fenced_clone import TOPO, Captures, call, ident, send_frames, wait_synced
+from tests.integration.test_fenced_clone import (
+    TOPO,
+    Captures,
+    call,
+    ident,
+    send_frames,
+    wait_synced,
+)
 
 pytestmark = pytest.mark.integration
 PY = sys.executable
@@ -78,7 +85,13 @@ def counters(lab, fence):
 
 def test_spoofed_ns_from_a_clone_leaves_no_neighbour_entry_anywhere(lab, tmp_path):
     """The issue's repro, with every source kind; then every host's neighbour table is read."""
-    from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6NDOptDstLLAddr, ICMPv6NDOptSrcLLAddr, IPv6
+    from scapy.layers.inet6 import (
+        ICMPv6ND_NA,
+        ICMPv6ND_NS,
+        ICMPv6NDOptDstLLAddr,
+        ICMPv6NDOptSrcLLAddr,
+        IPv6,
+    )
     from scapy.layers.l2 import Ether
 
     H = lab.topology.hosts

@@ -29,10 +29,9 @@ import time
 
 import pytest
 
-from tests.fakecontroller import controller  # noqa: F401  (fixture)
-
 from ovs_scripts import flowdump as fd
-from ryu_apps.lib import cookies
+from ryu_apps.framework import cookies
+from tests.fakecontroller import controller  # noqa: F401  (fixture)
 
 TOOLS = ("ovsdb-tool", "ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "ovs-ofctl")
 SCHEMAS = ("/usr/share/openvswitch/vswitch.ovsschema", "/usr/local/share/openvswitch/vswitch.ovsschema")

@@ -25,10 +25,20 @@ import pytest
 import yaml
 
 from ovs_scripts.sandbox import kill_pid
-from ryu_apps.lib import multicast_standby_wire as wire
+from ryu_apps.functions.multicast_standby import wire
 from tests.integration import conftest
-from tests.integration.test_multicast_standby import (SRC, all_protected, diff_all, receiver, rest, result, sender,
-                                                      standby_of, wait_for, wait_synced)
+from tests.integration.test_multicast_standby import (
+    SRC,
+    all_protected,
+    diff_all,
+    receiver,
+    rest,
+    result,
+    sender,
+    standby_of,
+    wait_for,
+    wait_synced,
+)
 
 pytestmark = pytest.mark.integration
 TOPO = Path(__file__).resolve().parents[2] / "topologies" / "multicast_standby.yaml"

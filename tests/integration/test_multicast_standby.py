@@ -113,7 +113,7 @@ def read_requests(path):
     import scapy.layers.l2  # noqa: F401 - so rdpcap knows Ethernet
     from scapy.utils import rdpcap
 
-    from ryu_apps.lib import multicast_standby_wire as wire
+    from ryu_apps.functions.multicast_standby import wire
 
     return [wire.parse_request(bytes(p)) for p in rdpcap(str(path))]
 

@@ -26,8 +26,8 @@ from pathlib import Path
 import pytest
 
 from ovs_scripts import flowdump
-from ryu_apps.lib import oam_ecmp_faults as faults
-from ryu_apps.lib import oam_ecmp_model as m
+from ovs_scripts import oam_ecmp_faults as faults
+from ryu_apps.functions.oam_ecmp import model as m
 
 pytestmark = pytest.mark.integration
 TOPO = Path(__file__).resolve().parents[2] / "topologies"
@@ -478,7 +478,7 @@ def test_rest_errors_name_the_field(lab):
 
 
 def test_cli_verify_and_fault(lab, healed):
-    cli = [PY, "-m", "ryu_apps.lib.oam_ecmp_cli"]
+    cli = [PY, "-m", "ovs_scripts.oam_ecmp_cli"]
     env = {"OVSLAB_RUNDIR": str(lab.dir.parent), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
     r = subprocess.run(cli + ["verify", "--url", lab.rest_url], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and f"{PAIRS} ok, 0 with findings" in r.stdout, r.stdout + r.stderr

@@ -1,6 +1,6 @@
 """Well-formed OpenFlow 1.3 messages a switch sends, with the place of every length field.
 
-Shared by the unit test of :mod:`ryu_apps.lib.ofguard` and the integration test
+Shared by the unit test of :mod:`ryu_apps.openflow.ofguard` and the integration test
 that sends the same shapes to the running controller.  Each sample is built
 with its length fields recorded as ``(offset, width, minimum, label)``;
 :func:`variants` derives the malformed ones: each length set to 0, to one
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import struct
 
-from ryu_apps.lib import ofwire
-from ryu_apps.lib.ofdata import Ct, Flow, Match, Output
+from ryu_apps.openflow import ofwire
+from ryu_apps.openflow.ofdata import Ct, Flow, Match, Output
 
 XID = 0x1234
 

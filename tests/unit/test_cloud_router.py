@@ -9,16 +9,42 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from ryu_apps.lib import cookies, pipeline
-from ryu_apps.lib import topology as T
-from ryu_apps.lib.cloud_router_flows import (K_LOC, UP, ClientInfo, FlowCache, Inputs, active_nac,
-                                             compute_cloud, failed_nacs)
-from ryu_apps.lib.cloud_router_model import (QUARANTINE, CloudRouterIntent, IntentCheckError, Locations, Rule,
-                                             assign_keys, derive_roles, expand_rule, nac_order, policy_ids,
-                                             range_to_masks)
-from ryu_apps.lib.cloud_router_pkt import client_frame
-from ryu_apps.lib.ofdata import OFPP_CONTROLLER, OFPP_IN_PORT, GroupAction, Meter, MeterBand, Output, Resubmit
-from ryu_apps.lib.pktparse import BadPacket
+from ryu_apps.framework import cookies, pipeline
+from ryu_apps.framework import topology as T
+from ryu_apps.functions.cloud_router.flows import (
+    K_LOC,
+    UP,
+    ClientInfo,
+    FlowCache,
+    Inputs,
+    active_nac,
+    compute_cloud,
+    failed_nacs,
+)
+from ryu_apps.functions.cloud_router.model import (
+    QUARANTINE,
+    CloudRouterIntent,
+    IntentCheckError,
+    Locations,
+    Rule,
+    assign_keys,
+    derive_roles,
+    expand_rule,
+    nac_order,
+    policy_ids,
+    range_to_masks,
+)
+from ryu_apps.functions.cloud_router.wire import client_frame
+from ryu_apps.openflow.ofdata import (
+    OFPP_CONTROLLER,
+    OFPP_IN_PORT,
+    GroupAction,
+    Meter,
+    MeterBand,
+    Output,
+    Resubmit,
+)
+from ryu_apps.packet.parse import BadPacket
 
 REPO = Path(__file__).resolve().parents[2]
 TOPO_FILE = REPO / "topologies" / "cloud_router.yaml"

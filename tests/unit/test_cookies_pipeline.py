@@ -2,7 +2,7 @@
 
 import pytest
 
-from ryu_apps.lib import cookies, pipeline
+from ryu_apps.framework import cookies, pipeline
 
 
 def test_cookie_round_trip():

@@ -1,15 +1,15 @@
 """Base fabric computation: where packets go, checked on a table simulator."""
 
+from pathlib import Path
+
 import pytest
 
 from ryu_apps.fabric import FabricIntent, compute_fabric, ecmp_group_id
-from ryu_apps.lib import pipeline
-from ryu_apps.lib.app import FabricView
-from ryu_apps.lib.state import ActualState, SwitchState, diff
-from ryu_apps.lib.topology import load
+from ryu_apps.framework import pipeline
+from ryu_apps.framework.app import FabricView
+from ryu_apps.framework.state import ActualState, SwitchState, diff
+from ryu_apps.framework.topology import load
 from tests.fakeswitch import Fabric, run
-
-from pathlib import Path
 
 TOPO = Path(__file__).resolve().parents[2] / "topologies"
 ROUTER_MAC = FabricIntent().router_mac
@@ -146,8 +146,8 @@ def test_ecmp_group_ids_stable_and_collision_free():
 
 
 def test_state_conflict_detected():
-    from ryu_apps.lib.ofdata import Flow, Match, Output
-    from ryu_apps.lib.state import StateConflict
+    from ryu_apps.framework.state import StateConflict
+    from ryu_apps.openflow.ofdata import Flow, Match, Output
 
     st = SwitchState()
     st.add_flow(Flow(table=90, priority=500, match=Match(in_port=1), actions=(Output(2),)))

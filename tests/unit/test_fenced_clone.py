@@ -8,12 +8,24 @@ from pathlib import Path
 import pytest
 
 from ryu_apps.fabric import FabricIntent, compute_fabric
-from ryu_apps.lib import cookies, pipeline
-from ryu_apps.lib.app import FabricView, IntentError
-from ryu_apps.lib.fenced_clone_flows import APP, K_FENCE_DROP, K_PORT_DROP, compute_fence, fence_cookie_mask
-from ryu_apps.lib.fenced_clone_model import FencedCloneIntent, fence_mac, intent_error_relative, link_local, resolve
-from ryu_apps.lib.state import ActualState, SwitchState, diff
-from ryu_apps.lib.topology import load
+from ryu_apps.framework import cookies, pipeline
+from ryu_apps.framework.app import FabricView, IntentError
+from ryu_apps.framework.state import ActualState, SwitchState, diff
+from ryu_apps.framework.topology import load
+from ryu_apps.functions.fenced_clone.flows import (
+    APP,
+    K_FENCE_DROP,
+    K_PORT_DROP,
+    compute_fence,
+    fence_cookie_mask,
+)
+from ryu_apps.functions.fenced_clone.model import (
+    FencedCloneIntent,
+    fence_mac,
+    intent_error_relative,
+    link_local,
+    resolve,
+)
 from tests import fakeswitch
 from tests.fakeswitch import Fabric
 

@@ -15,10 +15,9 @@ import types
 
 import pytest
 
-from tests.fakecontroller import controller  # noqa: F401  (fixture)
-
 from ovs_scripts import flowdump as fd
-from ryu_apps.lib import cookies
+from ryu_apps.framework import cookies
+from tests.fakecontroller import controller  # noqa: F401  (fixture)
 
 H1 = cookies.make("fabric", 1, "h1")
 H2 = cookies.make("fabric", 1, "h2")

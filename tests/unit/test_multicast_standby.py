@@ -17,14 +17,20 @@ from scapy.layers.igmp import IGMP, IGMPv3_MR, IGMPv3_MR_Group
 from scapy.layers.inet import IP
 from scapy.layers.l2 import Ether
 
-from ryu_apps.lib import cookies, pipeline
-from ryu_apps.lib import multicast_standby_model as model
-from ryu_apps.lib import multicast_standby_wire as wire
-from ryu_apps.lib.app import FabricView, IntentError
-from ryu_apps.lib.ofdata import GroupAction, Output, PopVlan, PushVlan, SetField, OFPP_CONTROLLER
-from ryu_apps.lib.pktparse import BadPacket
-from ryu_apps.lib.topology import load
+from ryu_apps.framework import cookies, pipeline
+from ryu_apps.framework.app import FabricView, IntentError
+from ryu_apps.framework.topology import load
+from ryu_apps.functions.multicast_standby import model, wire
 from ryu_apps.multicast_standby import MulticastIntent
+from ryu_apps.openflow.ofdata import (
+    OFPP_CONTROLLER,
+    GroupAction,
+    Output,
+    PopVlan,
+    PushVlan,
+    SetField,
+)
+from ryu_apps.packet.parse import BadPacket
 from tests.fakeswitch import lookup
 
 TOPO = load(Path(__file__).resolve().parents[2] / "topologies" / "multicast_standby.yaml")

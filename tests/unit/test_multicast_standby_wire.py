@@ -4,12 +4,12 @@ import random
 import time
 
 import pytest
-from scapy.layers.igmp import IGMP, IGMPv3_MR, IGMPv3_MR_Group, IGMPv3_MQ
+from scapy.layers.igmp import IGMP, IGMPv3_MQ, IGMPv3_MR, IGMPv3_MR_Group
 from scapy.layers.inet import IP
 from scapy.layers.l2 import Dot1Q, Ether
 
-from ryu_apps.lib import multicast_standby_wire as w
-from ryu_apps.lib.pktparse import BadPacket
+from ryu_apps.functions.multicast_standby import wire as w
+from ryu_apps.packet.parse import BadPacket
 
 MAC = "02:00:00:00:05:02"
 

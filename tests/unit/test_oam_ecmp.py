@@ -20,12 +20,21 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from ovs_scripts.topogen import fat_tree, leaf_spine
 from ryu_apps.fabric import FabricIntent, compute_fabric
-from ryu_apps.lib import oam_ecmp_model as m
-from ryu_apps.lib import pipeline
-from ryu_apps.lib.app import FabricView
-from ryu_apps.lib.oam_ecmp_topo import fat_tree, leaf_spine
-from ryu_apps.lib.ofdata import (
+from ryu_apps.framework import pipeline
+from ryu_apps.framework.app import FabricView
+from ryu_apps.framework.state import SwitchState
+from ryu_apps.framework.topology import from_dict, load
+from ryu_apps.functions.oam_ecmp import model as m
+from ryu_apps.oam_ecmp import (
+    TWIN_TABLES,
+    OamIntent,
+    ReadTables,
+    compute_oam,
+    intended_routes,
+)
+from ryu_apps.openflow.ofdata import (
     OFPP_CONTROLLER,
     Bucket,
     DecTtl,
@@ -37,15 +46,6 @@ from ryu_apps.lib.ofdata import (
     MeterBand,
     Output,
     SetField,
-)
-from ryu_apps.lib.state import SwitchState
-from ryu_apps.lib.topology import from_dict, load
-from ryu_apps.oam_ecmp import (
-    TWIN_TABLES,
-    OamIntent,
-    ReadTables,
-    compute_oam,
-    intended_routes,
 )
 
 TOPO = Path(__file__).resolve().parents[2] / "topologies"

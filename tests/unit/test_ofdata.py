@@ -1,4 +1,4 @@
-"""Unit tests for ryu_apps.lib.ofdata (the frozen OpenFlow 1.3 data model).
+"""Unit tests for ryu_apps.openflow.ofdata (the frozen OpenFlow 1.3 data model).
 
 Runs without Open vSwitch; the ovs-ofctl syntax check is skipped when
 ``ovs-ofctl`` is not installed.
@@ -10,13 +10,12 @@ import dataclasses
 import json
 import pickle
 import shutil
-import subprocess
-
 import struct
+import subprocess
 
 import pytest
 
-from ryu_apps.lib.ofdata import (
+from ryu_apps.openflow.ofdata import (
     FIELDS,
     OFPCML_NO_BUFFER,
     OFPFF_CHECK_OVERLAP,
@@ -507,7 +506,7 @@ def test_select_group_default_weight_one():
 
 def test_select_weight_zero_is_kept_exactly_through_decode_encode_and_diff():
     """Weight 0 means "never picked" in OVS; state read from a switch must not be changed on the way in."""
-    from ryu_apps.lib import ofwire
+    from ryu_apps.openflow import ofwire
 
     g = Group(5, "select", (Bucket((Output(1),), weight=1, watch_port=1), Bucket((Output(2),), weight=0,
                                                                                   watch_port=2)))

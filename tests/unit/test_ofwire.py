@@ -1,4 +1,4 @@
-"""Unit tests for ryu_apps.lib.ofwire (fast OpenFlow 1.3 encoder / bounded decoder).
+"""Unit tests for ryu_apps.openflow.ofwire (fast OpenFlow 1.3 encoder / bounded decoder).
 
 Oracles:
 
@@ -32,8 +32,8 @@ import time
 import pytest
 from os_ken.ofproto import nicira_ext, ofproto_parser, ofproto_v1_3, ofproto_v1_3_parser
 
-from ryu_apps.lib import ofwire as W
-from ryu_apps.lib.ofdata import (
+from ryu_apps.openflow import ofwire as W
+from ryu_apps.openflow.ofdata import (
     FIELDS,
     NX_NAT_F_DST,
     NX_NAT_F_PERSISTENT,

@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ryu_apps.fabric import neighbor_advertisement
-from ryu_apps.lib import multicast_standby_wire as mwire
-from ryu_apps.lib import oam_ecmp_model as oam
-from ryu_apps.lib import pktparse
-from ryu_apps.lib.cloud_router_pkt import client_frame
+from ryu_apps.functions.cloud_router.wire import client_frame
+from ryu_apps.functions.multicast_standby import wire as mwire
+from ryu_apps.functions.oam_ecmp import model as oam
+from ryu_apps.packet import parse as pktparse
 from tests.timelimit import time_limit
 
 LIMIT = 1.0  # seconds per input, enforced by an alarm (hypothesis' deadline only reports afterwards)

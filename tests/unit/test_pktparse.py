@@ -7,7 +7,7 @@ import pytest
 from scapy.layers.inet6 import ICMPv6ND_NS, ICMPv6NDOptSrcLLAddr, IPv6
 from scapy.layers.l2 import Dot1Q, Ether
 
-from ryu_apps.lib import pktparse
+from ryu_apps.packet import parse as pktparse
 
 
 def ns_frame(**kw):

@@ -5,7 +5,7 @@ import json
 
 from pydantic import BaseModel, Field
 
-from ryu_apps.lib.rest import ApiError, RestApi
+from ryu_apps.framework.rest import ApiError, RestApi
 
 
 class Member(BaseModel):

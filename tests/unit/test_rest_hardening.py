@@ -11,8 +11,14 @@ import logging
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from ryu_apps.lib import rest
-from ryu_apps.lib.rest import PerParam, RestApi, RestConfigError, RestSecurity, is_loopback
+from ryu_apps.framework import rest
+from ryu_apps.framework.rest import (
+    PerParam,
+    RestApi,
+    RestConfigError,
+    RestSecurity,
+    is_loopback,
+)
 
 TOKEN = "t0ken-" + "x" * 26
 

@@ -1,4 +1,4 @@
-"""Validation of lab topology files (ryu_apps/lib/topology.py); no OVS needed.
+"""Validation of lab topology files (ryu_apps/framework/topology.py); no OVS needed.
 
 Every bad input must give a TopologyError whose message reads
 ``FILE: KEY: what is wrong``; the table below is one row per class of mistake.
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ryu_apps.lib import topology as T
-from ryu_apps.lib.topology import TopologyError
+from ryu_apps.framework import topology as T
+from ryu_apps.framework.topology import TopologyError
 
 REPO = Path(__file__).resolve().parents[2]
 TOPOLOGIES = sorted((REPO / "topologies").glob("*.yaml"))

@@ -1,0 +1,423 @@
+"""One programmer per switch: make the switch hold exactly the desired state.
+
+The programmer is the only code that writes flows, groups and meters.  On
+(re)connect it reads the switch's tables, diffs them against the desired state
+and sends only the difference; afterwards it diffs each new desired state
+against what it last wrote.  A restart with unchanged intent therefore sends
+nothing, and flow counters and durations keep counting.
+
+Order of a sync (Faucet's ``valve_flowreorder`` idea, made atomic with bundles):
+
+1. meters and groups that are new or changed, then a barrier;
+2. all flow changes in one atomic, ordered ONF bundle (deletes, adds, mods):
+   the switch flips from the old table set to the new one at commit;
+3. meters and groups nobody references any more, then a barrier.
+
+Messages are encoded by :mod:`ryu_apps.openflow.ofwire` straight to bytes and sent
+in large batches; replies the programmer waits for (flow/group/meter dumps,
+barriers, bundle replies, errors) are taken off the wire by xid before os-ken
+would parse them, so reading 100k flows does not build 100k Python objects.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import struct
+import time
+from dataclasses import dataclass, field
+
+from os_ken.lib import hub
+from os_ken.ofproto import ofproto_parser
+
+from ryu_apps.framework.state import ActualState, Changes, SwitchState, diff
+from ryu_apps.openflow import ofwire
+from ryu_apps.openflow.ofdata import Group, Meter
+
+LOG = logging.getLogger(__name__)
+
+OFPT_ERROR, OFPT_EXPERIMENTER, OFPT_BARRIER_REPLY, OFPT_MULTIPART_REPLY = 1, 4, 21, 19
+OFPMPF_REPLY_MORE = 1
+SEND_CHUNK = 1 << 20
+# xids the programmer uses: a range os-ken's own random xids rarely hit.
+XID_BASE, XID_MASK = 0x7F000000, 0x00FFFFFF
+_XIDS = itertools.count(1)
+
+
+class ProgrammingError(RuntimeError):
+    """The switch rejected part of a sync (the bundle was rolled back)."""
+
+
+# ---------------------------------------------------------------------------
+# Taking our replies off the wire before os-ken parses them.
+
+_waiters: dict[tuple[int, int], "_Waiter"] = {}
+# Errors for programmer xids nobody waits on individually (bundle adds), by datapath.
+# Kept only inside the xid window a sync has opened (:meth:`OFChannel.expect_errors`),
+# at most STRAY_ERRORS_MAX per datapath, and dropped when the datapath disconnects.
+_stray_errors: dict[int, list] = {}
+_error_windows: dict[int, tuple[int, int]] = {}
+STRAY_ERRORS_MAX = 1000
+_installed = False
+
+
+@dataclass
+class _Waiter:
+    event: object
+    kind: str  # multipart | barrier | bundle
+    bodies: list = field(default_factory=list)
+    errors: list = field(default_factory=list)
+    done: bool = False
+    failed: str | None = None  # set when the channel died under the waiter
+
+
+_TAKES = {OFPT_MULTIPART_REPLY: "multipart", OFPT_BARRIER_REPLY: "barrier", OFPT_EXPERIMENTER: "bundle"}
+
+
+def waiter_for(datapath, msg_type: int, xid: int) -> _Waiter | None:
+    """The waiter that takes this message off the wire (os-ken never parses it), or None."""
+    waiter = _waiters.get((id(datapath), xid))
+    if waiter is not None and (msg_type == OFPT_ERROR or _TAKES.get(msg_type) == waiter.kind):
+        return waiter
+    return None
+
+
+def awaits_dump(datapath, xid: int) -> bool:
+    """A multipart reply the programmer takes off the wire and parses itself."""
+    return waiter_for(datapath, OFPT_MULTIPART_REPLY, xid) is not None
+
+
+def awaits_error(datapath, xid: int) -> bool:
+    """An error for an xid inside the window of a bundle the programmer is sending now."""
+    window = _error_windows.get(id(datapath))
+    return window is not None and window[0] <= xid <= window[1]
+
+
+def install_interceptor() -> None:
+    """Route replies to programmer xids to their waiters (idempotent)."""
+    global _installed
+    if _installed:
+        return
+    original = ofproto_parser._MSG_PARSERS[ofwire.OFP_VERSION]
+
+    def parse(datapath, version, msg_type, msg_len, xid, buf):
+        waiter = waiter_for(datapath, msg_type, xid)
+        if waiter is None:
+            if msg_type == OFPT_ERROR and xid & ~XID_MASK == XID_BASE and len(buf) >= 12:
+                window = _error_windows.get(id(datapath))
+                if window is not None and window[0] <= xid <= window[1]:
+                    kept = _stray_errors.setdefault(id(datapath), [])
+                    if len(kept) < STRAY_ERRORS_MAX:
+                        err_type, err_code = struct.unpack_from("!HH", buf, 8)
+                        kept.append((xid, err_type, err_code, bytes(buf[12:76])))
+                return None  # outside any open window: nobody will ask for it
+            return original(datapath, version, msg_type, msg_len, xid, buf)
+        data = bytes(buf[:msg_len])
+        if msg_type == OFPT_ERROR:
+            err_type, err_code = struct.unpack_from("!HH", data, 8) if len(data) >= 12 else (0, 0)
+            waiter.errors.append((xid, err_type, err_code, data[12:76]))
+            waiter.done = True
+        elif msg_type == OFPT_MULTIPART_REPLY:
+            mp_type, flags, body = ofwire.parse_multipart_reply(data)
+            waiter.bodies.append(bytes(body))
+            waiter.done = not flags & OFPMPF_REPLY_MORE
+        else:  # the barrier or bundle reply it waits for
+            waiter.done = True
+        if waiter.done:
+            waiter.event.set()
+        return None
+
+    ofproto_parser._MSG_PARSERS[ofwire.OFP_VERSION] = parse
+    _installed = True
+
+
+class OFChannel:
+    """Bytes out, waited-for replies in, for one connected datapath."""
+
+    def __init__(self, datapath, timeout: float = 120.0):
+        install_interceptor()
+        self.datapath = datapath
+        self.timeout = timeout
+
+    def xid(self) -> int:
+        return XID_BASE | (next(_XIDS) & XID_MASK)
+
+    def expect_errors(self, first: int, last: int) -> None:
+        """Keep errors for un-waited xids in [first, last] until :meth:`take_errors`."""
+        _error_windows[id(self.datapath)] = (first, last)
+        _stray_errors.pop(id(self.datapath), None)
+
+    def take_errors(self, first: int, last: int) -> list:
+        """Errors the switch sent for un-waited xids in [first, last]; closes the window."""
+        key = id(self.datapath)
+        if _error_windows.get(key) == (first, last):
+            del _error_windows[key]
+        errors = _stray_errors.pop(key, [])
+        return [e for e in errors if first <= e[0] <= last]
+
+    def close(self) -> None:
+        """The connection is gone: fail every waiter on it now, drop what was kept for it."""
+        key = id(self.datapath)
+        for (dp_key, xid), waiter in list(_waiters.items()):
+            if dp_key == key:
+                waiter.failed = "switch disconnected"
+                waiter.event.set()
+        _stray_errors.pop(key, None)
+        _error_windows.pop(key, None)
+
+    def send(self, data: bytes | bytearray) -> None:
+        view = memoryview(data)
+        for off in range(0, len(view), SEND_CHUNK):
+            if not self.datapath.send(bytes(view[off:off + SEND_CHUNK])):
+                raise ConnectionError("switch connection closed while sending")
+
+    def _arm(self, xid: int, kind: str) -> _Waiter:
+        waiter = _Waiter(hub.Event(), kind)
+        _waiters[(id(self.datapath), xid)] = waiter
+        return waiter
+
+    def _wait(self, xid: int, waiter: _Waiter) -> _Waiter:
+        try:
+            if not waiter.event.wait(timeout=self.timeout):
+                raise TimeoutError(f"no reply to xid {xid:#x} within {self.timeout}s")
+        finally:
+            _waiters.pop((id(self.datapath), xid), None)
+        if waiter.failed:
+            raise ConnectionError(f"{waiter.failed} while waiting for xid {xid:#x}")
+        return waiter
+
+    def multipart(self, build) -> list[bytes]:
+        """Send ``build(xid)`` (a multipart request) and return all reply bodies."""
+        xid = self.xid()
+        waiter = self._arm(xid, "multipart")
+        self.send(build(xid))
+        self._wait(xid, waiter)
+        if waiter.errors:
+            raise ProgrammingError(f"switch refused request: {_fmt_errors(waiter.errors)}")
+        return waiter.bodies
+
+    def round_trip(self, payload: bytes | bytearray, *, watch: list[int] = (), kind: str = "barrier",
+                   final=None) -> list:
+        """Send ``payload`` then a barrier (or ``final(xid)``); return errors for ``watch`` xids."""
+        waiters = {x: self._arm(x, "none") for x in watch}
+        xid = self.xid()
+        end = self._arm(xid, kind)
+        try:
+            self.send(bytes(payload) + (final(xid) if final else ofwire.barrier_request(xid)))
+            self._wait(xid, end)
+        finally:
+            for x in waiters:
+                _waiters.pop((id(self.datapath), x), None)
+        errors = list(end.errors)
+        for w in waiters.values():
+            errors.extend(w.errors)
+        return errors
+
+
+def _fmt_errors(errors) -> str:
+    return "; ".join(f"xid {x:#x} type {t} code {c}" for x, t, c, _ in errors[:5]) + (
+        f" (+{len(errors) - 5} more)" if len(errors) > 5 else "")
+
+
+# ---------------------------------------------------------------------------
+
+
+def read_actual(channel: OFChannel) -> ActualState:
+    """Read every flow, group and meter of the switch into canonical form."""
+    actual = ActualState()
+    for body in channel.multipart(ofwire.flow_stats_request):
+        for st in ofwire.parse_flow_stats(body):
+            actual.flows[st.identity] = st.body
+    for body in channel.multipart(ofwire.group_desc_request):
+        for g in ofwire.parse_group_desc(body):
+            actual.groups[g.group_id] = g.key
+    for body in channel.multipart(ofwire.meter_config_request):
+        for m in ofwire.parse_meter_config(body):
+            actual.meters[m.meter_id] = m.key
+    return actual
+
+
+_bundle_ids = itertools.count(1)
+
+
+def send_changes(channel: OFChannel, changes: Changes) -> None:
+    """Apply ``changes`` in the safe order; raise ProgrammingError on any refusal."""
+    # 1. new and changed meters and groups, before flows that use them
+    buf, xids = bytearray(), []
+    for meter in changes.meter_adds:
+        x = channel.xid(); xids.append(x); buf += ofwire.meter_mod(meter, ofwire.OFPMC_ADD, x)
+    for meter in changes.meter_mods:
+        x = channel.xid(); xids.append(x); buf += ofwire.meter_mod(meter, ofwire.OFPMC_MODIFY, x)
+    for group in changes.group_adds:
+        x = channel.xid(); xids.append(x); buf += ofwire.group_mod(group, ofwire.OFPGC_ADD, x)
+    for group in changes.group_mods:
+        x = channel.xid(); xids.append(x); buf += ofwire.group_mod(group, ofwire.OFPGC_MODIFY, x)
+    if buf:
+        errors = channel.round_trip(buf, watch=xids)
+        if errors:
+            raise ProgrammingError(f"meter/group changes refused: {_fmt_errors(errors)}")
+
+    # 2. all flow changes in one atomic, ordered bundle
+    n_flow = len(changes.flow_deletes) + len(changes.flow_adds) + len(changes.flow_mods)
+    if n_flow:
+        bid = next(_bundle_ids) & 0xFFFFFFFF
+        flags = ofwire.ONF_BF_ATOMIC | ofwire.ONF_BF_ORDERED
+        buf = bytearray()
+        x = channel.xid()
+        buf += ofwire.bundle_ctrl(bid, ofwire.ONF_BCT_OPEN_REQUEST, flags, x)
+        first = x
+        for ident in changes.flow_deletes:
+            x = channel.xid()  # by the match bytes as read: works for fields we do not model too
+            buf += ofwire.bundle_add(bid, flags, ofwire.delete_strict(ident, x), x)
+        for flow in changes.flow_adds:
+            x = channel.xid()
+            buf += ofwire.bundle_add(bid, flags, ofwire.flow_mod(flow, ofwire.OFPFC_ADD, x), x)
+        for flow in changes.flow_mods:
+            x = channel.xid()
+            buf += ofwire.bundle_add(bid, flags, ofwire.flow_mod(flow, ofwire.OFPFC_MODIFY_STRICT, x), x)
+        last = x
+        # A refused bundle add is reported by its xid and left out of the bundle,
+        # so check for refusals (barrier) before committing, and discard if any.
+        channel.expect_errors(first, last)
+        try:
+            errors = channel.round_trip(buf)
+        finally:
+            stray = channel.take_errors(first, last)
+        errors += stray
+        if errors:
+            channel.round_trip(b"", kind="bundle", final=lambda xid: ofwire.bundle_ctrl(
+                bid, ofwire.ONF_BCT_DISCARD_REQUEST, flags, xid))
+            raise ProgrammingError(f"flow bundle discarded: {_fmt_errors(errors)}")
+        errors = channel.round_trip(b"", kind="bundle", final=lambda xid: ofwire.bundle_ctrl(
+            bid, ofwire.ONF_BCT_COMMIT_REQUEST, flags, xid))
+        if errors:
+            raise ProgrammingError(f"flow bundle commit refused, nothing changed: {_fmt_errors(errors)}")
+
+    # 3. groups and meters no flow uses any more
+    buf, xids = bytearray(), []
+    for gid in changes.group_deletes:
+        x = channel.xid(); xids.append(x); buf += ofwire.group_mod(Group(group_id=gid, type='all', buckets=()), ofwire.OFPGC_DELETE, x)
+    for mid in changes.meter_deletes:
+        x = channel.xid(); xids.append(x); buf += ofwire.meter_mod(Meter(meter_id=mid, bands=()), ofwire.OFPMC_DELETE, x)
+    if buf:
+        errors = channel.round_trip(buf, watch=xids)
+        if errors:
+            raise ProgrammingError(f"meter/group deletes refused: {_fmt_errors(errors)}")
+
+
+class SwitchProgrammer:
+    """Keeps one switch at the desired state; runs in its own green thread."""
+
+    def __init__(self, name: str, dpid: int):
+        self.name = name
+        self.dpid = dpid
+        self.desired = SwitchState()
+        self.version = 0          # bumped on every new desired state
+        self.synced_version = -1  # version the switch is known to hold
+        self.actual: ActualState | None = None
+        self.channel: OFChannel | None = None
+        self.last_changes: dict[str, int] = {}
+        self.last_sync_seconds = 0.0
+        self.last_error: str | None = None
+        self.syncs = 0
+        self.connected_at: float | None = None
+        # bumped whenever what we believe about the switch is void (reconnect, resync request);
+        # a sync that started under an older epoch must not mark the switch synced
+        self._epoch = 0
+        self.connect_to_sync_seconds: float | None = None
+        self._kick = hub.Event()
+        self._thread = hub.spawn(self._loop)
+
+    # -- inputs -----------------------------------------------------------
+    def set_desired(self, desired: SwitchState) -> None:
+        self.desired = desired
+        self.version += 1
+        self._kick.set()
+
+    def connected(self, datapath) -> None:
+        """A (re)connection: forget what we believed and read the switch."""
+        self.channel = OFChannel(datapath)
+        self._forget()
+        self.connected_at = time.monotonic()
+        self.connect_to_sync_seconds = None
+        self._kick.set()
+
+    def disconnected(self) -> None:
+        if self.channel is not None:
+            self.channel.close()  # a sync waiting on this channel fails now, not after its timeout
+        self.channel = None
+        self._forget()
+
+    def _forget(self) -> None:
+        self._epoch += 1
+        self.actual = None
+        self.synced_version = -1
+
+    @property
+    def is_connected(self) -> bool:
+        return self.channel is not None
+
+    @property
+    def synced(self) -> bool:
+        return self.channel is not None and self.synced_version == self.version
+
+    def resync(self) -> None:
+        """Re-read the switch and repair any drift (an audit)."""
+        self._forget()
+        self._kick.set()
+
+    # -- the loop ---------------------------------------------------------
+    def _loop(self) -> None:
+        backoff = 0.5
+        while True:
+            self._kick.wait()
+            self._kick.clear()
+            channel = self.channel
+            if channel is None or self.synced_version == self.version:
+                continue
+            try:
+                self.sync_once(channel)
+                backoff = 0.5
+            except Exception as exc:  # keep the loop alive; retry with backoff
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                LOG.error("%s: sync failed: %s", self.name, self.last_error)
+                self.actual = None
+                hub.sleep(backoff)
+                backoff = min(backoff * 2, 10)
+                self._kick.set()
+
+    def sync_once(self, channel: OFChannel) -> Changes:
+        """Read the switch if needed, send the difference, remember the result."""
+        start = time.monotonic()
+        version, desired, epoch = self.version, self.desired, self._epoch
+        if self.actual is None:
+            self.actual = read_actual(channel)
+        changes = diff(desired, self.actual)
+        if not changes.empty:
+            send_changes(channel, changes)
+        if channel is not self.channel:
+            raise ConnectionError("switch reconnected during sync")
+        if epoch != self._epoch:  # a resync was asked for meanwhile: read the switch again
+            self._kick.set()
+            return changes
+        self.actual = ActualState.of(desired)
+        self.synced_version = version
+        self.syncs += 1
+        self.last_error = None
+        self.last_changes = changes.counts()
+        now = time.monotonic()
+        self.last_sync_seconds = now - start
+        if self.connect_to_sync_seconds is None and self.connected_at is not None:
+            self.connect_to_sync_seconds = now - self.connected_at
+        LOG.info("%s: synced v%d in %.3fs: %s", self.name, version, self.last_sync_seconds,
+                 {k: v for k, v in self.last_changes.items() if v} or "no changes")
+        return changes
+
+    def status(self) -> dict:
+        return {"connected": self.is_connected, "synced": self.synced, "version": self.version,
+                "syncs": self.syncs, "last_changes": self.last_changes,
+                "last_sync_seconds": round(self.last_sync_seconds, 4),
+                "connect_to_sync_seconds": (None if self.connect_to_sync_seconds is None
+                                            else round(self.connect_to_sync_seconds, 4)),
+                "last_error": self.last_error,
+                **self.desired.summary()}
