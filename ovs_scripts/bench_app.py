@@ -42,8 +42,8 @@ class Bench(FabricApp):
     APP_NAME = "bench"
     IntentModel = BenchIntent
 
-    def compute(self, view: FabricView) -> dict[str, SwitchState]:
-        flows = bench_flows(self.intent.flows, lambda blk: self.cookie(1, blk), self.intent.out_port)
+    def compute(self, view: FabricView, intent: BenchIntent, part=None) -> dict[str, SwitchState]:
+        flows = bench_flows(intent.flows, lambda blk: self.cookie(1, blk), intent.out_port)
         out = {}
         for name in view.topology.switches:
             st = SwitchState()

@@ -470,28 +470,10 @@ class MulticastStandby(FabricApp):
         every app's state for the new view, and finds this app's part already in place.
         """
         try:
-            mine = self.compute(self.core.view())
-            app = cookies.app_id(APP)
-            for name, prog in self.core.programmers.items():
-                cur = prog.desired
-                new = SwitchState()
-                for f in cur.flows.values():
-                    if f.cookie >> cookies.APP_SHIFT != app:
-                        new.add_flow(f)
-                for g in cur.groups.values():
-                    if g.cookie >> cookies.APP_SHIFT != app:
-                        new.add_group(g)
-                for m in cur.meters.values():
-                    if m.meter_id not in model.METERS:
-                        new.add_meter(m)
-                new.owners = {c: t for c, t in cur.owners.items() if c >> cookies.APP_SHIFT != app}
-                new.merge(mine.get(name, SwitchState()), APP)
-                new.check_references()
-                if new.flows != cur.flows or new.groups != cur.groups or new.meters != cur.meters:
-                    prog.set_desired(new)
+            self.core.recompute_now(self)
         except Exception:  # the core's loop computes everything anyway, and reports what is wrong
             LOG.exception("fast failover push failed")
-            self.core.schedule_recompute()
+            self.core.invalidate(self)
 
     @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
     def _state_change(self, ev):

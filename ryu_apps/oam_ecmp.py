@@ -58,6 +58,7 @@ from ryu_apps.framework.state import SwitchState
 from ryu_apps.functions.oam_ecmp import model
 from ryu_apps.openflow import ofwire
 from ryu_apps.openflow.ofdata import (
+    OFPP_TABLE,
     Bucket,
     DecTtl,
     Flow,
@@ -439,18 +440,19 @@ class OamEcmp(FabricApp):
         return plan, leaves
 
     def _fabric_intent(self) -> FabricIntent | None:
-        fab = self.core.apps.get("fabric")
-        return getattr(fab, "intent", None)
+        return self.core.app_intent("fabric")
 
-    def compute(self, view: FabricView) -> dict[str, SwitchState]:
-        plan, leaves = self._plan_of(self.intent)  # the candidate intent under try_intent
-        return compute_oam(view, plan, leaves, self.tables, self.intent)
+    def compute(self, view: FabricView, intent: OamIntent, part=None) -> dict[str, SwitchState]:
+        planned = self._planned
+        # pure: the current intent's plan was made when it became the intent; a candidate's is made here
+        plan, leaves = planned[1] if planned is not None and planned[0] is intent else self._make_plan(intent)
+        return compute_oam(view, plan, leaves, self.tables, intent)
 
     def intent_json(self) -> dict:
         return self.intent.model_dump(mode="json")
 
     # -- reports from the switches ------------------------------------------------
-    def packet_in(self, pkt: PacketIn) -> None:
+    def on_packet_in(self, pkt: PacketIn) -> None:
         try:
             rep = model.parse_report(pkt.data)
         except model.BadReport:
@@ -470,7 +472,7 @@ class OamEcmp(FabricApp):
         """Every connected switch's forward table and groups, read in parallel (kept in ``self.tables``
         for the probe twins), and from them its route towards every leaf and family (for the findings)."""
         topo = self.core.topology
-        down = frozenset(self.core.down_ports)
+        down = self.core.view().down_ports
         lookups = {model.route_key(d, fam): (d, ep.address, model.lookup_packet(ep))
                    for d in self.leaves for fam, ep in model.endpoints(topo, d).items()}
         out: dict[str, dict[str, model.Route]] = {}
@@ -478,13 +480,12 @@ class OamEcmp(FabricApp):
         notes: list[str] = []
 
         def read(sw: str) -> None:
-            channel = self.core.programmers[sw].channel
-            if channel is None:
+            if not self.core.is_connected(sw):
                 notes.append(f"{sw} is not connected: its routes are unknown and probes through it vanish")
                 return
             try:
                 flows = []
-                for body in channel.multipart(ofwire.flow_stats_request):  # every table
+                for body in self.core.multipart(sw, ofwire.flow_stats_request):  # every table
                     for fs in ofwire.parse_flow_stats(body):
                         if fs.cookie >> cookies.APP_SHIFT == self.app_id:
                             continue  # our own probe twins
@@ -493,7 +494,7 @@ class OamEcmp(FabricApp):
                         except ofwire.DecodeError:
                             continue
                 groups = {}
-                for body in channel.multipart(ofwire.group_desc_request):
+                for body in self.core.multipart(sw, ofwire.group_desc_request):
                     for gs in ofwire.parse_group_desc(body):
                         if gs.group_id >> 24 == self.app_id:
                             continue  # our own mirror groups
@@ -516,8 +517,7 @@ class OamEcmp(FabricApp):
     def _wait_programmed(self, since_generation: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.core.generation > since_generation and all(
-                    p.synced for n, p in self.core.programmers.items() if n in self.core.datapaths):
+            if self.core.generation > since_generation and self.core.all_synced():
                 return True
             hub.sleep(0.02)
         return False
@@ -561,11 +561,12 @@ class OamEcmp(FabricApp):
             pairs = list(dict.fromkeys(list(pairs) + [(b, a) for a, b in pairs]))
         budget = hop_budget or self.intent.hop_budget or self.default_budget()
         timeout = collect_timeout or self.intent.collect_timeout
-        rate_limited0 = self.core.packet_ins["rate_limited"]
+        rate_limited0 = self.core.packet_in_counts()["rate_limited"]
         notes: list[str] = []
 
         # 1. what the switches hold, and the probe twins and mirror groups made from it
-        converging = sorted(n for n, p in self.core.programmers.items() if n in self.core.datapaths and not p.synced)
+        converging = sorted(n for n in self.core.topology.switches
+                            if self.core.is_connected(n) and not self.core.all_synced([n]))
         routes, read_notes = self.read_routes()
         notes += read_notes
         if converging:
@@ -574,7 +575,7 @@ class OamEcmp(FabricApp):
         t1 = time.monotonic()
         gen = self.core.generation
         self.snapshot, self.snapshot_at = routes, time.time()
-        self.core.schedule_recompute()
+        self.core.invalidate(self)  # the twins follow the tables just read
         if not self._wait_programmed(gen, timeout=15):
             notes.append("the probe twins were not programmed on every switch in time"
                          + (f" ({self.core.compute_error})" if self.core.compute_error else ""))
@@ -610,9 +611,9 @@ class OamEcmp(FabricApp):
             routes.setdefault(sw, per)
         ctx = model.Context(wiring, self.core.topology.graph(), model.distances(self.core.topology.graph(),
                                                                                  self.leaves),
-                            routes, intended_p, frozenset(self.core.down_ports))
+                            routes, intended_p, view.down_ports)
         result = model.analyze(probes, ctx)
-        rate_limited = self.core.packet_ins["rate_limited"] - rate_limited0
+        rate_limited = self.core.packet_in_counts()["rate_limited"] - rate_limited0
         if rate_limited:
             notes.append(f"{rate_limited} packet-ins were rate-limited by the controller during this run; "
                          f"findings may include reports that were dropped, not lost in the fabric")
@@ -684,13 +685,7 @@ class OamEcmp(FabricApp):
 
     def _launch(self, switch: str, in_port: int, data: bytes) -> bool:
         """Send ``data`` into ``switch``'s pipeline as if its host on ``in_port`` had sent it."""
-        dp = self.core.datapaths.get(switch)
-        if dp is None:
-            return False
-        parser, ofp = dp.ofproto_parser, dp.ofproto
-        dp.send_msg(parser.OFPPacketOut(datapath=dp, buffer_id=ofp.OFP_NO_BUFFER, in_port=in_port,
-                                        actions=[parser.OFPActionOutput(ofp.OFPP_TABLE, 0)], data=data))
-        return True
+        return self.core.packet_out(switch, OFPP_TABLE, data, in_port=in_port)
 
     @staticmethod
     def _complete(probe, routes, wiring) -> bool:

@@ -27,6 +27,9 @@ OPTS = [
     cfg.StrOpt("rest-cert", help="PEM certificate (chain) for HTTPS on the REST API (with rest-key)"),
     cfg.StrOpt("rest-key", help="PEM private key of rest-cert"),
     cfg.StrOpt("state-dir", help="where apps persist intent changed through REST"),
+    cfg.FloatOpt("audit-interval", min=0,
+                 help="seconds between audits of each switch (re-read, repair drift); 0 disables; "
+                      "default: the topology's controller.audit_interval"),
     cfg.IntOpt("packet-in-rate", default=200,
                help="packet-ins per second handled per switch; the rest are dropped and counted"),
 ]

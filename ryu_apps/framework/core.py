@@ -14,6 +14,8 @@ import json
 import logging
 import os
 import time
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 from os_ken.base import app_manager
@@ -24,7 +26,8 @@ from os_ken.ofproto import ofproto_v1_3
 from pydantic import ValidationError
 
 from ryu_apps.framework import admission, config, cookies, pipeline, programmer
-from ryu_apps.framework.app import FabricApp, FabricView, IntentError, PacketIn
+from ryu_apps.framework.app import FabricApp
+from ryu_apps.framework.view import WHOLE, FabricView, IntentError, PacketIn, PortChange, SwitchChange
 from ryu_apps.framework.pipeline import PipelineError
 from ryu_apps.framework.programmer import SwitchProgrammer
 from ryu_apps.framework.rest import ApiError, PerParam, RestApi, validation_error
@@ -37,6 +40,48 @@ LOG = logging.getLogger(__name__)
 
 PUNT_METER, PACKET_IN_BYTES = pipeline.PUNT_METER, pipeline.PACKET_IN_BYTES
 APPLY_WAIT = 10.0  # seconds a write with ?wait=1 waits for the switches to hold it
+
+
+#: "every part" in a dirty set
+ALL = "all"
+
+
+@dataclass
+class Candidate:
+    """One app's newly computed layers, checked against every switch, not yet applied."""
+
+    app: str
+    layers: dict        # switch -> {(app, part): SwitchState | None}
+    wrote: dict         # part -> switches it now writes (None: the part is gone)
+    seconds: float
+    parts: int
+
+
+class HubLag:
+    """How long the eventlet hub was blocked: a green thread that asks to wake every 5 ms and
+    records how late it woke (nothing else runs while one green thread computes)."""
+
+    PERIOD = 0.005
+
+    def __init__(self):
+        self.max = 0.0
+        self.recent: deque = deque()   # (when, late) for lateness over 1 ms, the last 10 s
+
+    def run(self) -> None:
+        while True:
+            t0 = time.monotonic()
+            hub.sleep(self.PERIOD)
+            now = time.monotonic()
+            late = now - t0 - self.PERIOD
+            if late > 0.001:
+                self.max = max(self.max, late)
+                self.recent.append((now, late))
+            while self.recent and self.recent[0][0] < now - 10:
+                self.recent.popleft()
+
+    def json(self) -> dict:
+        return {"max_last_10s": round(1000 * max((late for _, late in self.recent), default=0.0), 2),
+                "max": round(1000 * self.max, 2)}
 
 
 class TokenBucket:
@@ -95,10 +140,9 @@ class FabricCore(app_manager.OSKenApp):
         self.packet_ins = {"handled": 0, "rate_limited": 0, "no_owner": 0, "bad": 0}
         self.compute_error: str | None = None
         self.last_compute_seconds = 0.0
-        self._last_view_key = None
-        self._last_app_states: dict[str, dict[str, SwitchState]] = {}
-        self._computed = (None, None, {})
-        self._versions: dict[str, int] = {}
+        self.dirty: dict[str, object] = {}                 # app -> ALL or a set of parts
+        self.part_switches: dict[str, dict] = {}           # app -> part -> switches it wrote
+        self.compute_stats: dict[str, dict] = {}           # app -> its last recompute
         self.generation = 0
         self._recompute = hub.Event()
         self.refusals = admission.Refusals()
@@ -108,7 +152,14 @@ class FabricCore(app_manager.OSKenApp):
         ofguard.install(programmer.awaits_dump, programmer.awaits_error)
         self.api = RestApi()
         self._add_routes()
-        self.threads.append(hub.spawn(self._recompute_loop))
+        self._install_core_layers()
+        self.stats_waiters: dict[tuple[str, int], FabricApp] = {}  # (switch, xid) -> app asking
+        self.hub_lag = HubLag()
+        self.audit_interval = config.get("audit-interval")
+        if self.audit_interval is None:
+            self.audit_interval = self.topology.spec.controller.audit_interval
+        self.threads += [hub.spawn(self._recompute_loop), hub.spawn(self.hub_lag.run),
+                         hub.spawn(self._audit_loop)]
 
     def start(self):
         thread = super().start()
@@ -120,12 +171,40 @@ class FabricCore(app_manager.OSKenApp):
         self.schedule_recompute()
         return thread
 
+    def _audit_loop(self) -> None:
+        """Every audit interval, re-read each connected switch and repair drift (spread over the interval)."""
+        while True:
+            interval = self.audit_interval
+            if not interval or interval <= 0:
+                hub.sleep(5.0)
+                continue
+            names = sorted(self.programmers)
+            for name in names:
+                hub.sleep(interval / len(names))
+                prog = self.programmers[name]
+                if prog.synced:  # a switch being synced is read in full anyway
+                    prog.audit()
+
+    def _hooks(self, hook: str, *args) -> None:
+        """Call ``hook`` on every app; one app's failure is logged, never another app's problem."""
+        for app in list(self.apps.values()):
+            try:
+                getattr(app, hook)(*args)
+            except Exception:  # noqa: BLE001
+                LOG.exception("%s.%s failed", app.APP_NAME, hook)
+
     # -- apps and intent --------------------------------------------------------
     def register(self, app: FabricApp) -> None:
         if app.APP_NAME in self.apps:
             raise IntentError(f"app {app.APP_NAME} loaded twice")
         self.apps[app.APP_NAME] = app
-        self.schedule_recompute()
+        self.invalidate(app)
+
+    def unregister(self, app: FabricApp) -> None:
+        """An app that failed to start (bad intent) leaves again."""
+        if self.apps.get(app.APP_NAME) is app:
+            del self.apps[app.APP_NAME]
+            self.dirty.pop(app.APP_NAME, None)
 
     def load_intent(self, app: str):
         if self.state_dir is None:
@@ -144,7 +223,9 @@ class FabricCore(app_manager.OSKenApp):
         os.replace(tmp, self.state_dir / f"{app}.json")
 
     def view(self) -> FabricView:
-        return FabricView(self.topology, frozenset(self.down_ports), frozenset(self.dead))
+        """The view apps compute on: declared topology, ports down, switches dead, channels up."""
+        return FabricView(self.topology, frozenset(self.down_ports), frozenset(self.dead),
+                          frozenset(self.datapaths))
 
     # -- desired state ---------------------------------------------------------
     def core_state(self, switch: str) -> SwitchState:
@@ -158,90 +239,155 @@ class FabricCore(app_manager.OSKenApp):
         st.add_meter(Meter(meter_id=PUNT_METER, unit="pktps", bands=(MeterBand(rate=rate, burst_size=rate // 4 or 1),)))
         return st
 
-    def compute(self, view: FabricView, reuse_for: str | None = None) -> dict[str, SwitchState]:
-        """Merge every app's desired state; raise StateConflict/PipelineError on bad output.
+    def _install_core_layers(self) -> None:
+        for name, prog in self.programmers.items():
+            prog.set_layers({("core", WHOLE): self.core_state(name)})
 
-        With ``reuse_for`` (an app whose intent is being tried), every other
-        app's state is taken from the last recompute when that is still
-        current: same view, and no recompute pending (apps schedule one
-        whenever their runtime state changes).  Those states were checked
-        against the pipeline when first computed.
-        """
-        key = (view.down_ports, view.dead_switches)
-        # ...and no app pushed to a programmer directly since (a fast local switchover)
-        untouched = all(p.version == self._versions.get(n) for n, p in self.programmers.items())
-        reuse = (reuse_for is not None and not self._recompute.is_set() and key == self._last_view_key
-                 and untouched)
-        per_app: dict[str, dict[str, SwitchState]] = {}
-        merged = {name: self.core_state(name) for name in self.topology.switches}
-        for name, app in self.apps.items():
-            cached = reuse and name != reuse_for and name in self._last_app_states
-            app_states = self._last_app_states[name] if cached else app.compute(view)
-            per_app[name] = app_states
-            for switch, st in app_states.items():
-                if switch not in merged:
-                    raise StateConflict(f"{name} computed state for unknown switch {switch}")
-                merged[switch].merge(st, None if cached else name)
-        for st in merged.values():
-            st.check_references()
-        self._computed = (id(merged), key, per_app)
-        return merged
-
-    def _remember(self, merged: dict[str, SwitchState]) -> None:
-        """Keep the per-app states behind ``merged`` for reuse by try_intent."""
-        ident, key, per_app = self._computed
-        self._versions = {n: p.version for n, p in self.programmers.items()}
-        if ident == id(merged):
-            self._last_view_key, self._last_app_states = key, per_app
-        else:  # not what we computed last: do not trust the cache
-            self._last_view_key, self._last_app_states = None, {}
+    def invalidate(self, app: FabricApp, parts=None) -> None:
+        """``app``'s state for ``parts`` (default: all of it) is stale: recompute it soon."""
+        name = app.APP_NAME
+        if parts is None:
+            self.dirty[name] = ALL
+        else:
+            cur = self.dirty.get(name)
+            if cur is not ALL:
+                self.dirty[name] = (cur or set()) | set(parts)
+        self._recompute.set()
 
     def schedule_recompute(self) -> None:
+        """Every app's whole state is stale (a full recompute; used when in doubt)."""
+        for app in self.apps.values():
+            self.dirty[app.APP_NAME] = ALL
         self._recompute.set()
+
+    def _view_changed(self, kind: str, change) -> None:
+        """Dirty the apps that read ``kind`` (ports | switches | channels), only the parts they name."""
+        view = None
+        for app in self.apps.values():
+            if kind not in app.INPUTS:
+                continue
+            if self.dirty.get(app.APP_NAME) is ALL:
+                continue
+            view = view or self.view()
+            try:
+                parts = app.parts_changed(view, app.intent, change)
+            except Exception:  # noqa: BLE001 - when an app cannot say, recompute all of it
+                LOG.exception("%s: parts_changed failed", app.APP_NAME)
+                parts = None
+            if parts is None or parts:
+                self.invalidate(app, parts)
+
+    def compute_app(self, app: FabricApp, view: FabricView, intent, parts=ALL) -> "Candidate":
+        """Compute ``parts`` of ``app`` for ``intent`` over the cached rest; check it; change nothing.
+
+        Returns the layer replacements per switch.  Raises StateConflict or
+        PipelineError when the result would break a switch's state or the table plan.
+        """
+        name = app.APP_NAME
+        start = time.monotonic()
+        cached = self.part_switches.get(name, {})
+        current = set(app.parts(intent))
+        if parts is ALL:
+            targets, removed = current, set(cached) - current
+        else:
+            targets, removed = set(parts) & current, {p for p in parts if p not in current and p in cached}
+        repl: dict[str, dict[tuple, SwitchState | None]] = {}
+        wrote: dict = {}
+        for part in targets:
+            states = app.compute(view) if app.LEGACY else app.compute(view, intent, part)
+            key = (name, part)
+            for switch, st in states.items():
+                if switch not in self.programmers:
+                    raise StateConflict(f"{name} computed state for unknown switch {switch}")
+                for flow in st.flows.values():
+                    pipeline.check_flow(name, flow)
+                repl.setdefault(switch, {})[key] = st
+            wrote[part] = frozenset(states)
+            for switch in cached.get(part, ()):
+                if switch not in states:
+                    repl.setdefault(switch, {})[key] = None
+        for part in removed:
+            for switch in cached.get(part, ()):
+                repl.setdefault(switch, {})[(name, part)] = None
+            wrote[part] = None
+        for switch, layers in repl.items():
+            self.programmers[switch].desired.check(layers)
+        return Candidate(name, repl, wrote, time.monotonic() - start, len(targets))
+
+    def apply(self, result: "Candidate") -> list[str]:
+        """Hand a computed (and checked) result to the programmers; the switches whose state changed."""
+        changed = []
+        for switch, layers in result.layers.items():
+            if self.programmers[switch].set_layers(layers, check=False):
+                changed.append(switch)
+        cache = self.part_switches.setdefault(result.app, {})
+        for part, switches in result.wrote.items():
+            if switches is None:
+                cache.pop(part, None)
+            else:
+                cache[part] = switches
+        self.generation += 1
+        self.compute_stats[result.app] = {"seconds": round(result.seconds, 5), "parts": result.parts,
+                                          "switches": len(result.layers)}
+        return changed
+
+    def recompute_now(self, app: FabricApp, parts=None) -> list[str]:
+        """Recompute ``app`` (``parts`` of it, default all) and hand it to the programmers at once.
+
+        For a fast local reaction (multicast failover): no coalescing pause, the other apps
+        untouched.  Returns the switches whose desired state changed.  Raises what
+        :meth:`compute_app` raises (and then changes nothing).
+        """
+        if parts is None:
+            self.dirty.pop(app.APP_NAME, None)
+        result = self.compute_app(app, self.view(), app.intent, ALL if parts is None else parts)
+        return self.apply(result)
 
     def _recompute_loop(self) -> None:
         while True:
             self._recompute.wait()
             hub.sleep(0.01)  # coalesce bursts of port events
             self._recompute.clear()
-            try:
-                start = time.monotonic()
-                states = self.compute(self.view())
-                self.last_compute_seconds = time.monotonic() - start
-                self.push(states)
-                self._remember(states)
-                self.compute_error = None
-            except Exception as exc:  # keep what the switches have
-                self.compute_error = f"{type(exc).__name__}: {exc}"
-                LOG.exception("recompute failed; switches keep their current state")
+            dirty, self.dirty = self.dirty, {}
+            if not dirty:
+                continue
+            start = time.monotonic()
+            view = self.view()
+            errors = []
+            for name in list(self.apps):
+                if name not in dirty:
+                    continue
+                app = self.apps[name]
+                try:
+                    self.apply(self.compute_app(app, view, app.intent, dirty[name]))
+                except Exception as exc:  # keep what the switches have (for this app)
+                    errors.append(f"{name}: {type(exc).__name__}: {exc}")
+                    LOG.exception("recompute of %s failed; switches keep its current state", name)
+                hub.sleep(0)  # one app at a time: packet-ins, echoes and REST get their turn between
+            self.last_compute_seconds = time.monotonic() - start
+            self.compute_error = "; ".join(errors) or None
 
-    def push(self, states: dict[str, SwitchState]) -> None:
-        self.generation += 1
-        for name, st in states.items():
-            prog = self.programmers[name]
-            if st.flows != prog.desired.flows or st.groups != prog.desired.groups or st.meters != prog.desired.meters:
-                prog.set_desired(st)
-            else:
-                prog.desired.owners = st.owners
+    def try_intent(self, app: FabricApp, candidate, parts=None) -> "Candidate":
+        """Compute ``app`` with ``candidate`` as its intent, without applying or mutating anything.
 
-    def try_intent(self, app: FabricApp, candidate) -> dict[str, SwitchState]:
-        """Compute the fabric with ``candidate`` as ``app``'s intent, without applying it.
-
-        Apps call this before committing a REST change, so a change that
-        would produce a bad state is refused and nothing is half-applied.
+        ``parts``: only these parts change with the candidate (default: all of them).
+        Apps call this before committing a REST change, so a change that would produce
+        a bad state is refused and nothing is half-applied.
         """
-        old = app.intent
+        if not app.LEGACY:
+            return self.compute_app(app, self.view(), candidate, ALL if parts is None else parts)
+        old = app.intent  # an app that reads self.intent in compute(view)
         app.intent = candidate
         try:
-            return self.compute(self.view(), reuse_for=app.APP_NAME)
+            return self.compute_app(app, self.view(), candidate, ALL)
         finally:
             app.intent = old
 
-    def commit_intent(self, app: FabricApp, candidate, states: dict[str, SwitchState]) -> None:
+    def commit_intent(self, app: FabricApp, candidate, result: "Candidate") -> list[str]:
+        """Make ``candidate`` the app's intent, persist it and apply what :meth:`try_intent` computed."""
         app.intent = candidate
         self.save_intent(app.APP_NAME, app.intent_json())
-        self.push(states)
-        self._remember(states)
+        return self.apply(result)
 
     # -- OpenFlow events (thin) ------------------------------------------------
     def _switch_of(self, dp) -> str | None:
@@ -289,9 +435,12 @@ class FabricCore(app_manager.OSKenApp):
             parser = dp.ofproto_parser
             dp.send_msg(parser.OFPPortDescStatsRequest(dp, 0))
             self.programmers[name].connected(dp)
+            self._view_changed("channels", SwitchChange(name, "connected"))
+            self._hooks("on_switch_change", SwitchChange(name, "connected"))
             if name in self.dead:
                 self.dead.discard(name)
-                self.schedule_recompute()
+                self._view_changed("switches", SwitchChange(name, "alive"))
+                self._hooks("on_switch_change", SwitchChange(name, "alive"))
             self._judge_soon(self.hold_down)
         elif self.datapaths.get(name) is dp:
             del self.datapaths[name]
@@ -302,6 +451,10 @@ class FabricCore(app_manager.OSKenApp):
                 self.view_since = None
             LOG.warning("switch %s: control channel lost; its data plane counts as forwarding for %.1f s, "
                         "and after that as long as BFD on one of its links says so", name, self.hold_down)
+            for key in [k for k in self.stats_waiters if k[0] == name]:
+                del self.stats_waiters[key]
+            self._view_changed("channels", SwitchChange(name, "disconnected"))
+            self._hooks("on_switch_change", SwitchChange(name, "disconnected"))
             self._judge_soon(self.hold_down)
 
     # -- liveness ----------------------------------------------------------------
@@ -327,13 +480,13 @@ class FabricCore(app_manager.OSKenApp):
         self._judge_at = None
         if self.view_since is None:
             return  # the controller sees no switch at all: it cannot tell, so it changes nothing
-        now, changed, later = time.monotonic(), False, None
+        now, changes, later = time.monotonic(), [], None
         for name, since in self.lost.items():
             alive = self.forwards(name)
             if name in self.dead:
                 if alive:  # BFD says it forwards again (its channel is still gone)
                     self.dead.discard(name)
-                    changed = True
+                    changes.append(SwitchChange(name, "alive"))
                     LOG.warning("switch %s: BFD says its data plane forwards again", name)
                 continue
             wait = self.hold_down - (now - max(since, self.view_since))
@@ -341,13 +494,14 @@ class FabricCore(app_manager.OSKenApp):
                 later = wait if later is None else min(later, wait)
             elif not alive:
                 self.dead.add(name)
-                changed = True
+                changes.append(SwitchChange(name, "dead"))
                 LOG.warning("switch %s: no control channel for %.1f s and no BFD link says it forwards: "
                             "routing around it", name, now - since)
         if later is not None:
             self._judge_soon(later)
-        if changed:
-            self.schedule_recompute()
+        for change in changes:
+            self._view_changed("switches", change)
+            self._hooks("on_switch_change", change)
 
     def data_plane(self, switch: str) -> str:
         """forwarding | dead | forwarding (BFD) | presumed forwarding (hold-down) | unknown."""
@@ -377,19 +531,18 @@ class FabricCore(app_manager.OSKenApp):
         ofp = ev.msg.datapath.ofproto
         declared = {p.port for p in self.topology.switch_ports(name)}
         present = set()
-        changed = False
+        changes = []
         for port in ev.msg.body:
-            if port.port_no not in declared:
-                continue
             present.add(port.port_no)
-            changed |= self._set_port(name, port.port_no, self.port_live(name, ofp, port))
+            usable = self.port_live(name, ofp, port)
+            changed = port.port_no in declared and self._set_port(name, port.port_no, usable)
+            changes.append(PortChange(name, port.port_no, "desc", self._live(ofp, port),
+                                      bool(port.state & ofp.OFPPS_LIVE), usable, changed))
         for port_no in declared - present:  # declared but missing on the switch
-            changed |= self._set_port(name, port_no, False)
+            changes.append(PortChange(name, port_no, "desc", False, False, False,
+                                      self._set_port(name, port_no, False)))
         self.ports_known.add(name)
-        if changed:
-            self.schedule_recompute()
-        if self.lost:
-            self._judge()
+        self._port_changes(changes)
 
     @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
     def _port_status(self, ev):
@@ -398,12 +551,25 @@ class FabricCore(app_manager.OSKenApp):
         if name is None:
             return
         ofp = msg.datapath.ofproto
-        live = msg.reason != ofp.OFPPR_DELETE and self.port_live(name, ofp, msg.desc)
-        if self._set_port(name, msg.desc.port_no, live):
-            LOG.info("port %s:%d is %s", name, msg.desc.port_no, "up" if live else "down")
-            self.schedule_recompute()
-            if self.lost:
-                self._judge()
+        deleted = msg.reason == ofp.OFPPR_DELETE
+        usable = not deleted and self.port_live(name, ofp, msg.desc)
+        declared = self.topology.ports.get((name, msg.desc.port_no)) is not None
+        changed = declared and self._set_port(name, msg.desc.port_no, usable)
+        if changed:
+            LOG.info("port %s:%d is %s", name, msg.desc.port_no, "up" if usable else "down")
+        reason = {ofp.OFPPR_ADD: "add", ofp.OFPPR_DELETE: "delete"}.get(msg.reason, "modify")
+        self._port_changes([PortChange(name, msg.desc.port_no, reason, not deleted and self._live(ofp, msg.desc),
+                                       bool(msg.desc.state & ofp.OFPPS_LIVE), usable, changed)])
+
+    def _port_changes(self, changes: list[PortChange]) -> None:
+        """The view first (dirty what reads it), then every app's hook, in the switch's order."""
+        for change in changes:
+            if change.changed:
+                self._view_changed("ports", change)
+        if self.lost and any(c.changed for c in changes):
+            self._judge()
+        for change in changes:
+            self._hooks("on_port_change", change)
 
     def _set_port(self, switch: str, port: int, live: bool) -> bool:
         key = (switch, port)
@@ -433,20 +599,94 @@ class FabricCore(app_manager.OSKenApp):
         pkt = PacketIn(name, msg.match.get("in_port", 0), msg.table_id, msg.cookie,
                        bytes(msg.data[:limit]))
         try:
-            app.packet_in(pkt)
+            app.on_packet_in(pkt)
             self.packet_ins["handled"] += 1
         except ValueError as exc:  # BadPacket and friends: count, never crash the loop
             self.packet_ins["bad"] += 1
             LOG.debug("%s: bad packet-in on %s:%d: %s", app.APP_NAME, name, pkt.in_port, exc)
 
-    def packet_out(self, switch: str, port: int, data: bytes) -> bool:
+    # -- the app API (README, "Writing an app"): what apps may call on the core -----------
+    def packet_out(self, switch: str, port: int, data: bytes, in_port: int | None = None) -> bool:
+        """Send ``data`` out of ``port`` (``TABLE``: through the pipeline, as if it came in on
+        ``in_port``).  False when the switch has no control channel."""
         dp = self.datapaths.get(switch)
         if dp is None:
             return False
         parser, ofp = dp.ofproto_parser, dp.ofproto
-        dp.send_msg(parser.OFPPacketOut(datapath=dp, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
+        dp.send_msg(parser.OFPPacketOut(datapath=dp, buffer_id=ofp.OFP_NO_BUFFER,
+                                        in_port=ofp.OFPP_CONTROLLER if in_port is None else in_port,
                                         actions=[parser.OFPActionOutput(port, 0)], data=data))
         return True
+
+    def request_stats(self, app: FabricApp, switch: str, build) -> bool:
+        """Send the stats request ``build(datapath)`` returns; the reply reaches ``app.on_stats_reply``."""
+        dp = self.datapaths.get(switch)
+        if dp is None:
+            return False
+        msg = build(dp)
+        dp.set_xid(msg)
+        if len(self.stats_waiters) > 10000:  # replies that never came (a switch that went away)
+            self.stats_waiters.clear()
+        self.stats_waiters[(switch, msg.xid)] = app
+        dp.send_msg(msg)
+        return True
+
+    def multipart(self, switch: str, build) -> list[bytes]:
+        """Send an ofwire multipart request ``build(xid)`` and wait for every reply body.
+
+        Taken off the wire before os-ken parses it (parse with ofwire's bounded parsers).
+        Raises ConnectionError when the switch has no control channel.
+        """
+        channel = self.programmers[switch].channel
+        if channel is None:
+            raise ConnectionError(f"{switch} is not connected")
+        return channel.multipart(build)
+
+    def is_connected(self, switch: str) -> bool:
+        return switch in self.datapaths
+
+    def all_synced(self, switches=None) -> bool:
+        """Every connected switch (of ``switches``) holds its desired state."""
+        names = self.datapaths if switches is None else [s for s in switches if s in self.datapaths]
+        return all(self.programmers[n].synced for n in names)
+
+    def desired_state(self, switch: str):
+        """The merged desired state of ``switch`` (read only)."""
+        return self.programmers[switch].desired
+
+    def app_intent(self, name: str):
+        """Another app's intent (its published state), or None when it is not loaded."""
+        app = self.apps.get(name)
+        return None if app is None else app.intent
+
+    def compute_seconds(self, app: FabricApp) -> float:
+        """How long ``app``'s last recompute took."""
+        return self.compute_stats.get(app.APP_NAME, {}).get("seconds", 0.0)
+
+    def packet_in_counts(self) -> dict:
+        return dict(self.packet_ins)
+
+    @property
+    def persistent(self) -> bool:
+        """Does the controller keep state across restarts (a state dir)?"""
+        return self.state_dir is not None
+
+    @set_ev_cls([ofp_event.EventOFPFlowStatsReply, ofp_event.EventOFPPortStatsReply,
+                 ofp_event.EventOFPGroupStatsReply, ofp_event.EventOFPMeterStatsReply,
+                 ofp_event.EventOFPAggregateStatsReply, ofp_event.EventOFPTableStatsReply], MAIN_DISPATCHER)
+    def _stats_reply(self, ev):
+        msg = ev.msg
+        name = self._switch_of(msg.datapath)
+        if name is None:
+            return
+        more = msg.flags & msg.datapath.ofproto.OFPMPF_REPLY_MORE
+        app = (self.stats_waiters.get if more else self.stats_waiters.pop)((name, msg.xid), None)
+        if app is None:
+            return
+        try:
+            app.on_stats_reply(name, msg)
+        except Exception:  # noqa: BLE001
+            LOG.exception("%s.on_stats_reply failed", app.APP_NAME)
 
     # -- REST ---------------------------------------------------------------------
     def _switch_or_404(self, name: str) -> str:
@@ -481,8 +721,15 @@ class FabricCore(app_manager.OSKenApp):
         api.add("GET", "/v1/health", lambda r: self._health(), "Controller health and packet-in counters")
 
     def _health(self) -> dict:
+        progs = self.programmers.values()
         return {"compute_error": self.compute_error, "generation": self.generation,
                 "last_compute_seconds": round(self.last_compute_seconds, 4),
+                "recompute": {"dirty": sorted(self.dirty), "by_app": self.compute_stats},
+                "hub_blocked_ms": self.hub_lag.json(),
+                "audit": {"interval_seconds": self.audit_interval, "audits": sum(p.audits for p in progs),
+                          "repairs": sum(p.audit_repairs for p in progs),
+                          "repaired": {n: dict(p.audit_repaired) for n, p in self.programmers.items()
+                                       if p.audit_repairs}},
                 "packet_ins": dict(self.packet_ins,
                                    rate_limited_by_switch={n: b.dropped for n, b in self.buckets.items()}),
                 "switches_connected": sorted(self.datapaths),
@@ -574,9 +821,7 @@ class FabricCore(app_manager.OSKenApp):
             states = self.try_intent(app, candidate)
         except (StateConflict, PipelineError, IntentError) as exc:
             raise ApiError(409, f"intent refused, nothing changed: {exc}") from None
-        before = {n: p.version for n, p in self.programmers.items()}
-        self.commit_intent(app, candidate, states)
-        changed = [n for n, p in self.programmers.items() if p.version != before[n]]
+        changed = self.commit_intent(app, candidate, states)
         pending = self.wait_applied(changed, APPLY_WAIT if r.query.get("wait") in ("1", "true", "yes") else 0)
         if pending:  # stored and persisted, but not (yet) on these switches: say so
             return 202, {"applied": False, "pending": pending, "intent": app.intent_json()}

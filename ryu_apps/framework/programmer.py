@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from os_ken.lib import hub
 from os_ken.ofproto import ofproto_parser
 
-from ryu_apps.framework.state import ActualState, Changes, SwitchState, diff
+from ryu_apps.framework.state import ActualState, Changes, LayeredState, SwitchState, Touched, apply_changes, diff, diff_touched
 from ryu_apps.openflow import ofwire
 from ryu_apps.openflow.ofdata import Group, Meter
 
@@ -306,12 +306,20 @@ def send_changes(channel: OFChannel, changes: Changes) -> None:
 
 
 class SwitchProgrammer:
-    """Keeps one switch at the desired state; runs in its own green thread."""
+    """Keeps one switch at the desired state; runs in its own green thread.
+
+    The desired state is layered (:class:`LayeredState`, one layer per app part); the
+    core replaces layers, and the programmer diffs only the entries those replacements
+    touched against what it last wrote.  The full read-and-diff runs on (re)connect,
+    after a failed sync, on a resync request, and on every audit (which also counts
+    what it had to repair: drift made behind the controller's back).
+    """
 
     def __init__(self, name: str, dpid: int):
         self.name = name
         self.dpid = dpid
-        self.desired = SwitchState()
+        self.desired = LayeredState()
+        self._touched = Touched()
         self.version = 0          # bumped on every new desired state
         self.synced_version = -1  # version the switch is known to hold
         self.actual: ActualState | None = None
@@ -320,6 +328,12 @@ class SwitchProgrammer:
         self.last_sync_seconds = 0.0
         self.last_error: str | None = None
         self.syncs = 0
+        self.full_syncs = 0
+        self.audits = 0
+        self.audit_repairs = 0         # audits that found the switch differing from what was written
+        self.audit_repaired: dict[str, int] = {}  # what those audits sent, summed
+        self.last_audit: float | None = None
+        self._audit_due = False
         self.connected_at: float | None = None
         # bumped whenever what we believe about the switch is void (reconnect, resync request);
         # a sync that started under an older epoch must not mark the switch synced
@@ -329,10 +343,14 @@ class SwitchProgrammer:
         self._thread = hub.spawn(self._loop)
 
     # -- inputs -----------------------------------------------------------
-    def set_desired(self, desired: SwitchState) -> None:
-        self.desired = desired
-        self.version += 1
-        self._kick.set()
+    def set_layers(self, replacements: dict[tuple, SwitchState | None], check: bool = True) -> int:
+        """Replace layers of the desired state (None removes one); returns entries touched."""
+        touched = self.desired.replace(replacements, check=check)
+        if touched:
+            self._touched.update(touched)
+            self.version += 1
+            self._kick.set()
+        return len(touched)
 
     def connected(self, datapath) -> None:
         """A (re)connection: forget what we believed and read the switch."""
@@ -362,9 +380,15 @@ class SwitchProgrammer:
         return self.channel is not None and self.synced_version == self.version
 
     def resync(self) -> None:
-        """Re-read the switch and repair any drift (an audit)."""
+        """Re-read the switch and repair any drift (on request: the switch counts as unsynced)."""
         self._forget()
         self._kick.set()
+
+    def audit(self) -> None:
+        """Re-read the switch and repair drift, counting it; the switch stays synced meanwhile."""
+        if self.channel is not None:
+            self._audit_due = True
+            self._kick.set()
 
     # -- the loop ---------------------------------------------------------
     def _loop(self) -> None:
@@ -373,7 +397,7 @@ class SwitchProgrammer:
             self._kick.wait()
             self._kick.clear()
             channel = self.channel
-            if channel is None or self.synced_version == self.version:
+            if channel is None or (self.synced_version == self.version and not self._audit_due):
                 continue
             try:
                 self.sync_once(channel)
@@ -389,10 +413,21 @@ class SwitchProgrammer:
     def sync_once(self, channel: OFChannel) -> Changes:
         """Read the switch if needed, send the difference, remember the result."""
         start = time.monotonic()
-        version, desired, epoch = self.version, self.desired, self._epoch
-        if self.actual is None:
-            self.actual = read_actual(channel)
-        changes = diff(desired, self.actual)
+        epoch = self._epoch
+        audit, self._audit_due = self._audit_due, False
+        full = self.actual is None or audit
+        if full:
+            actual = read_actual(channel)  # yields: layers may change meanwhile (the diff below sees them)
+            if channel is not self.channel or epoch != self._epoch:
+                self._kick.set()
+                return Changes()
+            self.actual = actual
+            self._touched = Touched()
+            changes = diff(self.desired, self.actual)
+        else:
+            touched, self._touched = self._touched, Touched()
+            changes = diff_touched(self.desired, self.actual, touched)
+        version = self.version  # what the diff above was computed from (no yield since)
         if not changes.empty:
             send_changes(channel, changes)
         if channel is not self.channel:
@@ -400,24 +435,35 @@ class SwitchProgrammer:
         if epoch != self._epoch:  # a resync was asked for meanwhile: read the switch again
             self._kick.set()
             return changes
-        self.actual = ActualState.of(desired)
+        apply_changes(self.actual, changes)
         self.synced_version = version
         self.syncs += 1
+        self.full_syncs += full
         self.last_error = None
         self.last_changes = changes.counts()
         now = time.monotonic()
+        if audit:
+            self.audits += 1
+            self.last_audit = now
+            if not changes.empty:
+                self.audit_repairs += 1
+                for k, v in self.last_changes.items():
+                    self.audit_repaired[k] = self.audit_repaired.get(k, 0) + v
+                LOG.warning("%s: audit found drift made behind the controller's back, repaired: %s", self.name,
+                            {k: v for k, v in self.last_changes.items() if v})
         self.last_sync_seconds = now - start
         if self.connect_to_sync_seconds is None and self.connected_at is not None:
             self.connect_to_sync_seconds = now - self.connected_at
-        LOG.info("%s: synced v%d in %.3fs: %s", self.name, version, self.last_sync_seconds,
-                 {k: v for k, v in self.last_changes.items() if v} or "no changes")
+        LOG.info("%s: synced v%d in %.3fs%s: %s", self.name, version, self.last_sync_seconds,
+                 " (full)" if full else "", {k: v for k, v in self.last_changes.items() if v} or "no changes")
         return changes
 
     def status(self) -> dict:
         return {"connected": self.is_connected, "synced": self.synced, "version": self.version,
-                "syncs": self.syncs, "last_changes": self.last_changes,
+                "syncs": self.syncs, "full_syncs": self.full_syncs, "last_changes": self.last_changes,
                 "last_sync_seconds": round(self.last_sync_seconds, 4),
                 "connect_to_sync_seconds": (None if self.connect_to_sync_seconds is None
                                             else round(self.connect_to_sync_seconds, 4)),
+                "audits": self.audits, "audit_repairs": self.audit_repairs,
                 "last_error": self.last_error,
                 **self.desired.summary()}

@@ -163,3 +163,306 @@ def diff(desired: SwitchState, actual: ActualState) -> Changes:
     ch.group_deletes = sorted(gid for gid in actual.groups if gid not in desired.groups)
     ch.meter_deletes = sorted(mid for mid in actual.meters if mid not in desired.meters)
     return ch
+
+
+# ---------------------------------------------------------------------------
+# Incremental desired state: one layer per (app, part), merged per switch.
+
+
+@dataclass
+class Touched:
+    """Entries whose merged desired value may have changed since the switch last got them."""
+
+    flows: set = field(default_factory=set)     # flow keys (table, priority, match)
+    groups: set = field(default_factory=set)
+    meters: set = field(default_factory=set)
+    gone: dict = field(default_factory=dict)    # flow key -> the flow that was removed (its wire identity)
+
+    def update(self, other: "Touched") -> None:
+        self.gone.update(other.gone)
+        self.flows |= other.flows
+        self.groups |= other.groups
+        self.meters |= other.meters
+
+    def __len__(self) -> int:
+        return len(self.flows) + len(self.groups) + len(self.meters)
+
+
+def _flow_refs(flow: Flow):
+    if flow.meter is not None:
+        yield ("m", flow.meter)
+    for gid in _groups_used(flow.actions):
+        yield ("g", gid)
+
+
+class LayeredState:
+    """A switch's desired state as the union of layers, each one app's part (``(app, part)``).
+
+    Looks like a :class:`SwitchState` to readers (``flows``, ``groups``, ``meters``,
+    ``owners`` are the merged dicts), but changes one layer at a time: :meth:`check`
+    says whether replacing some layers would conflict (two layers, two different
+    entries under one key; a flow using a group or meter no layer defines) without
+    changing anything, :meth:`replace` applies and returns what it touched, so the
+    programmer diffs only those entries.  Cost is proportional to the layers
+    replaced, not to the switch's size.
+    """
+
+    def __init__(self):
+        self.layers: dict[tuple, SwitchState] = {}
+        self.flows: dict[tuple, Flow] = {}
+        self.groups: dict[int, Group] = {}
+        self.meters: dict[int, Meter] = {}
+        self.owners: dict[int, str] = {}
+        self._flow_n: dict[tuple, int] = {}   # how many layers hold this flow key
+        self._group_n: dict[int, int] = {}
+        self._meter_n: dict[int, int] = {}
+        self._label_n: dict[int, int] = {}
+        self._uses: dict[tuple, int] = {}     # ("g", id) / ("m", id) -> merged flows using it
+
+    # -- reading ------------------------------------------------------------
+    def summary(self) -> dict:
+        return {"flows": len(self.flows), "groups": len(self.groups), "meters": len(self.meters)}
+
+    def layer_keys(self, app: str) -> list[tuple]:
+        return [k for k in self.layers if k[0] == app]
+
+    def snapshot(self) -> SwitchState:
+        """A plain SwitchState copy of the merged state."""
+        return SwitchState(dict(self.flows), dict(self.groups), dict(self.meters), dict(self.owners))
+
+    # -- checking -----------------------------------------------------------
+    def check(self, replacements: dict[tuple, SwitchState | None]) -> None:
+        """Raise StateConflict if applying ``replacements`` would; change nothing."""
+        replaced = set(replacements)
+        new_flows: dict[tuple, Flow] = {}
+        new_groups: dict[int, Group] = {}
+        new_meters: dict[int, Meter] = {}
+        gone_flows: set = set()
+        for key, st in replacements.items():
+            old = self.layers.get(key)
+            if old is not None:
+                gone_flows.update(old.flows)
+            if st is None:
+                continue
+            for fk, flow in st.flows.items():
+                prev = new_flows.get(fk)
+                if prev is None:
+                    prev = self._kept(fk, self.flows, self._flow_n, replaced, lambda k, fk=fk: k.flows.get(fk))
+                if prev is not None and prev != flow:
+                    raise StateConflict(f"two flows with table={flow.table} priority={flow.priority} "
+                                        f"match={flow.match.to_dict()}: {prev} / {flow}")
+                new_flows[fk] = flow
+            for gid, group in st.groups.items():
+                prev = new_groups.get(gid)
+                if prev is None:
+                    prev = self._kept(gid, self.groups, self._group_n, replaced, lambda k, g=gid: k.groups.get(g))
+                if prev is not None and prev != group:
+                    raise StateConflict(f"group {gid} computed twice with different buckets")
+                new_groups[gid] = group
+            for mid, meter in st.meters.items():
+                prev = new_meters.get(mid)
+                if prev is None:
+                    prev = self._kept(mid, self.meters, self._meter_n, replaced, lambda k, m=mid: k.meters.get(m))
+                if prev is not None and prev != meter:
+                    raise StateConflict(f"meter {mid} computed twice with different bands")
+                new_meters[mid] = meter
+
+        def defined(ref) -> bool:
+            kind, ident = ref
+            if kind == "g":
+                return ident in new_groups or self._kept_any(ident, self._group_n, replaced, "groups")
+            return ident in new_meters or self._kept_any(ident, self._meter_n, replaced, "meters")
+
+        for flow in new_flows.values():  # what the new layers use must exist
+            for ref in _flow_refs(flow):
+                if not defined(ref):
+                    what = "meter" if ref[0] == "m" else "group"
+                    raise StateConflict(f"flow {flow} uses {what} {ref[1]}, which no app defines")
+        # what the replaced layers defined and no longer do must not be used by a flow that stays
+        dropped = set()
+        for key in replacements:
+            old = self.layers.get(key)
+            if old is None:
+                continue
+            dropped.update(("g", g) for g in old.groups)
+            dropped.update(("m", m) for m in old.meters)
+        dropped = {ref for ref in dropped if not defined(ref)}
+        if dropped:
+            # merged flows using each dropped entry after the replacement: today's count, minus
+            # the merged flows that go away or change, plus what replaces them
+            delta: dict = {}
+            for fk in gone_flows | set(new_flows):
+                if self._kept(fk, self.flows, self._flow_n, replaced, lambda k, fk=fk: k.flows.get(fk)) is not None:
+                    continue  # another layer keeps the merged flow as it is
+                cur = self.flows.get(fk)
+                if cur is not None:
+                    for ref in _flow_refs(cur):
+                        delta[ref] = delta.get(ref, 0) - 1
+                new = new_flows.get(fk)
+                if new is not None:
+                    for ref in _flow_refs(new):
+                        delta[ref] = delta.get(ref, 0) + 1
+            for ref in dropped:
+                remaining = self._uses.get(ref, 0) + delta.get(ref, 0)
+                if remaining > 0:
+                    what = "meter" if ref[0] == "m" else "group"
+                    raise StateConflict(f"{what} {ref[1]} would be removed while {remaining} flow(s) of "
+                                        f"other apps still use it")
+
+    def _kept(self, key, merged: dict, counts: dict, replaced: set, get):
+        """The merged entry under ``key`` if a layer that is not being replaced holds it."""
+        n = counts.get(key, 0)
+        if n == 0:
+            return None
+        held = sum(1 for lk in replaced if lk in self.layers and get(self.layers[lk]) is not None)
+        return merged[key] if n > held else None
+
+    def _kept_any(self, ident, counts: dict, replaced: set, attr: str) -> bool:
+        n = counts.get(ident, 0)
+        if n == 0:
+            return False
+        held = sum(1 for lk in replaced if lk in self.layers and ident in getattr(self.layers[lk], attr))
+        return n > held
+
+    # -- changing -----------------------------------------------------------
+    def replace(self, replacements: dict[tuple, SwitchState | None], check: bool = True) -> Touched:
+        """Swap the given layers (None removes one); return the entries touched."""
+        if check:
+            self.check(replacements)
+        touched = Touched()
+        for key, st in replacements.items():
+            old = self.layers.pop(key, None)
+            if old is not None:
+                self._remove(old, touched)
+            if st is not None and (st.flows or st.groups or st.meters or st.owners):
+                self.layers[key] = st
+                self._add(st, touched)
+        return touched
+
+    def _add(self, st: SwitchState, touched: Touched) -> None:
+        for fk, flow in st.flows.items():
+            n = self._flow_n.get(fk, 0)
+            self._flow_n[fk] = n + 1
+            if n == 0:
+                self.flows[fk] = flow
+                touched.flows.add(fk)
+                for ref in _flow_refs(flow):
+                    self._uses[ref] = self._uses.get(ref, 0) + 1
+        for gid, group in st.groups.items():
+            n = self._group_n.get(gid, 0)
+            self._group_n[gid] = n + 1
+            if n == 0:
+                self.groups[gid] = group
+                touched.groups.add(gid)
+        for mid, meter in st.meters.items():
+            n = self._meter_n.get(mid, 0)
+            self._meter_n[mid] = n + 1
+            if n == 0:
+                self.meters[mid] = meter
+                touched.meters.add(mid)
+        for cookie, text in st.owners.items():
+            self._label_n[cookie] = self._label_n.get(cookie, 0) + 1
+            self.owners[cookie] = text
+
+    def _remove(self, st: SwitchState, touched: Touched) -> None:
+        for fk in st.flows:
+            n = self._flow_n[fk] - 1
+            if n == 0:
+                del self._flow_n[fk]
+                flow = self.flows.pop(fk)
+                touched.flows.add(fk)
+                touched.gone[fk] = flow
+                for ref in _flow_refs(flow):
+                    left = self._uses[ref] - 1
+                    if left:
+                        self._uses[ref] = left
+                    else:
+                        del self._uses[ref]
+            else:
+                self._flow_n[fk] = n
+        for gid in st.groups:
+            n = self._group_n[gid] - 1
+            if n == 0:
+                del self._group_n[gid]
+                del self.groups[gid]
+                touched.groups.add(gid)
+            else:
+                self._group_n[gid] = n
+        for mid in st.meters:
+            n = self._meter_n[mid] - 1
+            if n == 0:
+                del self._meter_n[mid]
+                del self.meters[mid]
+                touched.meters.add(mid)
+            else:
+                self._meter_n[mid] = n
+        for cookie in st.owners:
+            n = self._label_n[cookie] - 1
+            if n == 0:
+                del self._label_n[cookie]
+                del self.owners[cookie]
+            else:
+                self._label_n[cookie] = n
+
+
+def diff_touched(desired, actual: ActualState, touched: Touched) -> Changes:
+    """:func:`diff` restricted to the touched entries (the rest is known to be in place)."""
+    ch = Changes()
+    for mid in sorted(touched.meters):
+        meter = desired.meters.get(mid)
+        have = actual.meters.get(mid)
+        if meter is None:
+            if have is not None:
+                ch.meter_deletes.append(mid)
+        elif have is None:
+            ch.meter_adds.append(meter)
+        elif have != ofwire.meter_key(meter):
+            ch.meter_mods.append(meter)
+    for gid in sorted(touched.groups):
+        group = desired.groups.get(gid)
+        have = actual.groups.get(gid)
+        if group is None:
+            if have is not None:
+                ch.group_deletes.append(gid)
+        elif have is None:
+            ch.group_adds.append(group)
+        elif have != ofwire.group_key(group):
+            ch.group_mods.append(group)
+    for fk in touched.flows:
+        flow = desired.flows.get(fk)
+        if flow is None:
+            ident = ofwire.flow_identity(touched.gone[fk])
+            if ident in actual.flows:
+                ch.flow_deletes.append(ident)
+            continue
+        ident = ofwire.flow_identity(flow)
+        have = actual.flows.get(ident)
+        if have is None:
+            ch.flow_adds.append(flow)
+            continue
+        body = ofwire.flow_body(flow)
+        if have == body:
+            continue
+        if have[0] != body[0] or have[2:] != body[2:]:
+            ch.flow_adds.append(flow)
+        else:
+            ch.flow_mods.append(flow)
+    return ch
+
+
+def apply_changes(actual: ActualState, changes: Changes) -> None:
+    """``actual`` after the switch applied ``changes`` (patched in place, O(changes))."""
+    for ident in changes.flow_deletes:
+        actual.flows.pop(ident, None)
+    for flow in changes.flow_adds:
+        actual.flows[ofwire.flow_identity(flow)] = ofwire.flow_body(flow)
+    for flow in changes.flow_mods:
+        actual.flows[ofwire.flow_identity(flow)] = ofwire.flow_body(flow)
+    for g in changes.group_adds + changes.group_mods:
+        actual.groups[g.group_id] = ofwire.group_key(g)
+    for gid in changes.group_deletes:
+        actual.groups.pop(gid, None)
+    for m in changes.meter_adds + changes.meter_mods:
+        actual.meters[m.meter_id] = ofwire.meter_key(m)
+    for mid in changes.meter_deletes:
+        actual.meters.pop(mid, None)

@@ -64,6 +64,8 @@ class ControllerSpec(_Strict):
     # seconds a switch may be without a control channel before its data plane is taken for
     # dead too (unless BFD on one of its links says it still forwards); see README, "Liveness"
     switch_hold_down: float = Field(default=3.0, ge=0.5, le=3600)
+    # every switch is re-read this often (spread over the interval) and drift repaired; 0: never
+    audit_interval: float = Field(default=30.0, ge=0, le=86400)
 
 
 class SwitchSpec(_Strict):

@@ -19,6 +19,10 @@ class FabricView:
     topology: Topology
     down_ports: frozenset = frozenset()      # (switch, port) with link down or port down
     dead_switches: frozenset = frozenset()   # switches that were connected and went away
+    connected: frozenset = frozenset()       # switches with a control channel now
+
+    #: the names an app lists in ``FabricApp.INPUTS``: which part of the view it reads
+    INPUTS = frozenset({"ports", "switches", "channels"})
 
     def graph(self) -> nx.MultiGraph:
         g = self.topology.graph(self.down_ports)
@@ -27,6 +31,36 @@ class FabricView:
 
     def port_live(self, switch: str, port: int) -> bool:
         return (switch, port) not in self.down_ports and switch not in self.dead_switches
+
+
+@dataclass(frozen=True)
+class PortChange:
+    """A port of a declared switch changed (port status, or the port list after a connect).
+
+    ``up``: link up and not administratively down; ``live``: OpenFlow's LIVE flag (on a
+    BFD-monitored link, the far end answers); ``usable``: what the core concluded and put
+    into the view (up, and LIVE where BFD watches the link).
+    """
+
+    switch: str
+    port: int
+    reason: str          # add | delete | modify | desc (from the port list after a connect)
+    up: bool
+    live: bool
+    usable: bool
+    changed: bool        # the core's view of the port changed with this message
+
+
+@dataclass(frozen=True)
+class SwitchChange:
+    """A declared switch's control channel or data plane changed."""
+
+    switch: str
+    event: str           # connected | disconnected | dead (routed around) | alive (forwards again)
+
+
+#: the one part of an app that does not split its state (``FabricApp.parts``)
+WHOLE = "*"
 
 
 @dataclass(frozen=True)
