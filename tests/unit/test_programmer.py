@@ -1,0 +1,134 @@
+"""The switch programmer against a fake switch: incremental syncs, and what happens when the
+switch or the controller pulls the rug mid-sync (issue 10: reconnect during a sync, resync
+during a sync, a bundle rejected, the audit repairing drift)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from ryu_apps.framework import cookies, programmer
+from ryu_apps.framework.state import ActualState, SwitchState, apply_changes, diff
+from ryu_apps.openflow.ofdata import Flow, Match, Output
+
+
+class FakeSwitch:
+    """What the switch holds; ``on_send`` runs inside a sync, after the diff, before the switch applies it."""
+
+    def __init__(self):
+        self.actual = ActualState()
+        self.reads = 0
+        self.sent: list = []
+        self.on_send = None
+
+    def read(self, channel):
+        self.reads += 1
+        return copy.deepcopy(self.actual)
+
+    def send(self, channel, changes):
+        if self.on_send is not None:
+            hook, self.on_send = self.on_send, None
+            hook()
+        self.sent.append(changes.counts())
+        apply_changes(self.actual, changes)
+
+
+@pytest.fixture
+def rig(monkeypatch):
+    sw = FakeSwitch()
+    monkeypatch.setattr(programmer, "read_actual", sw.read)
+    monkeypatch.setattr(programmer, "send_changes", sw.send)
+    monkeypatch.setattr(programmer.hub, "spawn", lambda *a, **k: None)  # no loop thread: the test drives
+    prog = programmer.SwitchProgrammer("s1", 1)
+    prog.connected(object())
+    return prog, sw
+
+
+def layer(n: int, first: int = 0, port: int = 1) -> SwitchState:
+    st = SwitchState()
+    for i in range(first, first + n):
+        st.add_flow(Flow(table=90, priority=500, match=Match(eth_type=0x0800, ipv4_dst=f"10.1.{i // 250}.{i % 250}"),
+                         actions=(Output(port),), cookie=cookies.make("fabric", 5, i)))
+    return st
+
+
+def holds_desired(prog, sw) -> bool:
+    return diff(prog.desired, sw.actual).empty
+
+
+def test_incremental_sync_sends_only_what_a_layer_changed(rig):
+    prog, sw = rig
+    prog.set_layers({("fabric", "*"): layer(100)})
+    assert prog.attempt(prog.channel) and prog.synced and sw.reads == 1
+    assert sw.sent[-1]["flow_adds"] == 100
+    prog.set_layers({("fenced_clone", "f1"): layer(3, first=1000)})
+    assert not prog.synced
+    assert prog.attempt(prog.channel) and prog.synced
+    assert sw.reads == 1, "an incremental sync must not re-read the switch"
+    assert sw.sent[-1]["flow_adds"] == 3 and sw.sent[-1]["flow_deletes"] == 0
+    prog.set_layers({("fenced_clone", "f1"): None})
+    assert prog.attempt(prog.channel)
+    assert sw.sent[-1]["flow_deletes"] == 3 and holds_desired(prog, sw)
+
+
+def test_reconnect_during_a_sync_reads_the_new_connection_in_full(rig):
+    prog, sw = rig
+    prog.set_layers({("fabric", "*"): layer(10)})
+    sw.on_send = lambda: prog.connected(object())  # the switch reconnects while the bundle is on its way
+    first_channel = prog.channel
+    assert not prog.attempt(first_channel)
+    assert "reconnected" in prog.last_error and not prog.synced
+    assert prog.attempt(prog.channel) and prog.synced
+    assert sw.reads == 2 and holds_desired(prog, sw)
+
+
+def test_resync_during_a_sync_is_not_lost(rig):
+    prog, sw = rig
+    prog.set_layers({("fabric", "*"): layer(10)})
+    assert prog.attempt(prog.channel)
+    prog.set_layers({("fabric", "*"): layer(12)})
+    sw.on_send = prog.resync  # an operator asks for a resync while a sync is sending
+    assert prog.attempt(prog.channel)
+    assert not prog.synced, "a sync overtaken by a resync must not mark the switch synced"
+    sw.actual.flows.clear()  # and the switch lost everything meanwhile
+    assert prog.attempt(prog.channel) and prog.synced
+    assert sw.reads == 2 and holds_desired(prog, sw)
+
+
+def test_a_rejected_bundle_leaves_the_switch_unsynced_and_is_retried_from_a_full_read(rig):
+    prog, sw = rig
+    prog.set_layers({("fabric", "*"): layer(5)})
+
+    def reject():
+        raise programmer.ProgrammingError("flow bundle discarded: xid 0x7f000002 type 5 code 0")
+
+    sw.on_send = reject
+    assert not prog.attempt(prog.channel)
+    assert "bundle discarded" in prog.last_error and not prog.synced and prog.actual is None
+    assert prog.attempt(prog.channel) and prog.synced and prog.last_error is None
+    assert sw.reads == 2 and holds_desired(prog, sw)
+
+
+def test_the_audit_repairs_drift_and_counts_it(rig):
+    prog, sw = rig
+    prog.set_layers({("fabric", "*"): layer(20)})
+    assert prog.attempt(prog.channel)
+    prog.audit()
+    assert prog.attempt(prog.channel) and prog.audits == 1 and prog.audit_repairs == 0
+    # behind the controller's back: one flow deleted, one changed, one stray added
+    idents = sorted(sw.actual.flows)
+    del sw.actual.flows[idents[0]]
+    body = sw.actual.flows[idents[1]]
+    sw.actual.flows[idents[1]] = (body[0], b"\x00" * len(body[1]), *body[2:])
+    stray = layer(1, first=5000)
+    apply_changes(sw.actual, diff(stray, ActualState()))
+    assert not holds_desired(prog, sw)
+    assert prog.synced, "the controller cannot know before it looks"
+    prog.audit()
+    assert prog.synced, "an audit does not make the switch count as unsynced"
+    assert prog.attempt(prog.channel)
+    assert prog.audits == 2 and prog.audit_repairs == 1 and holds_desired(prog, sw)
+    assert prog.audit_repaired["flow_deletes"] == 1 and prog.audit_repaired["flow_adds"] >= 1
+    prog.audit()
+    assert prog.attempt(prog.channel) and prog.audit_repairs == 1
