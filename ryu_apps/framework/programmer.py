@@ -399,16 +399,23 @@ class SwitchProgrammer:
             channel = self.channel
             if channel is None or (self.synced_version == self.version and not self._audit_due):
                 continue
-            try:
-                self.sync_once(channel)
+            if self.attempt(channel):
                 backoff = 0.5
-            except Exception as exc:  # keep the loop alive; retry with backoff
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                LOG.error("%s: sync failed: %s", self.name, self.last_error)
-                self.actual = None
+            else:  # retry with backoff
                 hub.sleep(backoff)
                 backoff = min(backoff * 2, 10)
                 self._kick.set()
+
+    def attempt(self, channel: OFChannel) -> bool:
+        """One sync; on any failure remember why and read the switch in full next time."""
+        try:
+            self.sync_once(channel)
+            return True
+        except Exception as exc:  # keep the loop alive
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            LOG.error("%s: sync failed: %s", self.name, self.last_error)
+            self.actual = None
+            return False
 
     def sync_once(self, channel: OFChannel) -> Changes:
         """Read the switch if needed, send the difference, remember the result."""
