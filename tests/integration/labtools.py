@@ -30,6 +30,17 @@ def wait_for(pred, timeout: float, step: float = 0.05) -> bool:
     return bool(pred())
 
 
+def ping(lab, host: str, addr: str, count: int = 2, wait: float = 2) -> bool:
+    """Does ``host`` get answers from ``addr`` (``ping -c count``; IPv6 addresses work too)?"""
+    r = lab.exec(host, ["ping", "-n", "-c", str(count), "-i", "0.2", "-W", str(wait), addr], check=False, timeout=60)
+    return r.returncode == 0
+
+
+def wait_synced(lab, timeout: float = 30) -> bool:
+    """Every switch connected and holding the controller's desired state."""
+    return wait_for(lambda: all(s["connected"] and s["synced"] for s in get(lab, "/v1/switches")), timeout)
+
+
 def start_ping(lab, host: str, addr: str, seconds: float, interval: float = 0.02):
     """``ping`` from ``host`` for about ``seconds`` (read the result with :func:`ping_loss`)."""
     return lab.popen(host, ["ping", "-n", "-q", "-i", str(interval), "-W", "1",
