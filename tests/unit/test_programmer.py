@@ -21,10 +21,15 @@ class FakeSwitch:
         self.reads = 0
         self.sent: list = []
         self.on_send = None
+        self.on_read = None
 
     def read(self, channel):
         self.reads += 1
-        return copy.deepcopy(self.actual)
+        snapshot = copy.deepcopy(self.actual)
+        if self.on_read is not None:  # runs while the dump is on its way: the snapshot is already taken
+            hook, self.on_read = self.on_read, None
+            hook()
+        return snapshot
 
     def send(self, channel, changes):
         if self.on_send is not None:
@@ -132,3 +137,24 @@ def test_the_audit_repairs_drift_and_counts_it(rig):
     assert prog.audit_repaired["flow_deletes"] == 1 and prog.audit_repaired["flow_adds"] >= 1
     prog.audit()
     assert prog.attempt(prog.channel) and prog.audit_repairs == 1
+
+
+def test_a_resync_asked_while_the_switch_is_being_read_reads_it_again(rig):
+    """The OAM heal flake: a fault made while a dump was in flight, then a resync request. The
+    dump taken before the fault must not become what the programmer believes the switch holds."""
+    prog, sw = rig
+    prog.set_layers({("fabric", "*"): layer(10)})
+    assert prog.attempt(prog.channel)
+    ident = sorted(sw.actual.flows)[0]
+
+    def fault_then_resync():
+        body = sw.actual.flows[ident]
+        sw.actual.flows[ident] = (body[0], b"\x00" * len(body[1]), *body[2:])  # a route retargeted
+        prog.resync()
+
+    prog.resync()
+    sw.on_read = fault_then_resync
+    prog.attempt(prog.channel)
+    assert not prog.synced, "the read started before the resync request: it must not count"
+    assert prog.attempt(prog.channel) and prog.synced
+    assert holds_desired(prog, sw), "the fault made during the first read is still on the switch"
