@@ -13,3 +13,4 @@ LAB_APPS = {"bench": "ovs_scripts.bench_app"}
 
 cookies.register("bench", 0x7F)
 pipeline.add_band(pipeline.FORWARD, pipeline.Band("bench", 2000, 2999, "bench/flow_programming synthetic routes"))
+pipeline.add_ids("bench", groups=((0x7F000000, 0x7FFFFFFF),), meters=((0x7F000000, 0x7FFFFFFF),))

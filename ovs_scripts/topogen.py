@@ -46,7 +46,8 @@ def leaf_spine(leaves: int = 4, spines: int = 3, name: str = "oam_ecmp_leafspine
     links += [{"a": f"l{i}", "b": f"s{j}", "a_port": 10 + j, "b_port": i}
               for i in range(1, leaves + 1) for j in range(1, spines + 1)]
     return {"lab": {"name": name, "prefix": prefix},
-            "controller": {"of_port": of_port, "rest_port": rest_port},
+            # no audit: injected faults stay until heal (an audit would repair them)
+            "controller": {"of_port": of_port, "rest_port": rest_port, "audit_interval": 0},
             "switches": switches, "hosts": hosts, "links": links,
             "apps": {"fabric": {}, "oam_ecmp": {}}}
 
@@ -79,7 +80,8 @@ def fat_tree(k: int = 4, name: str = "oam_ecmp_fattree", prefix: str = "of", of_
                 core = (a - 1) * half + j
                 links.append({"a": f"a{p}{a}", "b": f"c{core}", "a_port": 10 + j, "b_port": p})
     return {"lab": {"name": name, "prefix": prefix},
-            "controller": {"of_port": of_port, "rest_port": rest_port},
+            # no audit: injected faults stay until heal (an audit would repair them)
+            "controller": {"of_port": of_port, "rest_port": rest_port, "audit_interval": 0},
             "switches": switches, "hosts": hosts, "links": links,
             "apps": {"fabric": {}, "oam_ecmp": {}}}
 

@@ -301,6 +301,7 @@ class FabricCore(app_manager.OSKenApp):
                     raise StateConflict(f"{name} computed state for unknown switch {switch}")
                 for flow in st.flows.values():
                     pipeline.check_flow(name, flow)
+                pipeline.check_ids(name, st)
                 repl.setdefault(switch, {})[key] = st
             wrote[part] = frozenset(states)
             for switch in cached.get(part, ()):
@@ -718,6 +719,7 @@ class FabricCore(app_manager.OSKenApp):
                 body=PerParam("app", lambda: {n: a.IntentModel for n, a in self.apps.items()}), also=(202,))
         api.add("GET", "/v1/cookies", lambda r: self._cookies_json(), "Object names by cookie")
         api.add("GET", "/v1/pipeline", lambda r: pipeline.describe(), "The table plan and priority bands")
+        api.add("GET", "/v1/pipeline/ids", lambda r: pipeline.describe_ids(), "Group and meter id ranges per app")
         api.add("GET", "/v1/health", lambda r: self._health(), "Controller health and packet-in counters")
 
     def _health(self) -> dict:

@@ -98,6 +98,47 @@ PIPELINE: tuple[Table, ...] = (
           next_tables=(), twins=("oam_ecmp",)),
 )
 
+def _app_block(app: str) -> tuple[int, int]:
+    """Ids ``app id << 24`` to ``| 0xFFFFFF``: the default block of an app's group and meter ids."""
+    base = cookies.app_id(app) << 24
+    return (base, base | 0xFFFFFF)
+
+
+#: Group ids each app may use (OpenFlow group ids are per switch, shared by every app).
+GROUP_IDS: dict[str, tuple[tuple[int, int], ...]] = {
+    app: (_app_block(app),) for app in ("fabric", "fenced_clone", "multicast_standby", "cloud_router", "oam_ecmp",
+                                        "proxy_cluster", "nvme_zoning")}
+#: Meter ids each app may use.
+METER_IDS: dict[str, tuple[tuple[int, int], ...]] = {
+    "core": ((1, 0xFF),),                       # PUNT_METER: every punt
+    "fabric": ((0x100, 0x6DFF),),               # 0x100 + host port: ND policing per host
+    "oam_ecmp": ((0x6E00, 0x6EFF),),            # the probe report meter
+    "cloud_router": ((0x01000000, 0x02FFFFFF),),  # per-client up/down rate limits, by client key
+    "fenced_clone": (_app_block("fenced_clone"),),
+    "multicast_standby": (_app_block("multicast_standby"),),
+    "proxy_cluster": (_app_block("proxy_cluster"),),
+    "nvme_zoning": (_app_block("nvme_zoning"),),
+}
+
+
+def check_ids(app: str, state) -> None:
+    """Raise PipelineError unless every group and meter of ``state`` is in ``app``'s id ranges."""
+    for kind, ids, ranges in (("group", state.groups, GROUP_IDS.get(app, ())),
+                              ("meter", state.meters, METER_IDS.get(app, ()))):
+        for ident in ids:
+            if not any(lo <= ident <= hi for lo, hi in ranges):
+                raise PipelineError(f"{app}: {kind} id {ident:#x} is outside {app}'s {kind} ids "
+                                    f"{[f'{lo:#x}-{hi:#x}' for lo, hi in ranges]}")
+
+
+def _check_id_ranges() -> None:
+    for what, table in (("group", GROUP_IDS), ("meter", METER_IDS)):
+        spans = sorted((lo, hi, app) for app, ranges in table.items() for lo, hi in ranges)
+        for (lo1, hi1, a1), (lo2, hi2, a2) in zip(spans, spans[1:]):
+            if lo2 <= hi1:
+                raise PipelineError(f"{what} ids of {a1} and {a2} overlap")
+
+
 TABLES: dict[int, Table] = {t.table_id: t for t in PIPELINE}
 TABLE_BY_NAME: dict[str, Table] = {t.name: t for t in PIPELINE}
 
@@ -144,6 +185,18 @@ def check_flow(app: str, flow) -> None:
         raise PipelineError(f"{app}: flow cookie {flow.cookie:#x} does not carry {app}'s app id")
 
 
+def add_ids(app: str, groups: tuple = (), meters: tuple = ()) -> None:
+    """Give a lab or test app group/meter id ranges (checked for overlaps like the plan)."""
+    old = GROUP_IDS.get(app), METER_IDS.get(app)
+    GROUP_IDS[app], METER_IDS[app] = tuple(groups), tuple(meters)
+    try:
+        _check_id_ranges()
+    except PipelineError:
+        for d, o in ((GROUP_IDS, old[0]), (METER_IDS, old[1])):
+            d.pop(app) if o is None else d.__setitem__(app, o)
+        raise
+
+
 def add_band(table: int, band: Band) -> None:
     """Give a lab or test app (not a fabric function) a band in ``table``; the plan is re-checked.
 
@@ -167,4 +220,11 @@ def describe() -> list[dict]:
             for t in PIPELINE]
 
 
+def describe_ids() -> dict:
+    """Group and meter id ranges per app (served at /v1/pipeline/ids)."""
+    return {kind: {app: [[lo, hi] for lo, hi in ranges] for app, ranges in table.items()}
+            for kind, table in (("groups", GROUP_IDS), ("meters", METER_IDS))}
+
+
 validate_plan()
+_check_id_ranges()

@@ -305,6 +305,10 @@ def send_changes(channel: OFChannel, changes: Changes) -> None:
             raise ProgrammingError(f"meter/group deletes refused: {_fmt_errors(errors)}")
 
 
+def _pause() -> None:
+    hub.sleep(0)
+
+
 class SwitchProgrammer:
     """Keeps one switch at the desired state; runs in its own green thread.
 
@@ -429,12 +433,19 @@ class SwitchProgrammer:
                 self._kick.set()
                 return Changes()
             self.actual = actual
+            # diff a consistent copy, giving the hub its turn now and then (100k flows take a
+            # while): what changes meanwhile is in the new touched set, for the next sync
+            snapshot = self.desired.snapshot()
             self._touched = Touched()
-            changes = diff(self.desired, self.actual)
+            version = self.version
+            changes = diff(snapshot, self.actual, pause=_pause)
+            if channel is not self.channel or epoch != self._epoch:
+                self._kick.set()
+                return Changes()
         else:
             touched, self._touched = self._touched, Touched()
+            version = self.version  # what the diff below is computed from (it does not yield)
             changes = diff_touched(self.desired, self.actual, touched)
-        version = self.version  # what the diff above was computed from (no yield since)
         if not changes.empty:
             send_changes(channel, changes)
         if channel is not self.channel:
@@ -442,7 +453,10 @@ class SwitchProgrammer:
         if epoch != self._epoch:  # a resync was asked for meanwhile: read the switch again
             self._kick.set()
             return changes
-        apply_changes(self.actual, changes)
+        apply_changes(self.actual, changes, pause=_pause)
+        if channel is not self.channel or epoch != self._epoch:  # (the patch above may yield)
+            self._kick.set()
+            return changes
         self.synced_version = version
         self.syncs += 1
         self.full_syncs += full

@@ -122,7 +122,10 @@ class Changes:
         return {k: len(v) for k, v in self.__dict__.items()}
 
 
-def diff(desired: SwitchState, actual: ActualState) -> Changes:
+PAUSE_EVERY = 2000  # entries between two calls of a diff's ``pause`` (the hub's turn for others)
+
+
+def diff(desired: SwitchState, actual: ActualState, pause=None) -> Changes:
     """Compute what to send so the switch holds exactly ``desired``.
 
     Flow identity is OpenFlow's (table, priority, match).  A flow whose cookie
@@ -145,7 +148,9 @@ def diff(desired: SwitchState, actual: ActualState) -> Changes:
             ch.group_mods.append(group)
 
     seen = set()
-    for flow in desired.flows.values():
+    for n, flow in enumerate(desired.flows.values()):
+        if pause is not None and n % PAUSE_EVERY == PAUSE_EVERY - 1:
+            pause()
         ident = ofwire.flow_identity(flow)
         seen.add(ident)
         have = actual.flows.get(ident)
@@ -450,11 +455,13 @@ def diff_touched(desired, actual: ActualState, touched: Touched) -> Changes:
     return ch
 
 
-def apply_changes(actual: ActualState, changes: Changes) -> None:
+def apply_changes(actual: ActualState, changes: Changes, pause=None) -> None:
     """``actual`` after the switch applied ``changes`` (patched in place, O(changes))."""
     for ident in changes.flow_deletes:
         actual.flows.pop(ident, None)
-    for flow in changes.flow_adds:
+    for n, flow in enumerate(changes.flow_adds):
+        if pause is not None and n % PAUSE_EVERY == PAUSE_EVERY - 1:
+            pause()
         actual.flows[ofwire.flow_identity(flow)] = ofwire.flow_body(flow)
     for flow in changes.flow_mods:
         actual.flows[ofwire.flow_identity(flow)] = ofwire.flow_body(flow)

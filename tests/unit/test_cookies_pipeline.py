@@ -47,3 +47,24 @@ def test_plan_is_valid():
 def test_plan_errors(tables, msg):
     with pytest.raises(pipeline.PipelineError, match=msg):
         pipeline.validate_plan(tables)
+
+
+def test_group_and_meter_ids_are_pipeline_data():
+    from ryu_apps.framework.state import SwitchState
+    from ryu_apps.openflow.ofdata import Group, Meter, MeterBand
+
+    st = SwitchState()
+    st.add_group(Group(group_id=(cookies.app_id("fabric") << 24) | 5, type="select", buckets=()))
+    st.add_meter(Meter(meter_id=0x105, bands=(MeterBand(rate=10),)))
+    pipeline.check_ids("fabric", st)
+    with pytest.raises(pipeline.PipelineError, match="fenced_clone: group id 0x2000005 is outside"):
+        pipeline.check_ids("fenced_clone", st)
+    st2 = SwitchState()
+    st2.add_meter(Meter(meter_id=0x6E0A, bands=(MeterBand(rate=10),)))
+    pipeline.check_ids("oam_ecmp", st2)
+    with pytest.raises(pipeline.PipelineError, match="meter id 0x6e0a"):
+        pipeline.check_ids("fabric", st2)
+    with pytest.raises(pipeline.PipelineError, match="overlap"):
+        pipeline.add_ids("fabric_twin", meters=((0x200, 0x300),))
+    assert "fabric_twin" not in pipeline.METER_IDS
+    assert pipeline.describe_ids()["meters"]["core"] == [[1, 0xFF]]

@@ -42,6 +42,7 @@ from typing import Any, Iterable
 import networkx as nx
 
 from ryu_apps.openflow.ofdata import OFPP_CONTROLLER, Flow, Group, GroupAction, Output
+from ryu_apps.packet.checksum import inet_checksum
 
 # --- encoding constants ----------------------------------------------------------------
 
@@ -160,13 +161,7 @@ def _mac_bytes(mac: str) -> bytes:
     return bytes(int(x, 16) for x in mac.split(":"))
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
+_checksum = inet_checksum
 
 
 @dataclass(frozen=True)
