@@ -5,7 +5,10 @@ Launch with the base fabric::
     ryu-manager --fabric-topology topologies/multicast_standby.yaml \\
         ryu_apps/fabric.py ryu_apps/multicast_standby.py
 
-What it does (the model is :mod:`ryu_apps.functions.multicast_standby.model`):
+What it does (the intent is :mod:`ryu_apps.functions.multicast_standby.intent`, the state
+machine :mod:`~ryu_apps.functions.multicast_standby.model`, the flows, one part per channel,
+:mod:`~ryu_apps.functions.multicast_standby.flows`; this module is the thin app: hooks,
+timers, REST):
 
 * receivers join with real IGMP (v1/v2/v3, any-source and source-specific);
   the edge switch punts IGMP to the controller (metered, bounded parsing of
@@ -40,150 +43,30 @@ import ipaddress
 import logging
 import time
 from collections import defaultdict, deque
-from typing import Literal
+from typing import Hashable
 
-from os_ken.controller import ofp_event
-from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
 from os_ken.lib import hub
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ryu_apps.framework import cookies
-from ryu_apps.framework.app import FabricApp, FabricView, PacketIn
+from ryu_apps.framework.app import (
+    WHOLE,
+    FabricApp,
+    FabricView,
+    PacketIn,
+    PortChange,
+    SwitchChange,
+)
 from ryu_apps.framework.core import FabricCore
 from ryu_apps.framework.pipeline import MCAST
 from ryu_apps.framework.rest import ApiError
 from ryu_apps.framework.state import SwitchState
-from ryu_apps.framework.topology import MAC_RE
-from ryu_apps.functions.multicast_standby import model, wire
+from ryu_apps.functions.multicast_standby import flows, model, wire
+from ryu_apps.functions.multicast_standby.intent import MulticastIntent, StaticMember  # noqa: F401 - re-exported
 
 LOG = logging.getLogger(__name__)
 APP = model.APP
 SNAPSHOT = f"{APP}.state"  # <state dir>/multicast_standby.state.json: members, trees, paths
 RECOMPUTE_PACE = 4  # recomputes asked for at most every RECOMPUTE_PACE x the last compute time
-
-
-def _group(v: str) -> str:
-    try:
-        g = ipaddress.IPv4Address(v)
-    except ValueError:
-        raise ValueError(f"{v!r} is not an IPv4 address") from None
-    if g not in wire.MULTICAST:
-        raise ValueError(f"{v} is not a multicast group (224.0.0.0/4)")
-    if g in wire.LINK_LOCAL:
-        raise ValueError(f"{v} is link-local (224.0.0.0/24 is never routed)")
-    return str(g)
-
-
-class StaticMember(BaseModel):
-    """A receiver the intent joins without IGMP (never expires)."""
-
-    model_config = ConfigDict(extra="forbid")
-    host: str
-    group: str
-    sources: list[str] = []   # empty: any source; else only these (an INCLUDE filter)
-
-    @field_validator("group")
-    @classmethod
-    def _g(cls, v: str) -> str:
-        return _group(v)
-
-    @field_validator("sources")
-    @classmethod
-    def _sources(cls, v: list[str]) -> list[str]:
-        out = []
-        for s in v:
-            try:
-                a = ipaddress.IPv4Address(s)
-            except ValueError:
-                raise ValueError(f"{s!r} is not an IPv4 address") from None
-            if a.is_multicast or a.is_unspecified:
-                raise ValueError(f"{s} is not a unicast source address")
-            out.append(str(a))
-        return sorted(set(out))
-
-
-class MulticastIntent(BaseModel):
-    """The ``apps.multicast_standby`` section of a topology file."""
-
-    model_config = ConfigDict(extra="forbid")
-    #: standby: MoFRR-style standby paths with suppression on the active path;
-    #: restore: the baseline, recompute the tree after a failure
-    protection: Literal["standby", "restore"] = "standby"
-    #: group ranges the fabric carries (224.0.0.0/24 never is)
-    groups: list[str] = ["224.0.0.0/4"]
-    static_members: list[StaticMember] = []
-    #: packet-ins per second per switch: IGMP, standby requests, first packets of new sources
-    igmp_rate: int = Field(100, ge=1, le=10000)
-    request_rate: int = Field(1000, ge=1, le=100000)
-    discover_rate: int = Field(100, ge=1, le=10000)
-    #: the controller's IGMP querier; 0 = no queries, memberships never expire
-    query_interval: float = Field(60.0, ge=0, le=3600)
-    query_response: float = Field(10.0, ge=0.1, le=25.0)
-    robustness: int = Field(2, ge=1, le=7)
-    querier_ip: str = "0.0.0.0"
-    querier_mac: str = "0e:fa:b0:00:04:01"
-    #: a standby request not complete after this long has failed; retried after request_retry, doubling
-    request_timeout: float = Field(3.0, gt=0, le=60)
-    request_retry: float = Field(1.0, gt=0, le=60)
-    request_retry_max: float = Field(30.0, gt=0, le=600)
-    #: at most this many requests in flight at once (a burst of new channels is paced)
-    requests_in_flight: int = Field(64, ge=1, le=4096)
-    #: switch to the standby copy when the active stream is silent this long while the standby
-    #: copy keeps arriving (flow counters polled every poll_ms; OVS updates them about every 0.5 s); 0 = off
-    silence_ms: int = Field(1000, ge=0, le=60000)
-    poll_ms: int = Field(250, ge=50, le=10000)
-    #: a source that sent nothing for this long is forgotten (its tree and paths go); 0 = never
-    source_timeout: float = Field(120.0, ge=0, le=86400)
-
-    @field_validator("groups")
-    @classmethod
-    def _groups(cls, v: list[str]) -> list[str]:
-        if not v:
-            raise ValueError("at least one group range")
-        out = []
-        for r in v:
-            try:
-                net = ipaddress.IPv4Network(r)
-            except ValueError as exc:
-                raise ValueError(f"{r!r} is not an IPv4 prefix: {exc}") from None
-            if not net.subnet_of(wire.MULTICAST):
-                raise ValueError(f"{r} is not inside 224.0.0.0/4")
-            if net.subnet_of(wire.LINK_LOCAL):
-                raise ValueError(f"{r} is link-local (224.0.0.0/24 is never routed)")
-            out.append(str(net))
-        return out
-
-    @field_validator("querier_ip")
-    @classmethod
-    def _qip(cls, v: str) -> str:
-        a = ipaddress.IPv4Address(v)
-        if a.is_multicast:
-            raise ValueError(f"{v} is a multicast address")
-        return str(a)
-
-    @field_validator("querier_mac")
-    @classmethod
-    def _qmac(cls, v: str) -> str:
-        v = v.lower()
-        if not MAC_RE.match(v) or int(v[:2], 16) & 1:
-            raise ValueError(f"{v!r} is not a unicast MAC address")
-        return v
-
-    @model_validator(mode="after")
-    def _static_in_range(self):
-        for i, sm in enumerate(self.static_members):
-            g = ipaddress.IPv4Address(sm.group)
-            if not any(g in ipaddress.IPv4Network(r) for r in self.groups):
-                raise ValueError(f"static_members[{i}].group {sm.group} is outside groups {self.groups}")
-        if self.request_retry_max < self.request_retry:
-            raise ValueError("request_retry_max must be >= request_retry")
-        return self
-
-    def member_timeout(self) -> float | None:
-        """RFC 3376 group membership interval; None without a querier."""
-        if self.query_interval <= 0:
-            return None
-        return self.robustness * self.query_interval + self.query_response
 
 
 class MulticastStandby(FabricApp):
@@ -193,7 +76,9 @@ class MulticastStandby(FabricApp):
     APP_NAME = APP
     IntentModel = MulticastIntent
     #: whole IGMPv3 reports (hundreds of group records) reach the parser
-    PACKET_IN_BYTES = model.IGMP_PUNT_BYTES
+    PACKET_IN_BYTES = flows.IGMP_PUNT_BYTES
+    #: the flows read the health of the channels' paths (ports, dead switches), not the channels
+    INPUTS = frozenset({"ports", "switches"})
 
     def __init__(self, *args, **kwargs):
         core = kwargs["fabric_core"]
@@ -208,41 +93,56 @@ class MulticastStandby(FabricApp):
                 LOG.warning("ignoring the saved multicast state: %s", exc)
         super().__init__(*args, **kwargs)
         self._kick = hub.Event()
-        self._dirty = False
+        self._dirty = False                         # memberships or sources changed: reconcile, save
+        self._dirty_parts: set[str] = set()         # ...and these channels' flows with them
         self._rc_kick = hub.Event()
+        self._stale: set[str] | None = set()        # parts to hand to the core (None: all of them)
         self._save_kick = hub.Event()
         self._counters: dict[tuple, tuple[float, int]] = {}
         self._source_seen: dict[tuple[str, str], tuple[int, float]] = {}
         self._history: dict[tuple, deque] = defaultdict(lambda: deque(maxlen=64))
         self.stats_polls = 0
         self.port_events: deque = deque(maxlen=32)
-        self._last_health: tuple | None = None
         self.threads.append(hub.spawn(self._maintain_loop))
         self.threads.append(hub.spawn(self._recompute_pacer))
         self.threads.append(hub.spawn(self._saver))
         self.threads.append(hub.spawn(self._querier_loop))
         self.threads.append(hub.spawn(self._poll_loop))
 
-    # -- the fabric app contract --------------------------------------------------------
-    def compute(self, view: FabricView) -> dict[str, SwitchState]:
-        return model.compute(view, self.intent, self.state)
+    # -- the fabric app contract (pure) -------------------------------------------------
+    def parts(self, intent: MulticastIntent) -> list[str]:
+        """One part per channel (``S>G``), and ``ingress`` (the punts and steering in table 0)."""
+        return flows.parts(self.state)
 
-    def packet_in(self, pkt: PacketIn) -> None:
+    def compute(self, view: FabricView, intent: MulticastIntent, part: Hashable = WHOLE) -> dict[str, SwitchState]:
+        if part == WHOLE:  # (not one of this app's parts: the whole state, for a caller that asks so)
+            return flows.compute(view, intent, self.state)
+        return flows.compute_part(view, intent, self.state, part)
+
+    def parts_changed(self, view: FabricView, intent: MulticastIntent, change) -> set[str] | None:
+        """The channels with a path whose health the port or switch change flipped."""
+        if isinstance(change, PortChange):
+            return flows.parts_touching(self.state, view, intent, change.switch, change.port)
+        if isinstance(change, SwitchChange) and change.event in ("dead", "alive"):
+            return flows.parts_touching(self.state, view, intent, change.switch)
+        return set()
+
+    def on_packet_in(self, pkt: PacketIn) -> None:
         kind = (pkt.cookie >> cookies.KIND_SHIFT) & 0xFF
         now = time.monotonic()
-        if kind == model.K_IGMP:
+        if kind == flows.K_IGMP:
             msg = wire.parse_igmp(pkt.data)
             eff = self.state.igmp(pkt.switch, pkt.in_port, msg, now, self.intent.member_timeout(), self.intent)
             LOG.debug("%s:%d %s", pkt.switch, pkt.in_port, msg.describe())
-        elif kind == model.K_REQ_PUNT:
+        elif kind == flows.K_REQ_PUNT:
             req = wire.parse_request(pkt.data)
             eff = self.state.handle_request(pkt.switch, pkt.in_port, req, now, self.core.view())
             self._send(eff)
             if eff.changed:  # join state or a completed path: flows change, nothing else to reconcile
-                self.recompute_soon()
+                self.recompute_soon(self._parts(eff))
                 self.save_soon()
             return
-        elif kind == model.K_DISCOVER:
+        elif kind == flows.K_DISCOVER:
             src, grp = wire.mcast_data(pkt.data)
             eff = self.state.source_seen(pkt.switch, pkt.in_port, src, grp, now, self.intent)
             if eff.changed:
@@ -251,7 +151,12 @@ class MulticastStandby(FabricApp):
             raise wire.BadPacket(f"packet-in with unknown cookie kind {kind}")
         if eff.changed:  # membership or sources changed: trees and requests follow in reconcile
             self._dirty = True
+            self._dirty_parts |= self._parts(eff)
             self.kick()
+
+    @staticmethod
+    def _parts(eff: model.Effects) -> set[str]:
+        return {flows.part_of(k) for k in eff.channels}
 
     def kick(self) -> None:
         self._kick.set()
@@ -268,36 +173,43 @@ class MulticastStandby(FabricApp):
             self._kick.clear()
             try:
                 dirty, self._dirty = self._dirty, False
+                parts, self._dirty_parts = self._dirty_parts, set()
                 in_flight = sum(ds.pending is not None for ch in self.state.channels.values()
                                 for ds in ch.dests.values())
                 budget = max(0, self.intent.requests_in_flight - in_flight)
-                if not all(pr.synced for n, pr in self.core.programmers.items() if n in self.core.datapaths):
+                if not self.core.all_synced():
                     budget = 0  # active trees first: ask for standby paths once the switches hold them
                 eff = self.state.reconcile(time.monotonic(), self.core.view(), self.intent, request_budget=budget)
                 self._send(eff)
                 if eff.changed or dirty:
-                    self._last_health = None
-                    self.recompute_soon()
+                    self.recompute_soon(parts | self._parts(eff))
                     self.save_soon()
             except Exception:  # keep the loop; the state is left as it was before the failing step
                 LOG.exception("multicast reconcile failed")
 
-    def recompute_soon(self) -> None:
-        """Ask the core for a recompute, at most every RECOMPUTE_PACE x the last compute's duration:
-        at scale (hundreds of channels) a compute takes a while, and a controller that
-        recomputes back to back has no time left for the packet-ins that build the paths."""
+    def recompute_soon(self, parts: set[str] | None = None) -> None:
+        """Tell the core these parts (channels; None: all) are stale, at most every
+        RECOMPUTE_PACE x this app's last compute: at scale a compute takes a while, and a
+        controller that recomputes back to back has no time left for the packet-ins that
+        build the paths."""
+        if parts is None:
+            self._stale = None
+        elif self._stale is not None:
+            self._stale |= parts
         self._rc_kick.set()
 
     def _recompute_pacer(self) -> None:
         last = 0.0
         while True:
             self._rc_kick.wait()
-            gap = max(0.0, RECOMPUTE_PACE * self.core.last_compute_seconds - (time.monotonic() - last))
+            gap = max(0.0, RECOMPUTE_PACE * self.core.compute_seconds(self) - (time.monotonic() - last))
             if gap:
                 hub.sleep(gap)
             self._rc_kick.clear()
+            parts, self._stale = self._stale, set()
             last = time.monotonic()
-            self.core.schedule_recompute()
+            if parts is None or parts:
+                self.core.invalidate(self, parts)
 
     def save_soon(self) -> None:
         """Persist trees, paths and members shortly (coalesced): a restart then changes nothing."""
@@ -312,7 +224,7 @@ class MulticastStandby(FabricApp):
             elif not self.state.members:
                 continue  # (membership refreshes move expiry times: saved every 10 s)
             self._save_kick.clear()
-            if self.core.state_dir is None:
+            if not self.core.persistent:
                 continue
             t0 = time.monotonic()
             try:
@@ -360,14 +272,8 @@ class MulticastStandby(FabricApp):
                 wanted |= {ch.switch for ch in self.state.channels.values()}
                 self._expire_sources(now)
             for sw in sorted(wanted, key=model.natural):
-                dp = self.core.datapaths.get(sw)
-                if dp is None:
-                    continue
-                parser = dp.ofproto_parser
-                cookie, mask = cookies.app_cookie(APP)
-                dp.send_msg(parser.OFPFlowStatsRequest(dp, 0, MCAST, dp.ofproto.OFPP_ANY, dp.ofproto.OFPG_ANY,
-                                                       cookie, mask, parser.OFPMatch()))
-                self.stats_polls += 1
+                if self.core.request_stats(self, sw, _mcast_flow_stats):
+                    self.stats_polls += 1
 
     def _expire_sources(self, now: float) -> None:
         """Forget channels whose source sent nothing for source_timeout (its first-hop flow stood still)."""
@@ -393,97 +299,66 @@ class MulticastStandby(FabricApp):
             self.state.counters["sources_expired"] += 1
         if gone:
             self.save_soon()
-            self.recompute_soon()
+            self.recompute_soon({flows.part_of(ch.key) for ch in gone})
 
-    # -- os-ken events (thin) -------------------------------------------------------------
-    @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
-    def _port_status(self, ev):
-        msg = ev.msg
-        sw = self.core.topology.switch_by_dpid(msg.datapath.id)
-        if sw is not None:
-            ofp = msg.datapath.ofproto
-            live = msg.reason != ofp.OFPPR_DELETE and self.core.port_live(sw.name, ofp, msg.desc)
-            LOG.debug("port-status %s:%d reason %d config %#x state %#x", sw.name, msg.desc.port_no, msg.reason,
-                      msg.desc.config, msg.desc.state)
-            hub.spawn(self._after_port_change, sw.name, msg.desc.port_no, live, time.time())
-
-    def _after_port_change(self, switch: str, port: int, live: bool, received: float = 0.0) -> None:
-        # the core's own handler records the port state (its event loop); give it the turn.
-        # OVS reports `ip link set down` as two port-status messages, the first still live:
-        # what counts is the core's record, which a failure waits for (a little).
-        hub.sleep(0)
-        for _ in range(20):  # until the core's record agrees with this message (either way)
-            if ((switch, port) not in self.core.down_ports) == live:
-                break
-            hub.sleep(0.001)
-        t0 = time.monotonic()
-        live = (switch, port) not in self.core.down_ports
+    # -- hooks the core calls (after it updated the view) -------------------------------------
+    def on_port_change(self, change: PortChange) -> None:
+        if change.reason == "desc":  # the port list after a connect: reconcile sees what it says
+            if change.changed:
+                self.kick()
+            return
+        LOG.debug("port-status %s:%d %s up=%s live=%s usable=%s", change.switch, change.port, change.reason,
+                  change.up, change.live, change.usable)
+        received, t0 = time.time(), time.monotonic()
+        # the core's verdict (a port it does not know of is never down in its view)
+        live = change.usable or (change.switch, change.port) not in self.core.topology.ports
         computed = False
-        if not live:
+        if not live and change.changed:
             # a failure: the pure compute already flips every destination whose active path broke
-            # to its standby copy (one group change each); hand this app's new state to the
-            # programmers now rather than after the core's coalescing pause -- unless this port
-            # changes no path's health (the far end of a link already seen down)
-            sig = self._health(self.core.view())
-            if sig != self._last_health or self.intent.protection != "standby":
-                self._last_health = sig
-                self.recompute_now()
+            # to its standby copy (one group change each); hand the channels whose paths it touched
+            # to the programmers now rather than after the core's coalescing pause (none: the far
+            # end of a link already seen down changes no path's health)
+            parts = flows.parts_touching(self.state, self.core.view(), self.intent, change.switch, change.port)
+            if parts is None or parts:
+                self.recompute_now(parts)
                 computed = True
-        else:
+        elif live:
             self.state.topology_improved(t0)
-        entry = {"switch": switch, "port": port, "live": live, "received": received,
+        entry = {"switch": change.switch, "port": change.port, "live": live, "received": received,
                  "recomputed": computed, "compute_ms": round((time.monotonic() - t0) * 1000, 2)}
         self.port_events.append(entry)
         if computed:
             hub.spawn(self._watch_sync, entry, t0)
-        if not live:
-            hub.sleep(0.02)  # let the programmers send the flip before promotion and new requests
-        self.kick()
+        if live:
+            self.kick()
+        else:  # let the programmers send the flip before promotion and new requests
+            hub.spawn_after(0.02, self.kick)
 
     def _watch_sync(self, entry: dict, t0: float) -> None:
         """Record when every switch holds the state computed for a failure (for the benchmark)."""
         for _ in range(500):
-            if all(p.synced for n, p in self.core.programmers.items() if n in self.core.datapaths):
+            if self.core.all_synced():
                 entry["synced_ms"] = round((time.monotonic() - t0) * 1000, 2)
                 return
             hub.sleep(0.001)
 
-    def _health(self, view: FabricView) -> tuple:
-        """Which active and standby paths can carry packets in ``view``."""
-        out = []
-        for key in sorted(self.state.channels):
-            ch = self.state.channels[key]
-            for d in sorted(ch.dests):
-                ds = ch.dests[d]
-                act = ch.active_path(d)
-                out.append((key, d, act.devices if act else None, act.vid if act else None,
-                            act.intact(view) if act else None, ds.standby.vid if ds.standby else None,
-                            ds.standby.intact(view) if ds.standby else None))
-        return tuple(out)
+    def recompute_now(self, parts: set[str] | None = None) -> None:
+        """Hand the programmers these parts of this app's state (None: all) at once.
 
-    def recompute_now(self) -> None:
-        """Hand the programmers this app's new state at once, next to what the other apps have.
-
-        A failure flips destinations to their standby copies: only this app's part of each
-        switch changes, so it is recomputed (pure) and swapped into each switch's desired state;
-        the core's own recompute (already scheduled by its port-status handler) follows with
-        every app's state for the new view, and finds this app's part already in place.
+        A failure flips destinations to their standby copies: only the channels whose paths
+        the failure touched change, so only they are recomputed (pure) and swapped into each
+        switch's desired state; the core's own recompute of the same parts (dirtied by the
+        port change) follows and finds them in place.
         """
         try:
-            self.core.recompute_now(self)
+            self.core.recompute_now(self, parts)
         except Exception:  # the core's loop computes everything anyway, and reports what is wrong
             LOG.exception("fast failover push failed")
             self.core.invalidate(self)
 
-    @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
-    def _state_change(self, ev):
-        if ev.datapath.id is None:
-            return
-        sw = self.core.topology.switch_by_dpid(ev.datapath.id)
-        if sw is None:
-            return
-        if ev.state == MAIN_DISPATCHER:
-            hub.spawn(self._query_later, sw.name)
+    def on_switch_change(self, change: SwitchChange) -> None:
+        if change.event == "connected":
+            hub.spawn(self._query_later, change.switch)
         self.kick()
 
     def _query_later(self, switch: str) -> None:
@@ -493,24 +368,21 @@ class MulticastStandby(FabricApp):
             self.query_all({switch})
         self.kick()
 
-    @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
-    def _flow_stats(self, ev):
-        sw = self.core.topology.switch_by_dpid(ev.msg.datapath.id)
-        if sw is None:
-            return
+    def on_stats_reply(self, switch: str, msg) -> None:
+        """Flow counters of this app's mcast-table flows (``_poll_loop`` asked for them)."""
         now = time.monotonic()
         app = cookies.app_id(APP)
-        for stat in ev.msg.body:
-            if stat.table_id != MCAST or stat.cookie >> cookies.APP_SHIFT != app:
+        for stat in getattr(msg, "body", ()):
+            if getattr(stat, "table_id", None) != MCAST or stat.cookie >> cookies.APP_SHIFT != app:
                 continue
             m = stat.match
             try:
                 vid = m["vlan_vid"] & 0xFFF if "vlan_vid" in m else 0
-                key = (sw.name, m["ipv4_src"], m["ipv4_dst"], m["in_port"], vid)
+                key = (switch, m["ipv4_src"], m["ipv4_dst"], m["in_port"], vid)
             except KeyError:
                 continue
             self._counters[key] = (now, stat.packet_count)
-        self._check_silence(sw.name, now)
+        self._check_silence(switch, now)
 
     def _check_silence(self, switch: str, now: float) -> None:
         limit = self.intent.silence_ms / 1000.0
@@ -663,5 +535,12 @@ class MulticastStandby(FabricApp):
         ch = self._channel(r)
         self.state.forget_source(ch.key)
         self.save_soon()
-        self.recompute_soon()
+        self.recompute_soon({flows.part_of(ch.key)})
         return {"forgot": ch.name}
+
+
+def _mcast_flow_stats(dp):
+    """The flow stats request of the poll: this app's flows in the mcast table."""
+    parser, ofp = dp.ofproto_parser, dp.ofproto
+    cookie, mask = cookies.app_cookie(APP)
+    return parser.OFPFlowStatsRequest(dp, 0, MCAST, ofp.OFPP_ANY, ofp.OFPG_ANY, cookie, mask, parser.OFPMatch())

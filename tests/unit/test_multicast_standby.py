@@ -20,8 +20,8 @@ from scapy.layers.l2 import Ether
 from ryu_apps.framework import cookies, pipeline
 from ryu_apps.framework.app import FabricView, IntentError
 from ryu_apps.framework.topology import load
-from ryu_apps.functions.multicast_standby import model, wire
-from ryu_apps.multicast_standby import MulticastIntent
+from ryu_apps.functions.multicast_standby import flows, model, wire
+from ryu_apps.functions.multicast_standby.intent import MulticastIntent
 from ryu_apps.openflow.ofdata import (
     OFPP_CONTROLLER,
     GroupAction,
@@ -101,7 +101,7 @@ class Net:
         self.st.source_seen(h.switch, h.port, str(h.ipv4.ip), group, self.now, self.intent)
 
     def states(self, view: FabricView | None = None):
-        return model.compute(view or self.view(), self.intent, self.st)
+        return flows.compute(view or self.view(), self.intent, self.st)
 
     def send(self, host: str = "h1", group: str = G, states=None, live_down=None) -> Counter:
         """Walk one packet from ``host`` through the tables; count deliveries per host.
@@ -204,7 +204,7 @@ def test_every_flow_fits_the_pipeline_and_names_its_object(net):
         for flow in st.flows.values():
             pipeline.check_flow(model.APP, flow)
             assert flow.cookie in st.owners, f"unlabelled cookie {flow.cookie:#x}"
-            assert cookies.decode(flow.cookie).kind in model.KIND_NAMES
+            assert cookies.decode(flow.cookie).kind in flows.KIND_NAMES
 
 
 def test_standby_paths_disjoint_and_suppressed_on_the_active_path(net):
@@ -295,7 +295,7 @@ def test_restore_mode_recomputes_the_tree():
     assert n.send() == Counter({"h2": 1, "h3": 1, "h4": 1})
     n.cut("s1", "s2")
     assert n.send() == Counter({"h2": 1, "h3": 1, "h4": 1})
-    assert all(not any(f.priority == model.P_PATH for f in st.flows.values()) for st in n.states().values())
+    assert all(not any(f.priority == flows.P_PATH for f in st.flows.values()) for st in n.states().values())
 
 
 def test_leave_and_churn_leave_no_state(net):

@@ -1,12 +1,12 @@
-"""The multicast_standby app's model: membership, trees, standby paths, and the flows they make.
+"""The multicast_standby app's pure state machine: memberships, channels, paths, requests, audit.
 
-No os-ken here.  :class:`McastState` holds what the controller has learned
-(memberships from IGMP, sources from their first packets, the active tree of
-every channel, the standby path of every destination device, requests in
-flight); its methods change that state in answer to an input (a report, a
-request arriving at a switch, a failure) and return what has to go on the
-wire (:class:`Effects`).  :func:`compute` turns the state plus the live view
-into flows, groups and meters per switch, as pure data.
+No os-ken here, and no flows (those are :mod:`.flows`; the intent is :mod:`.intent`).
+:class:`McastState` holds what the controller has learned (memberships from IGMP,
+sources from their first packets, the active tree of every channel, the standby
+path of every destination device, requests in flight); its methods change that
+state in answer to an input (a report, a request arriving at a switch, a
+failure) and return what has to go on the wire and which channels changed
+(:class:`Effects`).
 
 Vocabulary
 ----------
@@ -31,73 +31,24 @@ Vocabulary
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 import itertools
 import re
 import time
-import zlib
 from collections import OrderedDict, defaultdict, deque
 from dataclasses import dataclass, field
-from typing import Any, Iterable
 
 import networkx as nx
 
-from ryu_apps.framework import cookies
-from ryu_apps.framework.pipeline import INGRESS, MCAST
-from ryu_apps.framework.state import SwitchState
 from ryu_apps.framework.topology import Topology
 from ryu_apps.framework.view import FabricView, IntentError
 from ryu_apps.functions.multicast_standby import wire
-from ryu_apps.openflow.ofdata import (
-    OFPP_CONTROLLER,
-    Bucket,
-    Flow,
-    Group,
-    GroupAction,
-    Match,
-    Meter,
-    MeterBand,
-    Output,
-    PopVlan,
-    PushVlan,
-    SetField,
-)
+from ryu_apps.functions.multicast_standby.intent import group_allowed
 
 APP = "multicast_standby"
-ETH_IP = 0x0800
-
-# cookie kinds
-K_IGMP = 1          # IGMP from one host to the controller (table 0)
-K_HOST_DATA = 2     # one host's multicast data into the mcast table (table 0)
-K_LINK_LOCAL = 3    # one host's 224.0.0.0/24 traffic dropped (table 0)
-K_REQ_PUNT = 4      # standby requests arriving on one fabric port to the controller (table 0)
-K_FABRIC_DATA = 5   # multicast data arriving on one fabric port into the mcast table (table 0)
-K_DISCOVER = 6      # first packets of an unknown (S,G) from one host to the controller (table 20)
-K_TREE = 7          # the active tree of one channel, on every switch of it (table 20)
-K_PATH = 8          # one tagged path of one channel (standby, promoted active, or a request's join state)
-KIND_NAMES = {K_IGMP: "igmp", K_HOST_DATA: "host-data", K_LINK_LOCAL: "link-local", K_REQ_PUNT: "request-punt",
-              K_FABRIC_DATA: "fabric-data", K_DISCOVER: "discover", K_TREE: "tree", K_PATH: "path"}
-
-# priorities: table 0 band 2000..2999, table 20 band 100..9999
-P_PUNT = 2900
-P_LINK_LOCAL = 2800
-P_DATA = 2700
-P_DISCOVER = 100
-P_TREE = 1000
-P_PATH = 1100
-
-# meters (per switch)
-METER_IGMP = (cookies.app_id(APP) << 24) | 1
-METER_REQUEST = (cookies.app_id(APP) << 24) | 2
-METER_DISCOVER = (cookies.app_id(APP) << 24) | 3
-METERS = (METER_IGMP, METER_REQUEST, METER_DISCOVER)
-IGMP_PUNT_BYTES = 1500     # a whole IGMPv3 report (the app raises the core's packet-in bound to this)
-REQUEST_PUNT_BYTES = 128
-DISCOVER_PUNT_BYTES = 64
 MAX_HOPS = 64
 MUTE_HOLD = 0.2  # s between muting a silent active stream and accepting the standby copy
-
+#: channels at once: each has a slot, which numbers its OpenFlow groups (``flows.group_id``)
+SLOTS = 1 << 12
 
 def channel_name(source: str, group: str) -> str:
     return f"{source}>{group}"
@@ -336,6 +287,7 @@ class Channel:
     tree: dict[str, tuple[str, int, int]] = field(default_factory=dict)  # node -> (parent, parent_port, in_port)
     tree_dests: set[str] = field(default_factory=set)
     dests: dict[str, Dest] = field(default_factory=dict)
+    slot: int = 0     # unique among the channels (0..SLOTS-1): numbers the channel's groups
 
     @property
     def key(self) -> tuple[str, str]:
@@ -519,16 +471,28 @@ class Audit:
 
 @dataclass
 class Effects:
-    """What an input changed, and the frames to send: ``(switch, port, frame)``."""
+    """What an input changed, and the frames to send: ``(switch, port, frame)``.
+
+    ``channels``: the channels (keys) whose desired flows may have changed with it (their
+    parts of the app's state are stale); ``changed`` may be set with none (a membership of a
+    group no source sends to: saved, but no flow changes).
+    """
 
     changed: bool = False
     sends: list[tuple[str, int, bytes]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    channels: set[tuple[str, str]] = field(default_factory=set)
+
+    def touch(self, key: tuple[str, str]) -> None:
+        """The flows of channel ``key`` change."""
+        self.changed = True
+        self.channels.add(key)
 
     def __iadd__(self, other: "Effects") -> "Effects":
         self.changed |= other.changed
         self.sends += other.sends
         self.notes += other.notes
+        self.channels |= other.channels
         return self
 
 
@@ -553,6 +517,7 @@ class McastState:
         self._dpid = {name: sw.dpid for name, sw in topology.switches.items()}
         self._by_dpid = {sw.dpid: name for name, sw in topology.switches.items()}
         self._host_at = {(h.switch, h.port): h for h in topology.hosts.values()}
+        self._next_slot = 0
 
     # -- membership -------------------------------------------------------------
     def igmp(self, switch: str, port: int, msg: wire.Igmp, now: float, timeout: float | None,
@@ -571,6 +536,7 @@ class McastState:
         eff = Effects(notes=list(msg.skipped))
         groups = self.members.setdefault((switch, port), {})
         expires = None if timeout is None else now + timeout
+        moved = set()  # groups whose receivers changed
         for rec in msg.records:
             if intent is not None and not group_allowed(rec.group, intent):
                 eff.notes.append(f"{rec.group}: outside the configured groups {intent.groups}")
@@ -581,26 +547,35 @@ class McastState:
             if new is None:
                 if cur is not None:
                     del groups[rec.group]
-                    eff.changed = True
+                    moved.add(rec.group)
                 continue
             if cur is None or (cur.mode, cur.sources) != (new.mode, new.sources):
-                eff.changed = True
+                moved.add(rec.group)
             groups[rec.group] = new
         if not groups:
             del self.members[(switch, port)]
+        self._touch_groups(eff, moved)
         return eff
 
-    def expire_members(self, now: float) -> bool:
-        changed = False
+    def _touch_groups(self, eff: Effects, groups: set[str]) -> None:
+        """Receivers of ``groups`` changed: so may every channel of them (their flows read the receivers)."""
+        if not groups:
+            return
+        eff.changed = True
+        eff.channels.update(k for k in self.channels if k[1] in groups)
+
+    def expire_members(self, now: float) -> set[str]:
+        """Drop memberships past their expiry; the groups that lost one."""
+        gone = set()
         for key in list(self.members):
             groups = self.members[key]
             for g in [g for g, m in groups.items() if m.expires is not None and m.expires <= now]:
                 del groups[g]
-                changed = True
+                gone.add(g)
                 self.counters["members_expired"] += 1
             if not groups:
                 del self.members[key]
-        return changed
+        return gone
 
     def static_members(self, intent) -> dict[tuple[str, int], dict[str, Membership]]:
         out: dict[tuple[str, int], dict[str, Membership]] = {}
@@ -623,12 +598,22 @@ class McastState:
                     index[g].append((sw, port, m))
         return index
 
+    def group_members(self, group: str, intent) -> list[tuple[str, int, Membership]]:
+        """Every (switch, port, membership) of one group (without building the whole index)."""
+        out = []
+        for table in (self.members, self.static_members(intent)):
+            for (sw, port), groups in table.items():
+                m = groups.get(group)
+                if m is not None:
+                    out.append((sw, port, m))
+        return out
+
     def receivers(self, source: str, group: str, intent, exclude: tuple[str, int] | None = None,
                   index: dict | None = None) -> dict[str, tuple[int, ...]]:
         """Switch -> receiver ports of (S, G)."""
-        index = self.member_index(intent) if index is None else index
+        found = self.group_members(group, intent) if index is None else index.get(group, ())
         out: dict[str, set[int]] = defaultdict(set)
-        for sw, port, m in index.get(group, ()):
+        for sw, port, m in found:
             if m.accepts(source) and (sw, port) != exclude:
                 out[sw].add(port)
         return {sw: tuple(sorted(out[sw])) for sw in sorted(out, key=natural)}
@@ -646,12 +631,31 @@ class McastState:
             return Effects()
         if ch is not None:
             self.audit.event("source-moved", ch, ch.switch, f"source {source} now on {switch}:{port}")
-        self.channels[key] = Channel(source, group, switch, port, host.name, now)
+            slot = ch.slot
+        else:
+            slot = self._alloc_slot()
+            if slot is None:
+                self.counters["sources_refused_too_many_channels"] += 1
+                return Effects(notes=[f"{channel_name(source, group)}: {SLOTS} channels already, refused"])
+        self.channels[key] = Channel(source, group, switch, port, host.name, now, slot=slot)
         self.counters["sources_learned"] += 1
-        return Effects(changed=True)
+        eff = Effects()
+        eff.touch(key)
+        return eff
 
     def forget_source(self, key: tuple[str, str]) -> bool:
         return self.channels.pop(key, None) is not None
+
+    def _alloc_slot(self) -> int | None:
+        """The next free slot after the last one given out (a freed slot is reused last, so the
+        groups of a forgotten channel are long gone from the switches when the number returns)."""
+        used = {ch.slot for ch in self.channels.values()}
+        for i in range(SLOTS):
+            slot = (self._next_slot + i) % SLOTS
+            if slot not in used:
+                self._next_slot = (slot + 1) % SLOTS
+                return slot
+        return None
 
     # -- helpers ----------------------------------------------------------------
     def dpid(self, switch: str) -> int:
@@ -675,7 +679,7 @@ class McastState:
         """Bring every channel in line with membership and the live view; start due requests."""
         eff = Effects()
         if intent.query_interval > 0:
-            eff.changed |= self.expire_members(now)
+            self._touch_groups(eff, self.expire_members(now))
         protected = intent.protection == "standby"
         budget = [request_budget]
         index = self.member_index(intent)
@@ -690,7 +694,7 @@ class McastState:
                     ch.tree.clear()
                     ch.tree_dests.clear()
                     ch.dests.clear()
-                    eff.changed = True
+                    eff.touch(key)
                 continue
             eff += self._reconcile_channel(ch, rx, now, view, intent, budget)
         for k in [k for k in self.silent if (k[0], k[1]) not in self.channels]:
@@ -809,6 +813,8 @@ class McastState:
             if ds.standby is None and now >= ds.retry_at and budget[0] > 0:
                 budget[0] -= 1
                 eff += self.originate(ch, d, now, view, intent)
+        if eff.changed:  # (every change above is to this channel's tree, paths or requests)
+            eff.channels.add(ch.key)
         return eff
 
     def _backoff(self, ds: Dest, now: float, intent) -> None:
@@ -920,7 +926,9 @@ class McastState:
                        f"not on {dest}'s active path: installs standby state (vid {req.vid}: in on "
                        f"{'/'.join(map(str, ports))}, out on {in_port}) and forwards toward {ch.switch} {how}",
                        **base, forwarded=[{"port": p, "to": self.topo.ports[(switch, p)].peer} for p in ports])
-        return Effects(changed=True, sends=[(switch, p, out) for p in ports])
+        eff = Effects(sends=[(switch, p, out) for p in ports])
+        eff.touch(ch.key)
+        return eff
 
     def _toward_source(self, ch: Channel, dest: str, switch: str, in_port: int, view: FabricView,
                        active: Path | None) -> tuple[list[int], str]:
@@ -1002,7 +1010,9 @@ class McastState:
         self.audit.event("standby", ch, ds.switch, "standby path complete", path=path.text(), vid=path.vid,
                          request_id=rid)
         self.counters["standby_complete"] += 1
-        return Effects(changed=True)
+        eff = Effects()
+        eff.touch(ch.key)
+        return eff
 
     # -- persistence (a controller restart keeps trees, paths and members: nothing changes) ----
     def snapshot(self, now: float, wall: float) -> dict:
@@ -1021,7 +1031,8 @@ class McastState:
         for key in sorted(self.channels):
             ch = self.channels[key]
             channels.append({"source": ch.source, "group": ch.group, "switch": ch.switch, "port": ch.port,
-                             "host": ch.host, "tree": {n: list(v) for n, v in sorted(ch.tree.items())},
+                             "host": ch.host, "slot": ch.slot,
+                             "tree": {n: list(v) for n, v in sorted(ch.tree.items())},
                              "tree_dests": sorted(ch.tree_dests),
                              "dests": {d: {"active": path(ds.active), "standby": path(ds.standby),
                                            "failovers": ds.failovers} for d, ds in sorted(ch.dests.items())}})
@@ -1069,8 +1080,25 @@ class McastState:
             for d, e in c["dests"].items():
                 ch.dests[d] = Dest(d, path(e["active"]), path(e["standby"]), retry_at=now,
                                    failovers=int(e.get("failovers", 0)))
+            slot = c.get("slot")  # (a snapshot from before slots has none: numbered afresh)
+            ch.slot = int(slot) if isinstance(slot, int) and 0 <= slot < SLOTS else -1
             channels[ch.key] = ch
+        if len(channels) > SLOTS:
+            raise ValueError(f"{len(channels)} channels, at most {SLOTS}")
+        taken: set[int] = set()
+        renumber = []
+        for key in sorted(channels):
+            ch = channels[key]
+            if ch.slot < 0 or ch.slot in taken:
+                renumber.append(ch)
+            else:
+                taken.add(ch.slot)
+        free = (i for i in range(SLOTS) if i not in taken)
+        for ch in renumber:
+            ch.slot = next(free)
+            taken.add(ch.slot)
         self.members, self.channels = members, channels
+        self._next_slot = (max(taken) + 1) % SLOTS if taken else 0
 
     # -- views for REST ---------------------------------------------------------
     def channel_json(self, ch: Channel, view: FabricView, intent, now: float) -> dict:
@@ -1104,16 +1132,6 @@ class McastState:
                 "destinations": dests}
 
 
-# ---------------------------------------------------------------------------
-# intent helpers
-
-
-def group_allowed(group: str, intent) -> bool:
-    g = ipaddress.IPv4Address(group)
-    if g in wire.LINK_LOCAL or g not in wire.MULTICAST:
-        return False
-    return any(g in ipaddress.IPv4Network(r) for r in intent.groups)
-
 
 def restore_tree(view: FabricView, root: str, rx: dict, graphs: Graphs | None = None) -> tuple[dict, set]:
     """The restoration baseline's tree: recomputed from the live view (shortest paths) every time."""
@@ -1138,221 +1156,3 @@ def _tree_path_of(tree: dict, root: str, dest: str) -> Path | None:
     ch = Channel("", "", root, 0, "", 0.0, tree=tree)
     return ch.tree_path(dest)
 
-
-# ---------------------------------------------------------------------------
-# compute: state + view -> flows
-
-
-class _Gids:
-    """Stable group ids per switch: app id in the top byte, crc32 of the name below, probed on collision."""
-
-    def __init__(self):
-        self.taken: dict[str, dict[int, str]] = defaultdict(dict)
-
-    def get(self, switch: str, name: str) -> int:
-        taken = self.taken[switch]
-        gid = (cookies.app_id(APP) << 24) | (zlib.crc32(name.encode()) & 0xFFFFFF)
-        while gid in taken and taken[gid] != name:
-            gid = (gid & 0xFF000000) | ((gid + 1) & 0xFFFFFF)
-        taken[gid] = name
-        return gid
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _data_match(in_port: int, vid: int, source: str, group: str) -> Match:
-    return Match(in_port=in_port, vlan_vid=(0x1000 | vid) if vid else 0, eth_type=ETH_IP,
-                 ipv4_src=source, ipv4_dst=group)
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _mflow(priority: int, match: Match, actions: tuple, cookie: int) -> Flow:
-    """A flow of the mcast table (memoized: recomputes build the same objects again and again)."""
-    return Flow(table=MCAST, priority=priority, match=match, actions=actions, cookie=cookie)
-
-
-def _outputs(ports: Iterable[int]) -> tuple:
-    return tuple(Output(p) for p in ports)
-
-
-def compute(view: FabricView, intent, st: McastState) -> dict[str, SwitchState]:
-    """Desired multicast state of every switch (pure)."""
-    topo = st.topo
-    states = {name: SwitchState() for name in topo.switches}
-    _ingress(states, topo, intent)
-    gids = _Gids()
-    protected = intent.protection == "standby"
-    index = st.member_index(intent)  # (validates the intent's hosts even with no channel yet)
-    for key in sorted(st.channels):
-        ch = st.channels[key]
-        rx = st.receivers(ch.source, ch.group, intent, exclude=(ch.switch, ch.port), index=index)
-        tagged: list[tuple[Path, str]] = []   # (path, endpoint behaviour)
-        pending: list[Pending] = []
-        if not protected:
-            tree, deliver = restore_tree(view, ch.switch, rx, st.graphs)
-        else:
-            tree, deliver = ch.tree, set()
-            for d in rx:
-                ds = ch.dests.get(d)
-                if d == ch.switch:
-                    deliver.add(d)
-                    continue
-                if ds is None:
-                    continue
-                if ds.pending is not None:
-                    pending.append(ds.pending)
-                active = ch.active_path(d)
-                a_ok = active is not None and active.intact(view)
-                sb = ds.standby
-                s_ok = sb is not None and sb.intact(view)
-                # The tree keeps delivering to d until the app promotes d's standby path (ms later):
-                # a broken tree path carries nothing, and so the flip itself is one group change.
-                if ds.active is None:
-                    if d in ch.tree_dests and ds.muted is None:
-                        deliver.add(d)
-                else:
-                    tagged.append((ds.active, "drop" if ds.muted else "deliver"))
-                if sb is not None:
-                    if not a_ok and s_ok:
-                        tagged.append((sb, "deliver"))
-                    elif a_ok:
-                        tagged.append((sb, f"protect:{active.hops[-1].in_port}"))
-                    else:
-                        tagged.append((sb, "drop"))
-        _channel_flows(states, gids, ch, rx, tree, deliver, tagged, pending)
-    return states
-
-
-def _channel_flows(states, gids: _Gids, ch: Channel, rx: dict, tree: dict, deliver: set,
-                   tagged: list[tuple[Path, str]], pending: list[Pending]) -> None:
-    S, G = ch.source, ch.group
-    tcookie = cookies.make(APP, K_TREE, ch.name)
-    kids: dict[str, list[int]] = defaultdict(list)
-    for node, (parent, pport, _) in tree.items():
-        kids[parent].append(pport)
-    # the root: replicate to tree children, local receivers and the first hop of every tagged path
-    buckets = [Bucket(actions=(Output(p),)) for p in sorted(kids.get(ch.switch, []))]
-    if ch.switch in deliver:
-        buckets += [Bucket(actions=(Output(p),)) for p in rx.get(ch.switch, ())]
-    for path, _ in sorted(tagged, key=lambda t: t[0].vid):
-        first = path.hops[0]
-        buckets.append(Bucket(actions=(PushVlan(), SetField("vlan_vid", 0x1000 | path.vid), Output(first.out_port))))
-    root_st = states[ch.switch]
-    root_st.label(tcookie, f"multicast tree {ch.name} (root {ch.switch}, source {ch.host})")
-    m = _data_match(ch.port, 0, S, G)
-    if not buckets:
-        actions = ()
-    elif len(buckets) == 1 and len(buckets[0].actions) == 1:
-        actions = buckets[0].actions
-    else:
-        gid = gids.get(ch.switch, f"tree {ch.name}")
-        root_st.add_group(Group(gid, "all", tuple(buckets), cookie=tcookie))
-        actions = (GroupAction(gid),)
-    root_st.add_flow(_mflow(P_TREE, m, actions, tcookie))
-    # the tree's other switches
-    for node, (parent, pport, in_port) in sorted(tree.items()):
-        outs = sorted(kids.get(node, []))
-        if node in deliver:
-            outs += list(rx.get(node, ()))
-        if not outs:
-            continue
-        st = states[node]
-        st.label(tcookie, f"multicast tree {ch.name} (root {ch.switch}, source {ch.host})")
-        if len(outs) == 1:
-            actions = (Output(outs[0]),)
-        else:
-            gid = gids.get(node, f"tree {ch.name}")
-            st.add_group(Group(gid, "all", tuple(Bucket(actions=(Output(p),)) for p in outs), cookie=tcookie))
-            actions = (GroupAction(gid),)
-        st.add_flow(_mflow(P_TREE, _data_match(in_port, 0, S, G), actions, tcookie))
-    # tagged paths: transit hops and the destination's end
-    for path, how in tagged:
-        pc = cookies.make(APP, K_PATH, path_name(S, G, path.vid))
-        label = f"tagged path {ch.name} vid {path.vid} to {path.dest}: {path.text()}"
-        for hop in path.hops[1:-1]:
-            st = states[hop.switch]
-            st.label(pc, label)
-            st.add_flow(_mflow(P_PATH, _data_match(hop.in_port, path.vid, S, G), (Output(hop.out_port),), pc))
-        end = path.hops[-1]
-        st = states[end.switch]
-        st.label(pc, label)
-        local = rx.get(end.switch, ())
-        # the end of a tagged path is a fast-failover group, so accepting or discarding the copy
-        # (and the flip between the two) is one group change: deliver = one bucket watching the
-        # path's own in-port; protect = discard while the active in-port is live, else deliver;
-        # drop = no bucket
-        if how == "deliver":
-            buckets = (Bucket(actions=_outputs(local), watch_port=end.in_port),)
-        elif how.startswith("protect:"):
-            watch = int(how.split(":", 1)[1])
-            buckets = (Bucket(actions=(), watch_port=watch), Bucket(actions=_outputs(local), watch_port=end.in_port))
-        else:
-            buckets = ()
-        gid = gids.get(end.switch, f"end {ch.name}#{path.vid}")
-        st.add_group(Group(gid, "ff", buckets, cookie=pc))
-        st.add_flow(_mflow(P_PATH, _data_match(end.in_port, path.vid, S, G), (PopVlan(), GroupAction(gid)), pc))
-    # requests in flight: the state each joined switch installed
-    for p in pending:
-        pc = cookies.make(APP, K_PATH, path_name(S, G, p.vid))
-        for sw, rec in sorted(p.joined.items()):
-            st = states[sw]
-            st.label(pc, f"standby request {p.request_id} of {ch.name} vid {p.vid}: joined, path not complete yet")
-            for up in rec.up_ports:
-                st.add_flow(_mflow(P_PATH, _data_match(up, p.vid, S, G), (Output(rec.in_port),), pc))
-
-
-def _ingress(states: dict[str, SwitchState], topo: Topology, intent) -> None:
-    """Steering in table 0 (above the fabric's host admission) and the punts, on every switch."""
-    ctl = OFPP_CONTROLLER
-    for name, st in states.items():
-        host_ports = fabric_ports = False
-        for p in topo.switch_ports(name):
-            if p.kind == "host":
-                h = topo.hosts[p.peer]
-                if h.ipv4 is None:
-                    continue
-                host_ports = True
-                ip = str(h.ipv4.ip)
-                c = cookies.make(APP, K_IGMP, h.name)
-                st.label(c, f"IGMP from {h.name} on {name}:{p.port} to the controller")
-                st.add_flow(Flow(table=INGRESS, priority=P_PUNT, cookie=c, meter=METER_IGMP,
-                                 match=Match(in_port=p.port, eth_src=h.mac, eth_type=ETH_IP, ip_proto=wire.IGMP_PROTO),
-                                 actions=(Output(ctl, IGMP_PUNT_BYTES),)), APP)
-                c = cookies.make(APP, K_LINK_LOCAL, h.name)
-                st.label(c, f"{h.name}'s 224.0.0.0/24 traffic stays on its link")
-                st.add_flow(Flow(table=INGRESS, priority=P_LINK_LOCAL, cookie=c,
-                                 match=Match(in_port=p.port, eth_type=ETH_IP, ipv4_dst=str(wire.LINK_LOCAL))), APP)
-                c = cookies.make(APP, K_HOST_DATA, h.name)
-                st.label(c, f"multicast from {h.name} ({ip}) into the mcast table")
-                for rng in intent.groups:
-                    st.add_flow(Flow(table=INGRESS, priority=P_DATA, cookie=c, goto=MCAST,
-                                     match=Match(in_port=p.port, eth_src=h.mac, vlan_vid=0, eth_type=ETH_IP,
-                                                 ipv4_src=ip, ipv4_dst=rng)), APP)
-                c = cookies.make(APP, K_DISCOVER, h.name)
-                st.label(c, f"first packets of a new (S,G) from {h.name} to the controller")
-                st.add_flow(Flow(table=MCAST, priority=P_DISCOVER, cookie=c, meter=METER_DISCOVER,
-                                 match=Match(in_port=p.port, vlan_vid=0, eth_type=ETH_IP),
-                                 actions=(Output(ctl, DISCOVER_PUNT_BYTES),)), APP)
-            else:
-                fabric_ports = True
-                c = cookies.make(APP, K_REQ_PUNT, f"{name}:{p.port}")
-                st.label(c, f"standby requests from {p.peer} on {name}:{p.port} to the controller")
-                st.add_flow(Flow(table=INGRESS, priority=P_PUNT, cookie=c, meter=METER_REQUEST,
-                                 match=Match(in_port=p.port, eth_type=wire.ETH_STANDBY),
-                                 actions=(Output(ctl, REQUEST_PUNT_BYTES),)), APP)
-                c = cookies.make(APP, K_FABRIC_DATA, f"{name}:{p.port}")
-                st.label(c, f"multicast from {p.peer} on {name}:{p.port} into the mcast table")
-                for rng in intent.groups:
-                    st.add_flow(Flow(table=INGRESS, priority=P_DATA, cookie=c, goto=MCAST,
-                                     match=Match(in_port=p.port, eth_type=ETH_IP, ipv4_dst=rng)), APP)
-        if host_ports:
-            st.add_meter(Meter(METER_IGMP, "pktps", (MeterBand(intent.igmp_rate, max(1, intent.igmp_rate)),)))
-            st.add_meter(Meter(METER_DISCOVER, "pktps",
-                               (MeterBand(intent.discover_rate, max(1, intent.discover_rate // 2)),)))
-        if fabric_ports:
-            st.add_meter(Meter(METER_REQUEST, "pktps",
-                               (MeterBand(intent.request_rate, max(1, intent.request_rate // 2)),)))
-
-
-def describe_cookie(cookie: int) -> dict[str, Any]:
-    c = cookies.decode(cookie)
-    return {"app": c.app, "kind": KIND_NAMES.get(c.kind, c.kind), "object": f"{c.obj:#014x}"}
