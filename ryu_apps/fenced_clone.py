@@ -7,7 +7,7 @@ Launch together with the base fabric (whose forward table routes the translated 
 An application's components (``web``, ``app``, ``db``) are declared hosts; a
 clone of it is a set of other declared hosts with their own MACs and
 addresses, whose software still uses the parent's addresses.  A *fence*
-(``ryu_apps/functions/fenced_clone/model.py``) maps each clone component to the
+(``ryu_apps/functions/fenced_clone/intent.py``) maps each clone component to the
 parent component it clones.  The switch a clone sits on then
 
 * rewrites the source of everything the clone sends to its parent component's
@@ -24,18 +24,26 @@ parent component it clones.  The switch a clone sits on then
   ("block in and out").
 
 The flows are in ``ryu_apps/functions/fenced_clone/flows.py``.  REST: ``/v1/fences``.
+
+On framework v2: the app's state is one part per fence (its name); a REST change
+of one fence computes that fence (and the fences that allow egress and share a
+parent component with it, whose guards list its members) and nothing else.  The
+flows read no view input, so no port or switch event recomputes a fence.  The
+whole intent's cross-fence checks are the stateless part ``CHECK``, computed with
+every full recompute (startup, ``PUT /v1/apps/fenced_clone/intent``); a change
+over ``/v1/fences`` runs them before it computes anything.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Hashable, Iterable
 
-from os_ken.lib import hub
 from pydantic import ValidationError
 
 from ryu_apps.fabric import neighbor_advertisement
 from ryu_apps.framework import cookies
-from ryu_apps.framework.app import FabricApp, FabricView, IntentError, PacketIn
+from ryu_apps.framework.app import WHOLE, FabricApp, FabricView, IntentError, PacketIn
 from ryu_apps.framework.core import FabricCore
 from ryu_apps.framework.pipeline import PipelineError
 from ryu_apps.framework.rest import ApiError, validation_error
@@ -44,22 +52,31 @@ from ryu_apps.functions.fenced_clone.flows import (
     APP,
     K_ND,
     KIND_NAMES,
-    compute_fence,
+    compute_part,
     fence_cookie_mask,
 )
-from ryu_apps.functions.fenced_clone.model import (
-    Fence,
+from ryu_apps.functions.fenced_clone.intent import (
     FencedCloneIntent,
     FenceSpec,
     MemberSpec,
+)
+from ryu_apps.functions.fenced_clone.model import (
+    Directory,
+    Fence,
+    dependents,
+    fence_id,
     intent_error_relative,
     link_local,
-    resolve,
+    resolve_fence,
+    resolve_part,
+    validate,
 )
 from ryu_apps.openflow import ofwire
 from ryu_apps.packet import parse as pktparse
 
 SYNC_WAIT_MAX = 30.0
+#: the part with no state: the whole intent's checks across fences (no fence is named like it)
+CHECK = "*checks"
 
 
 class FencedClone(FabricApp):
@@ -68,63 +85,65 @@ class FencedClone(FabricApp):
     _CONTEXTS = {"fabric_core": FabricCore}
     APP_NAME = APP
     IntentModel = FencedCloneIntent
+    #: a fence's flows depend on the intent and the declared topology only (flows.py)
+    INPUTS = frozenset()
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._cache: dict[tuple, dict[str, SwitchState]] = {}
-        self._resolved_for = None
-        self._resolved_list: list[Fence] = []
-        self._by_name: dict[str, Fence] = {}
-        self._by_fid: dict[int, Fence] = {}
+        #: the topology's hosts indexed for resolution (the topology never changes)
+        self.directory = Directory.of(self.core.topology)
         self.nd_answered: dict[str, int] = {}  # fence name -> neighbour advertisements sent for it
         self.nd_ignored: dict[str, int] = {}   # fence name -> solicitations not answered (spoofed, unknown)
         # a bad fence in the topology file (or in the saved intent) stops the controller, naming it
         try:
-            self._fences()
+            validate(self.directory, self.intent)
         except IntentError as exc:
             raise IntentError(f"{self.core.topology.source}: apps.{APP}.{exc}", exc.field, exc.status) from None
 
-    # -- computation (pure, memoised per fence) ---------------------------------
-    def _fences(self) -> list[Fence]:
-        """The current intent resolved against the topology (cached per intent object)."""
-        if self._resolved_for is not self.intent:
-            self._set_resolved(self.intent, resolve(self.core.topology, self.intent))
-        return self._resolved_list
+    # -- the desired state (pure) -----------------------------------------------------
+    def _directory(self, view: FabricView) -> Directory:
+        return self.directory if view.topology is self.directory.topology else Directory.of(view.topology)
 
-    def _set_resolved(self, intent: FencedCloneIntent, fences: list[Fence]) -> None:
-        self._resolved_for, self._resolved_list = intent, fences
-        self._by_name = {f.name: f for f in fences}
-        self._by_fid = {f.fid: f for f in fences}
+    def parts(self, intent: FencedCloneIntent) -> Iterable[Hashable]:
+        """One part per fence (its name), and :data:`CHECK`."""
+        return (CHECK, *(f.name for f in intent.fences))
 
-    @property
-    def _resolved(self) -> dict[str, Fence]:
-        self._fences()
-        return self._by_name
+    def compute(self, view: FabricView, intent: FencedCloneIntent, part: Hashable = WHOLE) -> dict[str, SwitchState]:
+        """The flows and meters of the fence ``part`` (pure).
 
-    def compute(self, view: FabricView) -> dict[str, SwitchState]:
-        rate = self.intent.nd_rate_per_clone
-        out: dict[str, SwitchState] = {}
-        for f in self._fences():
-            key = (f, rate)
-            states = self._cache.get(key)
-            if states is None:
-                states = self._cache[key] = compute_fence(f, rate)
-            for switch, st in states.items():
-                out.setdefault(switch, SwitchState()).merge(st)
-        return out
+        :data:`CHECK` holds nothing: it validates the whole intent (raises IntentError naming
+        the field), so a whole-intent PUT is refused before anything changes.  ``WHOLE``:
+        every fence at once (the union of the parts, for tests and tools).
+        """
+        d = self._directory(view)
+        if part == CHECK:
+            validate(d, intent)
+            return {}
+        if part == WHOLE:
+            validate(d, intent)
+            out: dict[str, SwitchState] = {}
+            for spec in intent.fences:
+                for switch, st in compute_part(d, intent, spec.name).items():
+                    out.setdefault(switch, SwitchState()).merge(st)
+            return out
+        return compute_part(d, intent, part)
 
-    def _commit(self, candidate: FencedCloneIntent, states) -> None:
-        self.core.commit_intent(self, candidate, states)
-        keep = {(f, candidate.nd_rate_per_clone) for f in self._fences()}
-        self._cache = {k: v for k, v in self._cache.items() if k in keep}
+    def parts_changed(self, view: FabricView, intent, change) -> set:
+        """No fence reads the view: a port or switch change touches none (INPUTS is empty)."""
+        return set()
 
     # -- ND for parent addresses ----------------------------------------------------
-    def packet_in(self, pkt: PacketIn) -> None:
+    def _fence_by_id(self, fid: int) -> Fence | None:
+        for i, spec in enumerate(self.intent.fences):
+            if fence_id(spec.name) == fid:
+                return resolve_fence(self.directory, spec, f"fences[{i}]")
+        return None
+
+    def on_packet_in(self, pkt: PacketIn) -> None:
         c = cookies.decode(pkt.cookie)
         if c.kind != K_ND:
             return
-        self._fences()
-        fence = self._by_fid.get(c.obj)
+        fence = self._fence_by_id(c.obj)
         if fence is None:
             return
         ns = pktparse.neighbor_solicitation(pkt.data)
@@ -171,45 +190,40 @@ class FencedClone(FabricApp):
                 return i
         raise ApiError(404, f"no fence named {name!r}; fences: {[f.name for f in self.intent.fences][:50]}")
 
-    def _apply(self, candidate: FencedCloneIntent, index: int | None, r) -> dict:
-        """Validate ``candidate`` completely, compute every switch, then commit (or change nothing)."""
+    def _apply(self, candidate: FencedCloneIntent, index: int | None, r, before: FenceSpec | None) -> tuple:
+        """Validate ``candidate`` (fence ``index`` changed from ``before``; None: deleted), compute
+        only the fences that change with it, then commit (or change nothing).
+
+        Returns the answer's extra keys and the computed candidate."""
         t0 = time.monotonic()
+        after = candidate.fences[index] if index is not None else None
+        if after is not None:  # model_copy does not validate: the changed fence's shape once more
+            try:
+                FenceSpec.model_validate(after.model_dump())
+            except ValidationError as exc:
+                raise validation_error(exc, f"fences[{index}]") from None
         try:
-            candidate = FencedCloneIntent.model_validate(candidate.model_dump())
-        except ValidationError as exc:
-            raise validation_error(exc) from None
-        try:
-            fences = resolve(self.core.topology, candidate)
+            validate(self.directory, candidate)
         except IntentError as exc:
             e = intent_error_relative(exc, index) if index is not None else exc
             raise ApiError(e.status, str(e), e.field) from None
-        self._set_resolved(candidate, fences)  # compute() under try_intent reuses it
         t1 = time.monotonic()
         try:
-            states = self.core.try_intent(self, candidate)
+            result = self.core.try_intent(self, candidate, parts=dependents(candidate, (before, after)))
         except (StateConflict, PipelineError, IntentError) as exc:
             raise ApiError(409, f"refused, nothing changed: {exc}") from None
-        versions = {n: p.version + 1 for n, p in self.core.programmers.items()}
         t2 = time.monotonic()
-        self._commit(candidate, states)
+        self.core.commit_intent(self, candidate, result)
         t3 = time.monotonic()
         out = {}
         if r.query.get("wait") in ("1", "true", "yes"):
-            out["synced"], _ = self._wait_synced(versions, t3)
+            connected = [s for s in self.core.topology.switches if self.core.is_connected(s)]
+            out["synced"] = not self.core.wait_applied(connected, SYNC_WAIT_MAX)
         out["seconds"] = {"validate": round(t1 - t0, 4), "compute": round(t2 - t1, 4),
                           "commit": round(t3 - t2, 4)}
         if "synced" in out:
             out["seconds"]["sync"] = round(time.monotonic() - t3, 4)
-        return out
-
-    def _wait_synced(self, versions: dict[str, int], t0: float) -> tuple[bool, float]:
-        deadline = t0 + SYNC_WAIT_MAX
-        while time.monotonic() < deadline:
-            if all(p.synced_version >= versions[n] or (p.synced and p.version < versions[n])
-                   for n, p in self.core.programmers.items() if p.is_connected):
-                return True, round(time.monotonic() - t0, 4)
-            hub.sleep(0.005)
-        return False, round(time.monotonic() - t0, 4)
+        return out, result
 
     def _create(self, r):
         spec: FenceSpec = r.body
@@ -217,16 +231,15 @@ class FencedClone(FabricApp):
             raise ApiError(409, f"name: a fence named {spec.name!r} already exists", "name")
         fences = list(self.intent.fences) + [spec]
         candidate = self.intent.model_copy(update={"fences": fences})
-        extra = self._apply(candidate, len(fences) - 1, r)
-        return 201, {**self._summary(spec.name), **extra}
+        extra, result = self._apply(candidate, len(fences) - 1, r, None)
+        return 201, {**self._summary(spec.name, _part_states(result, spec.name)), **extra}
 
     def _delete(self, r):
         name = r.params["name"]
         i = self._spec_index(name)
-        fence = self._resolved.get(name)
-        removed = self._flow_count(fence) if fence else 0
+        removed = _flow_count(self._states(name))
         fences = [f for j, f in enumerate(self.intent.fences) if j != i]
-        extra = self._apply(self.intent.model_copy(update={"fences": fences}), None, r)
+        extra, _ = self._apply(self.intent.model_copy(update={"fences": fences}), None, r, self.intent.fences[i])
         return {"deleted": name, "flows_removed": removed, **extra}
 
     def _add_member(self, r):
@@ -237,7 +250,7 @@ class FencedClone(FabricApp):
         fences = list(self.intent.fences)
         fences[i] = spec.model_copy(update={"members": members})
         try:
-            extra = self._apply(self.intent.model_copy(update={"fences": fences}), i, r)
+            extra, result = self._apply(self.intent.model_copy(update={"fences": fences}), i, r, spec)
         except ApiError as exc:
             # name the field relative to the member body where possible
             pre = f"members[{len(members) - 1}]"
@@ -246,7 +259,7 @@ class FencedClone(FabricApp):
                 msg = exc.message.replace(f"{exc.field}: ", f"{rel}: " if rel else "", 1)
                 raise ApiError(exc.status, msg, rel) from None
             raise
-        return 201, {**self._summary(name), **extra}
+        return 201, {**self._summary(name, _part_states(result, name)), **extra}
 
     def _remove_member(self, r):
         name, comp = r.params["name"], r.params["component"]
@@ -258,11 +271,12 @@ class FencedClone(FabricApp):
                                 f"members: {[m.component for m in spec.members]}")
         fences = list(self.intent.fences)
         fences[i] = spec.model_copy(update={"members": members})
-        extra = self._apply(self.intent.model_copy(update={"fences": fences}), i, r)
-        return {**self._summary(name), **extra}
+        extra, result = self._apply(self.intent.model_copy(update={"fences": fences}), i, r, spec)
+        return {**self._summary(name, _part_states(result, name)), **extra}
 
     def _list(self, r):
-        return [self._summary(s.name, s) for s in self.intent.fences]
+        counts = self._flow_counts()
+        return [self._summary(s.name, flows=counts.get(fence_id(s.name), 0), spec=s) for s in self.intent.fences]
 
     def _get(self, r):
         name = r.params["name"]
@@ -270,24 +284,33 @@ class FencedClone(FabricApp):
         return self._fence_json(name, counters=r.query.get("counters", "1") not in ("0", "false", "no"))
 
     # -- views ------------------------------------------------------------------------
-    def _fence_states(self, fence: Fence) -> dict[str, SwitchState]:
-        key = (fence, self.intent.nd_rate_per_clone)
-        states = self._cache.get(key)
-        if states is None:
-            states = compute_fence(fence, self.intent.nd_rate_per_clone)
-        return states
+    def _states(self, name: str) -> dict[str, SwitchState]:
+        """The fence's state per switch, computed from the current intent (pure)."""
+        return compute_part(self.directory, self.intent, name)
 
-    def _flow_count(self, fence: Fence) -> int:
-        return sum(len(st.flows) for st in self._fence_states(fence).values())
+    def _flow_counts(self) -> dict[int, int]:
+        """Flows per fence id in the switches' desired state (one pass, for the list)."""
+        counts: dict[int, int] = {}
+        mine = cookies.app_id(APP)
+        for switch in self.core.topology.switches:
+            for flow in self.core.desired_state(switch).flows.values():
+                c = flow.cookie
+                if c >> cookies.APP_SHIFT == mine:
+                    obj = c & cookies.OBJECT_MASK
+                    counts[obj] = counts.get(obj, 0) + 1
+        return counts
 
-    def _summary(self, name: str, spec: FenceSpec | None = None) -> dict:
+    def _summary(self, name: str, states: dict[str, SwitchState] | None = None, flows: int | None = None,
+                 spec: FenceSpec | None = None) -> dict:
         spec = spec or self.intent.fences[self._spec_index(name)]
-        fence = self._resolved.get(name)
+        fence = resolve_fence(self.directory, spec)
+        if flows is None:
+            flows = _flow_count(self._states(name) if states is None else states)
         return {"name": name, "parent": list(spec.parent),
-                "members": [self._member_json(m) for m in fence.members] if fence else [],
-                "egress": spec.egress.model_dump(), "flows": self._flow_count(fence) if fence else 0,
-                "cookie": f"{fence_cookie_hex(fence.fid)}/{fence_cookie_mask():#018x}" if fence else None,
-                "metadata": f"{fence.fid:#x}" if fence else None, "mac": fence.mac if fence else None}
+                "members": [self._member_json(m) for m in fence.members],
+                "egress": spec.egress.model_dump(), "flows": flows,
+                "cookie": f"{fence_cookie_hex(fence.fid)}/{fence_cookie_mask():#018x}",
+                "metadata": f"{fence.fid:#x}", "mac": fence.mac}
 
     @staticmethod
     def _member_json(m) -> dict:
@@ -297,12 +320,11 @@ class FencedClone(FabricApp):
                 "ipv6": {"parent": m.v6[0], "clone": m.v6[1]} if m.v6 else None}
 
     def _fence_json(self, name: str, counters: bool) -> dict:
-        out = self._summary(name)
-        fence = self._resolved.get(name)
-        if fence is None:
-            return out
+        fence = resolve_part(self.directory, self.intent, name)
+        states = self._states(name)
+        out = self._summary(name, states)
         flows = {}
-        for switch, st in sorted(self._fence_states(fence).items()):
+        for switch, st in sorted(states.items()):
             flows[switch] = [{**f.to_dict(), "kind": KIND_NAMES.get(cookies.decode(f.cookie).kind)}
                              for f in sorted(st.flows.values(), key=lambda f: (f.table, -f.priority))]
         out["flows_by_switch"] = flows
@@ -318,13 +340,11 @@ class FencedClone(FabricApp):
         errors = {}
         cookie = fence_cookie_base(fence.fid)
         for sw in switches:
-            prog = self.core.programmers.get(sw)
-            ch = prog.channel if prog else None
-            if ch is None:
+            if not self.core.is_connected(sw):
                 errors[sw] = "not connected"
                 continue
             try:
-                bodies = ch.multipart(lambda xid: ofwire.flow_stats_request(
+                bodies = self.core.multipart(sw, lambda xid: ofwire.flow_stats_request(
                     xid, cookie=cookie, cookie_mask=fence_cookie_mask()))
             except Exception as exc:  # noqa: BLE001 - a read failure is reported, not raised
                 errors[sw] = f"{type(exc).__name__}: {exc}"
@@ -343,6 +363,16 @@ class FencedClone(FabricApp):
         return out
 
 
+def _part_states(result, name: str) -> dict[str, SwitchState]:
+    """The state a computed candidate (``core.try_intent``) holds for the fence ``name``, per switch."""
+    key = (APP, name)
+    return {sw: layers[key] for sw, layers in result.layers.items() if layers.get(key) is not None}
+
+
+def _flow_count(states: dict[str, SwitchState]) -> int:
+    return sum(len(st.flows) for st in states.values())
+
+
 def fence_cookie_base(fid: int) -> int:
     """The fence's cookie with kind 0 (use with :func:`fence_cookie_mask`)."""
     return cookies.make(APP, 0, fid)
@@ -350,4 +380,3 @@ def fence_cookie_base(fid: int) -> int:
 
 def fence_cookie_hex(fid: int) -> str:
     return f"{fence_cookie_base(fid):#018x}"
-

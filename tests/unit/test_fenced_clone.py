@@ -19,8 +19,8 @@ from ryu_apps.functions.fenced_clone.flows import (
     compute_fence,
     fence_cookie_mask,
 )
+from ryu_apps.functions.fenced_clone.intent import FencedCloneIntent
 from ryu_apps.functions.fenced_clone.model import (
-    FencedCloneIntent,
     fence_mac,
     intent_error_relative,
     link_local,
@@ -377,3 +377,187 @@ def test_block_in_unfenced_hosts_cannot_reach_a_clone_address(topo):
 def test_fence_mac_never_collides_with_a_host(topo):
     f = resolve(topo, intent(A))[0]
     assert f.mac.startswith("fe:") and f.mac not in {h.mac for h in topo.hosts.values()}
+
+
+# -- framework v2: one part per fence, pure compute, only the changed fences computed -----------
+
+
+class FakeCore:
+    """The core API the app uses, keeping per-part state like the framework (no os-ken, no switches)."""
+
+    def __init__(self, topo):
+        self.topology = topo
+        self.tried: list = []                   # the parts of every try_intent (None: all)
+        self.state: dict = {}                   # part -> {switch: SwitchState}
+
+    def load_intent(self, name):
+        return None
+
+    def register(self, app):
+        self.app = app
+
+    def view(self):
+        return FabricView(self.topology)
+
+    def try_intent(self, app, candidate, parts=None):
+        from ryu_apps.framework.core import Candidate
+
+        self.tried.append(None if parts is None else set(parts))
+        current = set(app.parts(candidate))
+        targets = current if parts is None else set(parts) & current
+        removed = (set(self.state) - current) if parts is None else {p for p in parts if p not in current}
+        layers, wrote = {}, {}
+        for part in targets:
+            states = app.compute(self.view(), candidate, part)
+            for switch, st in states.items():
+                layers.setdefault(switch, {})[(app.APP_NAME, part)] = st
+            for switch in self.state.get(part, {}):
+                layers.setdefault(switch, {}).setdefault((app.APP_NAME, part), None)
+            wrote[part] = states
+        for part in removed:
+            for switch in self.state.get(part, {}):
+                layers.setdefault(switch, {})[(app.APP_NAME, part)] = None
+            wrote[part] = None
+        return Candidate(app.APP_NAME, layers, wrote, 0.0, len(targets))
+
+    def commit_intent(self, app, candidate, result):
+        app.intent = candidate
+        for part, states in result.wrote.items():
+            if states is None:
+                self.state.pop(part, None)
+            else:
+                self.state[part] = states
+        return sorted(result.layers)
+
+    def desired_state(self, switch):
+        out = SwitchState()
+        for states in self.state.values():
+            if switch in states:
+                out.merge(states[switch])
+        return out
+
+    def is_connected(self, switch):
+        return False
+
+    def wait_applied(self, switches, timeout):
+        return {}
+
+
+@pytest.fixture
+def app(topo):
+    from ryu_apps.fenced_clone import FencedClone
+
+    core = FakeCore(topo)
+    a = FencedClone(fabric_core=core)
+    core.commit_intent(a, a.intent, core.try_intent(a, a.intent))  # the first full recompute
+    core.tried.clear()
+    return a
+
+
+def rest(app, handler, body=None, **params):
+    """Call a REST handler as the REST layer does (the body validated by the route's model)."""
+    from ryu_apps.framework.rest import Request
+    from ryu_apps.functions.fenced_clone.intent import FenceSpec, MemberSpec
+
+    model = {"_create": FenceSpec, "_add_member": MemberSpec}.get(handler)
+    body = model.model_validate(body) if model else body
+    got = getattr(app, handler)(Request("X", "/", params, {}, body))
+    return got if isinstance(got, tuple) else (200, got)
+
+
+def merged(states_by_part) -> dict:
+    out = {}
+    for states in states_by_part:
+        for switch, st in states.items():
+            out.setdefault(switch, SwitchState()).merge(st)
+    return out
+
+
+def same(a: dict, b: dict) -> bool:
+    return set(a) == set(b) and all(a[s].flows == b[s].flows and a[s].meters == b[s].meters for s in a)
+
+
+def test_one_part_per_fence_and_their_union_is_the_whole(topo, app):
+    from ryu_apps.fenced_clone import CHECK
+
+    it = intent(A, B, C)
+    assert set(app.parts(it)) == {CHECK, "shop-a", "shop-b", "wiki-c"}
+    view = FabricView(topo)
+    parts = {p: app.compute(view, it, p) for p in app.parts(it)}
+    assert parts[CHECK] == {}
+    old = merged(compute_fence(f, 50) for f in resolve(topo, it))  # v1: every fence at once
+    assert same(merged(parts.values()), old) and same(app.compute(view, it), old)
+    for f in resolve(topo, it):  # each part is exactly its fence, with its guards
+        assert same(parts[f.name], compute_fence(f, 50))
+
+
+def test_compute_is_pure(topo, app):
+    import copy
+
+    it = intent(A, B, C)
+    dump, before = it.model_dump(), copy.copy(vars(app))
+    for p in app.parts(it):
+        app.compute(FabricView(topo), it, p)
+    assert it.model_dump() == dump
+    assert vars(app).keys() == before.keys() and all(vars(app)[k] is v for k, v in before.items())
+    assert not any(k.startswith(("_cache", "_resolved", "_by_")) for k in vars(app)), sorted(vars(app))
+
+
+def test_no_view_input_so_port_events_recompute_no_fence(topo, app):
+    from ryu_apps.framework.view import PortChange, SwitchChange
+
+    assert app.INPUTS == frozenset()
+    h = topo.hosts["aweb"]
+    view = FabricView(topo, down_ports=frozenset({(h.switch, h.port)}), dead_switches=frozenset({"s2"}))
+    it = intent(A, B)
+    for p in app.parts(it):  # the flows do not change with the view ...
+        assert same(app.compute(view, it, p), app.compute(FabricView(topo), it, p)), p
+    # ... so a change of one touches no part
+    assert app.parts_changed(view, it, PortChange(h.switch, h.port, "modify", False, False, False, True)) == set()
+    assert app.parts_changed(view, it, SwitchChange("s2", "dead")) == set()
+
+
+def test_the_check_part_refuses_a_whole_intent_with_conflicts(topo, app):
+    from ryu_apps.fenced_clone import CHECK
+
+    bad = intent(A, {"name": "a2", "parent": SHOP, "members": [{"component": "db", "host": "adb"}]})
+    assert app.compute(FabricView(topo), bad, "a2")  # on its own, the fence resolves ...
+    with pytest.raises(IntentError) as err:  # ... the whole intent does not
+        app.compute(FabricView(topo), bad, CHECK)
+    assert err.value.status == 409 and err.value.field == "fences[1].members[0].host"
+
+
+def test_rest_changes_compute_only_the_fences_they_change(topo, app):
+    core = app.core
+    steps = [
+        ("_create", B, {}, {"shop-b"}),                         # shop-a denies egress: no guard to update
+        ("_create", C, {}, {"wiki-c"}),
+        ("_remove_member", None, {"name": "shop-a", "component": "app"}, {"shop-a", "shop-b"}),  # b guards a's
+        ("_add_member", {"component": "app", "host": "aapp"}, {"name": "shop-a"}, {"shop-a", "shop-b"}),
+        ("_remove_member", None, {"name": "wiki-c", "component": "wfe"}, {"wiki-c"}),
+        ("_delete", None, {"name": "shop-a"}, {"shop-a", "shop-b"}),
+        ("_delete", None, {"name": "wiki-c"}, {"wiki-c"}),
+    ]
+    for handler, body, params, parts in steps:
+        core.tried.clear()
+        status, answer = rest(app, handler, body, **params)
+        assert status in (200, 201) and core.tried == [parts], (handler, params, core.tried)
+        # what the parts hold equals a full recompute of the new intent
+        full = app.compute(FabricView(topo), app.intent)
+        assert same(merged(core.state.values()), full), (handler, params)
+        if "flows" in answer:
+            name = answer["name"]
+            assert answer["flows"] == sum(len(st.flows) for st in core.state[name].values())
+    # the list counts each fence's flows from the desired state
+    (listed,) = rest(app, "_list")[1]
+    assert listed["name"] == "shop-b" and listed["flows"] == sum(len(s.flows) for s in core.state["shop-b"].values())
+
+
+def test_refused_rest_changes_compute_nothing(topo, app):
+    from ryu_apps.framework.rest import ApiError
+
+    core = app.core
+    with pytest.raises(ApiError) as err:
+        rest(app, "_create", {"name": "x", "parent": SHOP, "members": [{"component": "db", "host": "adb"}]})
+    assert err.value.status == 409 and err.value.field == "members[0].host"
+    assert core.tried == [] and [f.name for f in app.intent.fences] == ["shop-a"]

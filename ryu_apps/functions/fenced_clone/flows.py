@@ -47,6 +47,12 @@ addresses.  Parent ports are never steered: parent traffic is untouched.
 Every flow carries the fence's cookie (app ``fenced_clone``, a kind below,
 object = the fence's id), and the fence id is also the metadata value, so one
 fence's flows are exactly ``cookie=0x03XX<fid>/0xff00ffffffffffff``.
+
+A fence's flows sit on the switches of its members only and depend on the
+intent and the declared topology alone, never on which ports or switches are
+up (the fabric routes the translated packets around failures): one fence is
+one part of the app's state (:func:`compute_part`), and no port or switch
+event ever recomputes a fence.
 """
 
 from __future__ import annotations
@@ -64,7 +70,14 @@ from ryu_apps.framework.pipeline import (
     PUNT_METER,
 )
 from ryu_apps.framework.state import SwitchState
-from ryu_apps.functions.fenced_clone.model import Fence, Member, link_local
+from ryu_apps.functions.fenced_clone.intent import FencedCloneIntent
+from ryu_apps.functions.fenced_clone.model import (
+    Directory,
+    Fence,
+    Member,
+    link_local,
+    resolve_part,
+)
 from ryu_apps.openflow.ofdata import (
     OFPP_CONTROLLER,
     OFPP_IN_PORT,
@@ -380,3 +393,9 @@ def compute_fence(fence: Fence, nd_rate: int) -> dict[str, SwitchState]:
         _inbound(st, fence, members)
         out[switch] = st
     return out
+
+
+def compute_part(d: Directory, intent: FencedCloneIntent, name: str) -> dict[str, SwitchState]:
+    """The state of one part of the app, the fence ``name``, for an intent that passed validation (pure)."""
+    fence = resolve_part(d, intent, name)
+    return {} if fence is None else compute_fence(fence, intent.nd_rate_per_clone)

@@ -1,145 +1,54 @@
-"""Fenced clones: the intent (what a user declares) and its resolution against the topology.
+"""Fenced clones: the intent resolved against the topology, and the whole-intent checks (pure).
 
-A *fence* holds one clone of an application.  The application (the *parent*)
-is a list of components, each a declared lab host (``web``, ``app``, ``db``).
-A clone component is another declared host with its own MAC and addresses;
-a fence *member* says which parent component it clones::
+The intent (:mod:`ryu_apps.functions.fenced_clone.intent`) is checked in two
+steps with one error type: the pydantic models check the shape and the address
+syntax; :func:`validate` checks everything against the topology and the other
+fences and raises :class:`IntentError` whose ``field`` is the JSON path of the
+offending key (``fences[1].members[0].ipv4``) and whose ``status`` is 422 (the
+request itself is wrong) or 409 (it conflicts with another fence).
 
-    {"name": "shop-a",
-     "parent": ["web", "app", "db"],
-     "members": [{"component": "web", "host": "aweb"},
-                 {"component": "db", "ipv4": "10.0.1.13", "ipv6": "fd00:fc::1:13"}],
-     "egress": {"policy": "deny"}}
-
-A member names its clone by ``host`` or by its addresses (``ipv4``/``ipv6``,
-which must be the addresses of one declared host), or both (they must agree).
-
-Validation happens in two steps with one error type: the pydantic models check
-the shape and the address syntax; :func:`resolve` checks everything against
-the topology and the other fences and raises :class:`IntentError` whose
-``field`` is the JSON path of the offending key (``fences[1].members[0].ipv4``)
-and whose ``status`` is 422 (the request itself is wrong) or 409 (it conflicts
-with another fence).
+The app's state is made of one part per fence (its name).  :func:`resolve_part`
+resolves one fence of an intent that :func:`validate` accepted, without looking
+at the other fences except where its flows need them: a fence that allows
+egress guards the members of the other clones of its parent
+(:func:`dependents` says which fences a change of one can touch).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 
 from ryu_apps.framework import cookies
 from ryu_apps.framework.topology import Host, Topology
 from ryu_apps.framework.view import IntentError
-
-FENCE_NAME_RE = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
-IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-def _addr(v: str | None, version: int) -> str | None:
-    if v is None:
-        return None
-    if not isinstance(v, str):
-        raise ValueError(f"{v!r} is not an IPv{version} address (a string like "
-                         f"{'10.0.1.11' if version == 4 else 'fd00::11'})")
-    try:
-        a = ipaddress.ip_address(v)
-    except ValueError:
-        raise ValueError(f"{v!r} is not an IPv{version} address") from None
-    if a.version != version:
-        raise ValueError(f"{v!r} is an IPv{a.version} address, not IPv{version}")
-    return str(a)
+from ryu_apps.functions.fenced_clone.intent import (
+    FencedCloneIntent,
+    FenceSpec,
+    IPAddr,
+    IPNet,
+    MemberSpec,
+)
 
 
-class MemberSpec(_Strict):
-    """One clone component: which parent component it clones, and which host it is."""
+@dataclass(frozen=True, eq=False)
+class Directory:
+    """The topology's hosts indexed the way resolution looks them up (build once per topology)."""
 
-    component: str = Field(min_length=1, max_length=64)
-    host: str | None = Field(default=None, min_length=1, max_length=64)
-    ipv4: str | None = None
-    ipv6: str | None = None
+    topology: Topology
+    owners: Mapping[str, str]   # address (text) -> the host that has it
+    macs: Mapping[str, str]     # MAC (lower case) -> host
 
-    @field_validator("ipv4", mode="before")
     @classmethod
-    def _v4(cls, v):
-        return _addr(v, 4)
+    def of(cls, topo: Topology) -> Directory:
+        owners = {str(a): h.name for h in topo.hosts.values() for a in h.addresses}
+        return cls(topo, owners, {h.mac.lower(): h.name for h in topo.hosts.values()})
 
-    @field_validator("ipv6", mode="before")
-    @classmethod
-    def _v6(cls, v):
-        return _addr(v, 6)
-
-    @model_validator(mode="after")
-    def _something(self):
-        if self.host is None and self.ipv4 is None and self.ipv6 is None:
-            raise ValueError("a member needs the clone's host name or its address (host, ipv4, ipv6)")
-        return self
-
-
-class EgressSpec(_Strict):
-    """What a clone may reach outside its application: nothing (deny) or ``to`` prefixes (allow).
-
-    Allowed packets leave with the clone's own address as source, never a parent address.
-    Parent components and the members of other clones of the same parent stay unreachable
-    whatever ``to`` says.
-    """
-
-    policy: Literal["deny", "allow"] = "deny"
-    to: list[str] | None = None
-
-    @field_validator("to", mode="before")
-    @classmethod
-    def _prefixes(cls, v):
-        if v is None:
-            return v
-        if not isinstance(v, list):
-            raise ValueError("to is a list of prefixes like [\"10.0.9.0/24\", \"fd00:9::/64\"]")
-        out = []
-        for i, p in enumerate(v):
-            if not isinstance(p, str):
-                raise ValueError(f"to[{i}]: {p!r} is not a prefix string")
-            try:
-                out.append(str(ipaddress.ip_network(p, strict=True)))
-            except ValueError as exc:
-                raise ValueError(f"to[{i}]: {p!r} is not a prefix: {exc}") from None
-        return out
-
-    @model_validator(mode="after")
-    def _consistent(self):
-        if self.policy == "deny" and self.to:
-            raise ValueError("egress.to lists prefixes, but policy is deny; use policy allow")
-        return self
-
-    def networks(self) -> list[IPNet]:
-        if self.policy == "deny":
-            return []
-        if self.to is None:
-            return [ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")]
-        return [ipaddress.ip_network(p) for p in self.to]
-
-
-class FenceSpec(_Strict):
-    """One fence: the parent's components, the clone's members, the egress policy."""
-
-    name: str = Field(pattern=FENCE_NAME_RE)
-    parent: list[str] = Field(min_length=1, max_length=256)
-    members: list[MemberSpec] = Field(default_factory=list, max_length=256)
-    egress: EgressSpec = EgressSpec()
-
-
-class FencedCloneIntent(_Strict):
-    """The ``apps.fenced_clone`` section of a topology file (and what REST changes)."""
-
-    #: neighbour solicitations per second one clone port may send to the controller
-    nd_rate_per_clone: int = Field(default=50, ge=1, le=10000)
-    fences: list[FenceSpec] = Field(default_factory=list)
+    def clone_host(self, m: MemberSpec) -> Host | None:
+        """The host a (valid) member names, by name or by address; None when it names none."""
+        name = m.host or self.owners.get(m.ipv4 or "") or self.owners.get(m.ipv6 or "")
+        return self.topology.hosts.get(name) if name else None
 
 
 # ---------------------------------------------------------------------------
@@ -184,6 +93,11 @@ class Fence:
         return fence_mac(self.fid)
 
 
+def fence_id(name: str) -> int:
+    """The fence's 48-bit id (cookie object and metadata value), from its name: stable across restarts."""
+    return cookies.object_id(f"fence:{name}")
+
+
 def fence_mac(fid: int) -> str:
     v = 0xFE0000000000 | (fid & 0xFFFFFFFFFF)
     return ":".join(f"{(v >> s) & 0xFF:02x}" for s in range(40, -8, -8))
@@ -205,17 +119,11 @@ def _member_key(m: MemberSpec) -> str:
     return "host" if m.host else ("ipv4" if m.ipv4 else "ipv6")
 
 
-def _address_owner(topo: Topology) -> dict[str, str]:
-    out = {}
-    for h in topo.hosts.values():
-        for a in h.addresses:
-            out[str(a)] = h.name
-    return out
+def check_fence(d: Directory, spec: FenceSpec, where: str = "") -> tuple[list[Host], list[tuple[str, Host, Host]]]:
+    """One fence against the topology alone (not other fences); ``where`` prefixes error fields.
 
-
-def resolve_fence(topo: Topology, spec: FenceSpec, where: str = "", owners: dict | None = None) -> Fence:
-    """One fence against the topology alone (not other fences); ``where`` prefixes error fields."""
-    owners = _address_owner(topo) if owners is None else owners
+    Returns the parent's hosts and (component, parent host, clone host) per member."""
+    topo, owners = d.topology, d.owners
     pre = f"{where}." if where else ""
     parent: list[Host] = []
     seen = set()
@@ -229,14 +137,13 @@ def resolve_fence(topo: Topology, spec: FenceSpec, where: str = "", owners: dict
             raise _err(f"component {comp!r} is listed twice", f"{pre}parent[{i}]")
         seen.add(comp)
         parent.append(h)
-    members: list[Member] = []
+    members: list[tuple[str, Host, Host]] = []
     by_component: dict[str, int] = {}
     by_clone: dict[str, int] = {}
-    parent_names = {h.name for h in parent}
     for i, m in enumerate(spec.members):
         mw = f"{pre}members[{i}]"
-        if m.component not in parent_names:
-            raise _err(f"unknown component {m.component!r}: not in this fence's parent {sorted(parent_names)}",
+        if m.component not in seen:
+            raise _err(f"unknown component {m.component!r}: not in this fence's parent {sorted(seen)}",
                        f"{mw}.component")
         if m.component in by_component:
             raise _err(f"component {m.component!r} already has a clone in this fence "
@@ -257,7 +164,7 @@ def resolve_fence(topo: Topology, spec: FenceSpec, where: str = "", owners: dict
                 raise _err(f"{addr} belongs to host {owner}, not {clone_name}", f"{mw}.{fam}")
             clone_name = owner
         clone = topo.hosts[clone_name]
-        if clone_name in parent_names:
+        if clone_name in seen:
             raise _err(f"{clone_name} is a component of the parent; a clone needs its own host and addresses",
                        f"{mw}.{_member_key(m)}", 409)
         if clone_name in by_clone:
@@ -265,64 +172,113 @@ def resolve_fence(topo: Topology, spec: FenceSpec, where: str = "", owners: dict
                        f"{spec.members[by_clone[clone_name]].component} (members[{by_clone[clone_name]}])",
                        f"{mw}.{_member_key(m)}", 409)
         p = topo.hosts[m.component]
-        v4 = (str(p.ipv4.ip), str(clone.ipv4.ip)) if p.ipv4 and clone.ipv4 else None
-        v6 = (str(p.ipv6.ip), str(clone.ipv6.ip)) if p.ipv6 and clone.ipv6 else None
         if m.ipv4 and not p.ipv4:
             raise _err(f"parent component {p.name} has no IPv4 address to map {m.ipv4} to", f"{mw}.ipv4")
         if m.ipv6 and not p.ipv6:
             raise _err(f"parent component {p.name} has no IPv6 address to map {m.ipv6} to", f"{mw}.ipv6")
-        if v4 is None and v6 is None:
+        if not (p.ipv4 and clone.ipv4) and not (p.ipv6 and clone.ipv6):
             raise _err(f"{clone_name} and parent component {p.name} share no address family", mw)
         by_component[m.component] = i
         by_clone[clone_name] = i
-        members.append(Member(m.component, p, clone, v4, v6))
-    return Fence(spec.name, cookies.object_id(f"fence:{spec.name}"), tuple(parent), tuple(members),
+        members.append((m.component, p, clone))
+    return parent, members
+
+
+def _pair(parent, clone) -> tuple[str, str] | None:
+    return (str(parent.ip), str(clone.ip)) if parent and clone else None
+
+
+def resolve_fence(d: Directory, spec: FenceSpec, where: str = "") -> Fence:
+    """One fence resolved against the topology alone (checked by :func:`check_fence`; no guards)."""
+    parent, members = check_fence(d, spec, where)
+    return Fence(spec.name, fence_id(spec.name), tuple(parent),
+                 tuple(Member(c, p, h, _pair(p.ipv4, h.ipv4), _pair(p.ipv6, h.ipv6)) for c, p, h in members),
                  tuple(spec.egress.networks()))
 
 
-def resolve(topo: Topology, intent: FencedCloneIntent) -> list[Fence]:
-    """Every fence resolved and checked against the others; raises IntentError naming the field."""
-    owners = _address_owner(topo)
-    fences: list[Fence] = []
+def validate(d: Directory, intent: FencedCloneIntent) -> None:
+    """Check the whole intent against the topology and across fences; raises IntentError naming the field.
+
+    Linear in fences and members, and builds no flows and no address text (REST runs it on every change)."""
     names: dict[str, int] = {}
     fids: dict[int, str] = {}
     macs: dict[str, str] = {}
-    clone_of: dict[str, tuple[str, int, int]] = {}    # clone host -> (fence, fence index, member index)
+    clone_of: dict[str, str] = {}    # clone host -> its fence
+    parents: list[list[Host]] = []
     for i, spec in enumerate(intent.fences):
         where = f"fences[{i}]"
         if spec.name in names:
             raise _err(f"a fence named {spec.name!r} already exists (fences[{names[spec.name]}])",
                        f"{where}.name", 409)
-        f = resolve_fence(topo, spec, where, owners)
-        if f.fid in fids:  # a 48-bit blake2b collision: astronomically unlikely, but never silent
-            raise _err(f"fence name {spec.name!r} hashes to the same id as fence {fids[f.fid]!r}; rename it",
+        parent, members = check_fence(d, spec, where)
+        fid = fence_id(spec.name)
+        if fid in fids:  # a 48-bit blake2b collision: astronomically unlikely, but never silent
+            raise _err(f"fence name {spec.name!r} hashes to the same id as fence {fids[fid]!r}; rename it",
                        f"{where}.name", 409)
-        host_mac = next((h.name for h in topo.hosts.values() if h.mac.lower() == f.mac), None)
-        if host_mac is not None or f.mac in macs:
-            raise _err(f"fence name {spec.name!r} gives fence MAC {f.mac}, already used by "
-                       f"{'host ' + host_mac if host_mac else 'fence ' + repr(macs.get(f.mac))}; rename it",
+        mac = fence_mac(fid)
+        host_mac = d.macs.get(mac)
+        if host_mac is not None or mac in macs:
+            raise _err(f"fence name {spec.name!r} gives fence MAC {mac}, already used by "
+                       f"{'host ' + host_mac if host_mac else 'fence ' + repr(macs.get(mac))}; rename it",
                        f"{where}.name", 409)
         names[spec.name] = i
-        fids[f.fid] = spec.name
-        macs[f.mac] = spec.name
-        for j, m in enumerate(f.members):
-            prev = clone_of.get(m.clone.name)
+        fids[fid] = spec.name
+        macs[mac] = spec.name
+        for j, (_, _, clone) in enumerate(members):
+            prev = clone_of.get(clone.name)
             if prev is not None:
-                raise _err(f"host {m.clone.name} ({', '.join(map(str, m.clone.addresses))}) is already a clone "
-                           f"in fence {prev[0]!r}", f"{where}.members[{j}].{_member_key(spec.members[j])}", 409)
-            clone_of[m.clone.name] = (spec.name, i, j)
-        fences.append(f)
+                raise _err(f"host {clone.name} ({', '.join(map(str, clone.addresses))}) is already a clone "
+                           f"in fence {prev!r}", f"{where}.members[{j}].{_member_key(spec.members[j])}", 409)
+            clone_of[clone.name] = spec.name
+        parents.append(parent)
     # a clone's host can never be a parent component of another fence (no clones of clones)
-    for i, f in enumerate(fences):
-        for k, p in enumerate(f.parent):
+    for i, parent in enumerate(parents):
+        for k, p in enumerate(parent):
             if p.name in clone_of:
-                other, fi, mj = clone_of[p.name]
-                raise _err(f"component {p.name} is a clone in fence {other!r}; a fence's parent must be "
-                           f"original components", f"fences[{i}].parent[{k}]", 409)
-    return [_with_guards(f, fences) for f in fences]
+                raise _err(f"component {p.name} is a clone in fence {clone_of[p.name]!r}; a fence's parent must "
+                           f"be original components", f"fences[{i}].parent[{k}]", 409)
 
 
-def _with_guards(f: Fence, fences: list[Fence]) -> Fence:
+def resolve(topo: Topology | Directory, intent: FencedCloneIntent) -> list[Fence]:
+    """Every fence resolved, with its guards, after :func:`validate` (raises IntentError naming the field)."""
+    d = topo if isinstance(topo, Directory) else Directory.of(topo)
+    validate(d, intent)
+    fences = [resolve_fence(d, spec, f"fences[{i}]") for i, spec in enumerate(intent.fences)]
+    return [replace(f, guards=_guards(d, intent, f)) for f in fences]
+
+
+def find(intent: FencedCloneIntent, name: str) -> int | None:
+    """The index of the fence named ``name``, or None."""
+    for i, spec in enumerate(intent.fences):
+        if spec.name == name:
+            return i
+    return None
+
+
+def resolve_part(d: Directory, intent: FencedCloneIntent, name: str) -> Fence | None:
+    """The fence ``name`` of an intent :func:`validate` accepted, with its guards; None if there is none.
+
+    Reads the other fences only for the guards of a fence that allows egress."""
+    i = find(intent, name)
+    if i is None:
+        return None
+    f = resolve_fence(d, intent.fences[i], f"fences[{i}]")
+    return replace(f, guards=_guards(d, intent, f)) if f.egress else f
+
+
+def dependents(intent: FencedCloneIntent, specs: Iterable[FenceSpec | None]) -> set[str]:
+    """The fences whose state a change of the fences ``specs`` (before and after) can change.
+
+    Those fences themselves, and every fence that allows egress and shares a parent
+    component with one of them: its guards hold the other clones' member addresses."""
+    specs = [s for s in specs if s is not None]
+    names = {s.name for s in specs}
+    comps = {c for s in specs for c in s.parent}
+    return names | {g.name for g in intent.fences
+                    if g.egress.policy == "allow" and not comps.isdisjoint(g.parent)}
+
+
+def _guards(d: Directory, intent: FencedCloneIntent, f: Fence) -> tuple[IPAddr, ...]:
     """Protected destinations inside an allowing fence's egress prefixes.
 
     Protected: every parent address, and every member address of any other fence
@@ -330,21 +286,22 @@ def _with_guards(f: Fence, fences: list[Fence]) -> Fence:
     Member parent addresses need no guard: translation takes them first.
     """
     if not f.egress:
-        return f
+        return ()
     comps = {h.name for h in f.parent}
     translated = {pair[0] for m in f.members for pair in (m.v4, m.v6) if pair}
     protected: set[IPAddr] = set()
     for a in f.parent_addresses():
         if str(a) not in translated:
             protected.add(a)
-    for g in fences:
-        if g is f or not comps & {h.name for h in g.parent}:
+    for g in intent.fences:
+        if g.name == f.name or comps.isdisjoint(g.parent):
             continue
         for m in g.members:
-            protected.update(m.clone.addresses)
-    guards = tuple(sorted((a for a in protected if any(a.version == n.version and a in n for n in f.egress)),
-                          key=lambda a: (a.version, int(a))))
-    return Fence(f.name, f.fid, f.parent, f.members, f.egress, guards)
+            h = d.clone_host(m)
+            if h is not None:
+                protected.update(h.addresses)
+    return tuple(sorted((a for a in protected if any(a.version == n.version and a in n for n in f.egress)),
+                        key=lambda a: (a.version, int(a))))
 
 
 def intent_error_relative(exc: IntentError, index: int) -> IntentError:
