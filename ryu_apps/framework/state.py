@@ -237,22 +237,40 @@ class LayeredState:
 
     # -- checking -----------------------------------------------------------
     def check(self, replacements: dict[tuple, SwitchState | None]) -> None:
-        """Raise StateConflict if applying ``replacements`` would; change nothing."""
-        replaced = set(replacements)
+        """Raise StateConflict if applying ``replacements`` would; change nothing.
+
+        Linear in the size of the layers replaced (old and new), whatever the switch holds.
+        """
+        # how many of each entry's holders are among the layers being replaced
+        held_f: dict = {}
+        held_g: dict = {}
+        held_m: dict = {}
+        for key in replacements:
+            old = self.layers.get(key)
+            if old is None:
+                continue
+            for fk in old.flows:
+                held_f[fk] = held_f.get(fk, 0) + 1
+            for gid in old.groups:
+                held_g[gid] = held_g.get(gid, 0) + 1
+            for mid in old.meters:
+                held_m[mid] = held_m.get(mid, 0) + 1
+
+        def kept(key, merged, counts, held):
+            """The merged entry under ``key`` if a layer that is not being replaced holds it."""
+            n = counts.get(key, 0)
+            return merged[key] if n > held.get(key, 0) else None
+
         new_flows: dict[tuple, Flow] = {}
         new_groups: dict[int, Group] = {}
         new_meters: dict[int, Meter] = {}
-        gone_flows: set = set()
-        for key, st in replacements.items():
-            old = self.layers.get(key)
-            if old is not None:
-                gone_flows.update(old.flows)
+        for st in replacements.values():
             if st is None:
                 continue
             for fk, flow in st.flows.items():
                 prev = new_flows.get(fk)
                 if prev is None:
-                    prev = self._kept(fk, self.flows, self._flow_n, replaced, lambda k, fk=fk: k.flows.get(fk))
+                    prev = kept(fk, self.flows, self._flow_n, held_f)
                 if prev is not None and prev != flow:
                     raise StateConflict(f"two flows with table={flow.table} priority={flow.priority} "
                                         f"match={flow.match.to_dict()}: {prev} / {flow}")
@@ -260,14 +278,14 @@ class LayeredState:
             for gid, group in st.groups.items():
                 prev = new_groups.get(gid)
                 if prev is None:
-                    prev = self._kept(gid, self.groups, self._group_n, replaced, lambda k, g=gid: k.groups.get(g))
+                    prev = kept(gid, self.groups, self._group_n, held_g)
                 if prev is not None and prev != group:
                     raise StateConflict(f"group {gid} computed twice with different buckets")
                 new_groups[gid] = group
             for mid, meter in st.meters.items():
                 prev = new_meters.get(mid)
                 if prev is None:
-                    prev = self._kept(mid, self.meters, self._meter_n, replaced, lambda k, m=mid: k.meters.get(m))
+                    prev = kept(mid, self.meters, self._meter_n, held_m)
                 if prev is not None and prev != meter:
                     raise StateConflict(f"meter {mid} computed twice with different bands")
                 new_meters[mid] = meter
@@ -275,8 +293,8 @@ class LayeredState:
         def defined(ref) -> bool:
             kind, ident = ref
             if kind == "g":
-                return ident in new_groups or self._kept_any(ident, self._group_n, replaced, "groups")
-            return ident in new_meters or self._kept_any(ident, self._meter_n, replaced, "meters")
+                return ident in new_groups or kept(ident, self.groups, self._group_n, held_g) is not None
+            return ident in new_meters or kept(ident, self.meters, self._meter_n, held_m) is not None
 
         for flow in new_flows.values():  # what the new layers use must exist
             for ref in _flow_refs(flow):
@@ -284,20 +302,14 @@ class LayeredState:
                     what = "meter" if ref[0] == "m" else "group"
                     raise StateConflict(f"flow {flow} uses {what} {ref[1]}, which no app defines")
         # what the replaced layers defined and no longer do must not be used by a flow that stays
-        dropped = set()
-        for key in replacements:
-            old = self.layers.get(key)
-            if old is None:
-                continue
-            dropped.update(("g", g) for g in old.groups)
-            dropped.update(("m", m) for m in old.meters)
+        dropped = {("g", g) for g in held_g} | {("m", m) for m in held_m}
         dropped = {ref for ref in dropped if not defined(ref)}
         if dropped:
             # merged flows using each dropped entry after the replacement: today's count, minus
             # the merged flows that go away or change, plus what replaces them
             delta: dict = {}
-            for fk in gone_flows | set(new_flows):
-                if self._kept(fk, self.flows, self._flow_n, replaced, lambda k, fk=fk: k.flows.get(fk)) is not None:
+            for fk in set(held_f) | set(new_flows):
+                if kept(fk, self.flows, self._flow_n, held_f) is not None:
                     continue  # another layer keeps the merged flow as it is
                 cur = self.flows.get(fk)
                 if cur is not None:
@@ -313,21 +325,6 @@ class LayeredState:
                     what = "meter" if ref[0] == "m" else "group"
                     raise StateConflict(f"{what} {ref[1]} would be removed while {remaining} flow(s) of "
                                         f"other apps still use it")
-
-    def _kept(self, key, merged: dict, counts: dict, replaced: set, get):
-        """The merged entry under ``key`` if a layer that is not being replaced holds it."""
-        n = counts.get(key, 0)
-        if n == 0:
-            return None
-        held = sum(1 for lk in replaced if lk in self.layers and get(self.layers[lk]) is not None)
-        return merged[key] if n > held else None
-
-    def _kept_any(self, ident, counts: dict, replaced: set, attr: str) -> bool:
-        n = counts.get(ident, 0)
-        if n == 0:
-            return False
-        held = sum(1 for lk in replaced if lk in self.layers and ident in getattr(self.layers[lk], attr))
-        return n > held
 
     # -- changing -----------------------------------------------------------
     def replace(self, replacements: dict[tuple, SwitchState | None], check: bool = True) -> Touched:
