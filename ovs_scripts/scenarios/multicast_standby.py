@@ -95,6 +95,10 @@ def _cut_run(lab: Lab, group: str, protected: bool) -> dict:
     tx.terminate()
     tx.wait(timeout=10)
     res["after"] = after
+    # until the controller sees the link up at both ends (with BFD each end only once it is LIVE,
+    # which can take seconds): nothing of this cut is still arriving when the next step starts
+    # or the final comparison of every switch with the desired state runs
+    wait_for(lambda: all(ln["up"] for ln in _rest(lab, "/v1/topology")["links"]), 15)
     return res
 
 
