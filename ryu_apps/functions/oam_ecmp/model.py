@@ -37,11 +37,12 @@ import struct
 from collections import defaultdict
 from dataclasses import dataclass, field
 from itertools import product
-from typing import Any, Iterable
+from typing import Iterable
 
 import networkx as nx
 
-from ryu_apps.openflow.ofdata import OFPP_CONTROLLER, Flow, Group, GroupAction, Output
+from ryu_apps.openflow import simulator
+from ryu_apps.openflow.ofdata import OFPP_CONTROLLER, Flow, Group
 from ryu_apps.packet.checksum import inet_checksum
 
 # --- encoding constants ----------------------------------------------------------------
@@ -451,111 +452,47 @@ class Route:
                 "next_hops": [nh.to_json() for nh in self.next_hops]}
 
 
-def _field_matches(pkt: dict, name: str, value: Any, mask: Any) -> bool:
-    if name not in pkt:
-        return False
-    have = pkt[name]
-    if isinstance(have, str) and ":" in have and name.startswith("ipv6"):
-        have, value = int(ipaddress.IPv6Address(have)), int(ipaddress.IPv6Address(value))
-        mask = None if mask is None else int(ipaddress.IPv6Address(mask))
-    elif isinstance(have, str) and name.startswith("ipv4"):
-        have, value = int(ipaddress.IPv4Address(have)), int(ipaddress.IPv4Address(value))
-        mask = None if mask is None else int(ipaddress.IPv4Address(mask))
-    if mask is None:
-        return have == value
-    return have & mask == value & mask
-
-
 def lookup(flows: Iterable[Flow], table: int, pkt: dict) -> Flow | None:
     """The highest-priority flow of ``table`` matching ``pkt`` (fields not in ``pkt`` never match)."""
-    best = None
-    for f in flows:
-        if f.table != table or (best is not None and f.priority <= best.priority):
-            continue
-        if all(_field_matches(pkt, n, v, m) for n, v, m in f.match.fields):
-            best = f
-    return best
-
-
-def _as_int(name: str, value: Any) -> int:
-    if isinstance(value, int):
-        return value
-    if name.startswith("ipv6") or (isinstance(value, str) and value.count(":") > 1 and value.count(":") != 5):
-        return int(ipaddress.IPv6Address(value))
-    if name.startswith("ipv4") or name.startswith("arp_"):
-        try:
-            return int(ipaddress.IPv4Address(value))
-        except ValueError:
-            pass
-    return int(str(value).replace(":", ""), 16)
+    return simulator.lookup(list(flows), table, pkt)
 
 
 class Table:
-    """One table's flows with match values as integers, for many lookups (highest priority first)."""
+    """One table's flows compiled for many lookups (the switch simulator's index)."""
 
     def __init__(self, flows: Iterable[Flow], table: int):
-        rows = []
-        for f in flows:
-            if f.table != table:
-                continue
-            fields = tuple((n, _as_int(n, v), None if mk is None else _as_int(n, mk)) for n, v, mk in f.match.fields)
-            rows.append((f.priority, fields, f))
-        rows.sort(key=lambda r: -r[0])
-        self.rows = rows
+        self.table = table
+        self.flows = [f for f in flows if f.table == table]
+        self._switches: dict = {}
+
+    def switch(self, groups: dict[int, Group], down: frozenset) -> simulator.Switch:
+        key = (id(groups), down)
+        sw = self._switches.get(key)
+        if sw is None:
+            if len(self._switches) > 8:
+                self._switches.clear()
+            sw = self._switches[key] = simulator.Switch(simulator.state_of(self.flows, groups), down=down)
+        return sw
 
     def lookup(self, pkt: dict) -> Flow | None:
-        ints = {n: _as_int(n, v) for n, v in pkt.items()}
-        for _, fields, flow in self.rows:
-            for n, v, mk in fields:
-                have = ints.get(n)
-                if have is None or (have != v if mk is None else have & mk != v & mk):
-                    break
-            else:
-                return flow
-        return None
-
-
-def _bucket_ports(group: Group, groups: dict[int, Group], depth: int = 0) -> list[tuple[int, list[int], int]]:
-    """(bucket index, output ports, watch_port) of every bucket; nested groups resolved once."""
-    out = []
-    for i, b in enumerate(group.buckets):
-        ports = []
-        for a in b.actions:
-            if isinstance(a, Output):
-                ports.append(a.port)
-            elif isinstance(a, GroupAction) and depth < 2 and a.group_id in groups:
-                for _, sub, _ in _bucket_ports(groups[a.group_id], groups, depth + 1):
-                    ports.extend(sub)
-        out.append((i, ports, b.watch_port))
-    return out
+        return self.switch({}, frozenset()).lookup(self.table, pkt)
 
 
 def resolve_route(switch: str, dest: str, address: str, pkt: dict, flows: "list[Flow] | Table",
                   groups: dict[int, Group], table: int, down_ports: frozenset = frozenset()) -> Route:
-    """Where ``switch``'s table ``table`` sends ``pkt``: every bucket of its group, liveness included."""
-    flow = flows.lookup(pkt) if isinstance(flows, Table) else lookup(flows, table, pkt)
-    if flow is None:
+    """Where ``switch``'s table ``table`` sends ``pkt``: every bucket of its group, liveness included
+    (the switch simulator's reading of the flow and its group)."""
+    down = frozenset(p for s, p in down_ports if s == switch)
+    if not isinstance(flows, Table):
+        flows = Table(flows, table)
+    fwd = flows.switch(groups, down).forwarding(table, pkt)
+    cookie = fwd.flow.cookie if fwd.flow is not None else None
+    if fwd.kind == "none" and fwd.flow is None:
         return Route(switch, dest, address, "none")
-    hops: list[NextHop] = []
-    for a in flow.actions:
-        if isinstance(a, Output):
-            hops.append(NextHop(a.port))
-        elif isinstance(a, GroupAction):
-            group = groups.get(a.group_id)
-            if group is None:
-                return Route(switch, dest, address, "missing_group", flow.cookie, a.group_id, None)
-            buckets = _bucket_ports(group, groups)
-            if group.type == "ff":  # only the first live bucket carries traffic
-                live = [b for b in buckets if (switch, b[2]) not in down_ports]
-                buckets = live[:1]
-            for index, ports, watch in buckets:
-                alive = (switch, watch) not in down_ports
-                weight = group.buckets[index].weight if group.type == "select" else None
-                if weight is not None:
-                    alive = alive and weight > 0
-                hops.extend(NextHop(p, index, alive, weight) for p in ports)
-            return Route(switch, dest, address, "group", flow.cookie, group.group_id, group.type, tuple(hops))
-    return Route(switch, dest, address, "output" if hops else "none", flow.cookie, None, None, tuple(hops))
+    if fwd.kind == "missing_group":
+        return Route(switch, dest, address, "missing_group", cookie, fwd.group_id, None)
+    hops = tuple(NextHop(h.port, h.bucket, h.live, h.weight) for h in fwd.hops)
+    return Route(switch, dest, address, fwd.kind, cookie, fwd.group_id, fwd.group_type, hops)
 
 
 # --- the analysis -------------------------------------------------------------------------
