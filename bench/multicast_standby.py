@@ -162,6 +162,9 @@ def failover_run(lab: Lab, rest: Rest, mode: str, kind: str, what: tuple, group:
                      "lost": r["lost"], "outage_ms": r["longest_outage_ms"], "duplicates": r["duplicates"],
                      "received": r["unique"]})
     rest(f"/v1/multicast/channels/10.5.0.1/{group}", "DELETE")
+    # the next run starts once the controller sees every link up again (with BFD an end is up
+    # only once it is LIVE, seconds after the port): else its tree is grafted around the repair
+    wait_for(lambda: all(ln["up"] for ln in rest("/v1/topology")["links"]), 15)
     return rows
 
 
