@@ -334,11 +334,20 @@ class LayeredState:
         touched = Touched()
         for key, st in replacements.items():
             old = self.layers.pop(key, None)
-            if old is not None:
-                self._remove(old, touched)
-            if st is not None and (st.flows or st.groups or st.meters or st.owners):
+            if st is not None and not (st.flows or st.groups or st.meters or st.owners):
+                st = None
+            if old is not None and st is not None:
+                # only what differs leaves and enters: a recomputed layer that is mostly the
+                # same touches (and so makes the programmer diff) only its real changes
+                gone, came = _delta(old, st), _delta(st, old)
+                gone.owners, came.owners = old.owners, st.owners
+            else:
+                gone, came = old, st
+            if gone is not None:
+                self._remove(gone, touched)
+            if st is not None:
                 self.layers[key] = st
-                self._add(st, touched)
+                self._add(came, touched)
         return touched
 
     def _add(self, st: SwitchState, touched: Touched) -> None:
@@ -405,6 +414,14 @@ class LayeredState:
                 del self.owners[cookie]
             else:
                 self._label_n[cookie] = n
+
+
+def _delta(a: SwitchState, b: SwitchState) -> SwitchState:
+    """The entries of ``a`` that ``b`` lacks or holds differently."""
+    bf, bg, bm = b.flows, b.groups, b.meters
+    return SwitchState({k: v for k, v in a.flows.items() if bf.get(k) != v},
+                       {k: v for k, v in a.groups.items() if bg.get(k) != v},
+                       {k: v for k, v in a.meters.items() if bm.get(k) != v})
 
 
 def diff_touched(desired, actual: ActualState, touched: Touched) -> Changes:
