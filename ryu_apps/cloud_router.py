@@ -24,9 +24,15 @@ Tiers (each a lab node running its own Open vSwitch), client to service::
   down, or no forwarder's tunnel to it is LIVE).  Every NAC holds every
   client's policy, so no path exists on which a client's packet skips it.
 
-The logic lives in :mod:`ryu_apps.functions.cloud_router.model` (intent, keys,
-locations) and :mod:`ryu_apps.functions.cloud_router.flows` (flows); this module is
-the thin os-ken app: events in, REST, and ``compute``.
+The logic lives in :mod:`ryu_apps.functions.cloud_router` (``intent``: what users
+declare; ``model``: roles, keys, locations; ``flows``: the flows; ``wire``: the
+punted frames); this module is the thin app: hooks in, REST, and ``compute``.
+
+Framework v2: the state is made of parts, one per client (its MAC) and one shared
+part (tiers, NACs, policies, tunnels, services).  ``compute`` is pure: it reads the
+view, the intent it is given and the runtime state (keys, learned clients,
+locations), which changes only in the hooks and REST handlers: a roam, a learned
+client or a registration dirties only that client's part.
 """
 
 from __future__ import annotations
@@ -35,48 +41,70 @@ import logging
 import time
 from collections import Counter, deque
 
-from os_ken.controller import ofp_event
-from os_ken.controller.handler import MAIN_DISPATCHER, set_ev_cls
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ryu_apps.framework import config, cookies
-from ryu_apps.framework.app import FabricApp, FabricView, IntentError, PacketIn
-from ryu_apps.framework.core import PACKET_IN_BYTES, FabricCore, TokenBucket
+from ryu_apps.framework import cookies
+from ryu_apps.framework.app import WHOLE, FabricApp, FabricView, IntentError, PacketIn, PortChange, SwitchChange
+from ryu_apps.framework.core import FabricCore
 from ryu_apps.framework.rest import ApiError, validation_error
 from ryu_apps.framework.state import StateConflict, SwitchState
 from ryu_apps.functions.cloud_router.flows import (
     K_PUNT,
     KIND_NAMES,
     ClientInfo,
-    FlowCache,
     Inputs,
     active_nac,
     client_rank,
+    client_state,
     client_td,
-    compute_cloud,
     failed_nacs,
+    shared_state,
 )
-from ryu_apps.functions.cloud_router.model import (
+from ryu_apps.functions.cloud_router.intent import (
     APP,
     QUARANTINE,
     Client,
     CloudRouterIntent,
+    Policy,
+    expand_rule,
+    normalize_mac,
+)
+from ryu_apps.functions.cloud_router.model import (
     IntentCheckError,
     Locations,
-    Policy,
     Roles,
     assign_keys,
     derive_roles,
-    expand_rule,
-    normalize_mac,
+    free_key,
+    known_key,
     policy_ids,
 )
 from ryu_apps.functions.cloud_router.wire import client_frame
+from ryu_apps.openflow.ofdata import OFPP_MAX
 from ryu_apps.packet.parse import BadPacket
 
 LOG = logging.getLogger(__name__)
 DEFAULT_ROUTER_MAC = "0e:fa:b0:00:00:01"
 RUNTIME = f"{APP}.runtime"  # <state-dir>/cloud_router.runtime.json: keys, learned clients, locations
+#: the part that is not per client: tier flows and groups, rank groups, policies, service steering
+SHARED = "shared"
+
+
+class ClientPart(str):
+    """A client's part: its MAC, carrying the key :meth:`CloudRouter.parts` planned for it.
+
+    Only for an intent whose clients do not all have a key yet (a candidate that registers
+    new clients): the key plan is computed once for all of them, not once per client.  Equal
+    to (and hashes like) the plain MAC, so ``invalidate(app, {mac})`` names the same part;
+    ``compute`` handed a plain MAC finds the same key itself.
+    """
+
+    key: int
+
+    def __new__(cls, mac: str, key: int):
+        part = super().__new__(cls, mac)
+        part.key = key
+        return part
 
 
 class LocationReport(BaseModel):
@@ -99,53 +127,65 @@ class CloudRouter(FabricApp):
     _CONTEXTS = {"fabric_core": FabricCore}
     APP_NAME = APP
     IntentModel = CloudRouterIntent
+    #: compute reads ports (down or not LIVE: NAC failure, a client's TD) and dead switches
+    INPUTS = frozenset({"ports", "switches"})
 
     def __init__(self, *args, **kwargs):
+        self._ready = False               # the intent setter assigns keys only once we are set up
+        self.roles: Roles | None = None   # of the current intent's tiers
+        self._roles_tiers = None          # ... which are these
         super().__init__(*args, **kwargs)
-        self.cache = FlowCache()
-        self._roles_cache: tuple | None = None  # (tiers object, its JSON, Roles)
-        self._trying = False
         try:
-            self._roles(self.intent)
+            self.roles, self._roles_tiers = self._roles(self.intent), self.intent.tiers
         except IntentError as exc:
-            self.core.apps.pop(self.APP_NAME, None)
+            self.core.unregister(self)
             raise IntentError(f"{self.core.topology.source}: apps.{APP}.{exc}", exc.field) from None
+        self._hosts = {h.mac: h for h in self.core.topology.hosts.values()}
         self.locations = Locations(holddown=self.intent.roam_holddown_s)
         self.learned: dict[str, dict] = {}   # mac -> {"ipv4", "first_seen"}
-        self.keys: dict[str, int] = {}
-        self._keys_dirty = False
-        self.port_live: dict[tuple[str, int], bool] = {}  # tier switch ports: up and LIVE
+        self.keys: dict[str, int] = {}       # mac -> key: every client's, kept once handed out (one key per MAC)
+        self.port_live: dict[tuple[str, int], bool] = {}  # tier switch ports as reported: up and LIVE
         self.history: deque = deque(maxlen=256)
         self._conflicts: dict[tuple[str, str, int], float] = {}  # (mac, switch, port) -> last flagged
         self.counters: Counter = Counter()
-        self._buckets: dict[str, TokenBucket] = {}
-        self.failed: frozenset = frozenset()
+        self.failed: frozenset = frozenset()  # NACs failed in the view (tracked by the hooks, for REST/events)
         self.failed_since: dict[str, float] = {}
-        self.last_compute = {"seconds": 0.0, "clients": 0}
         self._load_runtime()
+        self._ready = True
 
-    # -- model inputs ------------------------------------------------------------
+    # -- the intent: committed by the core (commit_intent) or at start ---------------------
     @property
-    def roles(self) -> Roles | None:
-        return self._roles(self.intent)
+    def intent(self) -> CloudRouterIntent:
+        return self._intent
+
+    @intent.setter
+    def intent(self, value: CloudRouterIntent) -> None:
+        """A new intent is the app's (start, or ``core.commit_intent`` after ``try_intent``):
+        its tiers' roles, and a key for each client that has none yet, persisted at once."""
+        self._intent = value
+        if not self._ready:
+            return
+        self.roles, self._roles_tiers = self._roles(value), value.tiers
+        self.locations.holddown = value.roam_holddown_s
+        if self._assign_keys():
+            self._save_runtime()
 
     def _roles(self, intent: CloudRouterIntent) -> Roles | None:
+        """The roles of ``intent``'s tiers (the current ones unless the tiers differ; pure)."""
         tiers = intent.tiers
         if tiers is None:
             return None
-        cached = self._roles_cache
-        if cached and cached[0] is tiers:
-            return cached[2]
-        sig = tiers.model_dump_json()
-        if cached and cached[1] == sig:
-            self._roles_cache = (tiers, sig, cached[2])
-            return cached[2]
+        if self._roles_tiers is not None and tiers == self._roles_tiers:
+            return self.roles
         try:
-            roles = derive_roles(self.core.topology, tiers)
+            return derive_roles(self.core.topology, tiers)
         except IntentCheckError as exc:
             raise IntentError(str(exc), exc.field) from None
-        self._roles_cache = (tiers, sig, roles)
-        return roles
+
+    def _host(self, roles: Roles | None, mac: str):
+        """The lab host with ``mac`` if it sits on an access point (a client known from the topology)."""
+        host = self._hosts.get(mac)
+        return host if host is not None and roles is not None and host.switch in roles.ap_uplinks else None
 
     def _topo_clients(self, roles: Roles | None) -> dict[str, object]:
         """Lab hosts on access points, by MAC (their addresses are known from the topology)."""
@@ -158,136 +198,219 @@ class CloudRouter(FabricApp):
         intent = intent or self.intent
         if intent.router_mac:
             return intent.router_mac
-        fabric = self.core.apps.get("fabric")
-        return getattr(getattr(fabric, "intent", None), "router_mac", None) or DEFAULT_ROUTER_MAC
+        fabric = self.core.app_intent("fabric")
+        return getattr(fabric, "router_mac", None) or DEFAULT_ROUTER_MAC
 
-    def _macs(self, intent: CloudRouterIntent) -> set[str]:
-        return set(intent.clients) | set(self._topo_clients(self._roles(intent))) | set(self.learned)
+    def _macs(self, intent: CloudRouterIntent, roles: Roles | None) -> set[str]:
+        return set(intent.clients) | set(self._topo_clients(roles)) | set(self.learned)
 
-    def _keys_for(self, intent: CloudRouterIntent) -> dict[str, int]:
-        """Every client's key; new ones are remembered at once (persisted with the runtime state),
-        so a key, once handed out, stays with its client."""
-        explicit = {m: c.key for m, c in intent.clients.items() if c.key is not None}
-        keys = assign_keys(self.keys, self._macs(intent), explicit)
-        if any(self.keys.get(m) != k for m, k in keys.items()):
-            self.keys.update(keys)
-            self._keys_dirty = True
-        return keys
+    # -- keys: handed out when a client becomes known, persisted there ----------------------
+    def _key_plan(self, intent: CloudRouterIntent, roles: Roles | None) -> dict[str, int]:
+        """Every client's key under ``intent`` (pure: ``assign_keys`` over the stored keys)."""
+        return assign_keys(self.keys, self._macs(intent, roles), intent.explicit_keys())
+
+    def _assign_keys(self) -> bool:
+        """Give every client of the current intent its key (``self.keys``); True if any changed."""
+        plan = self._key_plan(self.intent, self.roles)
+        changed = {m: k for m, k in plan.items() if self.keys.get(m) != k}
+        if not changed:
+            return False
+        taken = set(changed.values())
+        for m in [m for m, k in self.keys.items() if k in taken and m not in changed]:
+            del self.keys[m]  # a client not present whose key an operator pinned to another one
+        self.keys.update(changed)
+        return True
+
+    def _give_key(self, mac: str) -> None:
+        """A client just became known (learned): its key, as the plan would give it."""
+        if known_key(self.intent, self.keys, mac) is None:
+            used = set(self.keys.values()) | set(self.intent.explicit_keys().values())
+            self.keys[mac] = free_key(mac, used)
+
+    def _key(self, intent: CloudRouterIntent, roles: Roles | None, mac: str) -> int:
+        key = known_key(intent, self.keys, mac)
+        return key if key is not None else self._key_plan(intent, roles)[mac]
+
+    def _client(self, intent: CloudRouterIntent, roles: Roles | None, mac: str,
+                key: int | None = None) -> ClientInfo | None:
+        """One client as the flows need it (None: ``mac`` is not a client under ``intent``)."""
+        c = intent.clients.get(mac)
+        host = self._host(roles, mac)
+        learned = self.learned.get(mac)
+        if c is None and host is None and learned is None:
+            return None
+        ip = (c.ipv4 if c and c.ipv4 else None) or (str(host.ipv4.ip) if host is not None and host.ipv4
+                                                   else None) or (learned or {}).get("ipv4")
+        loc = self.locations.where(mac)
+        return ClientInfo(mac, key if key is not None else self._key(intent, roles, mac), ip, intent.policy_of(c),
+                          c.name if c else None, (loc.switch, loc.port) if loc else None)
 
     def client_infos(self, intent: CloudRouterIntent | None = None) -> list[ClientInfo]:
         intent = intent or self.intent
-        keys = self._keys_for(intent)
-        topo = self._topo_clients(self._roles(intent))
-        out = []
-        for mac in sorted(keys):
-            c = intent.clients.get(mac)
-            host = topo.get(mac)
-            ip = (c.ipv4 if c and c.ipv4 else None) or (str(host.ipv4.ip) if host is not None and host.ipv4
-                                                       else None) or self.learned.get(mac, {}).get("ipv4")
-            loc = self.locations.where(mac)
-            out.append(ClientInfo(mac, keys[mac], ip, intent.policy_of(c), c.name if c else None,
-                                  (loc.switch, loc.port) if loc else None))
-        return out
+        roles = self._roles(intent)
+        return [self._client(intent, roles, m) for m in sorted(self._macs(intent, roles))]
 
     def _down(self, view: FabricView) -> frozenset:
-        """Ports down or not LIVE.  A port the switch has not reported yet counts as up: after a
-        controller restart the switches keep what they have until they say otherwise."""
-        return frozenset(view.down_ports) | frozenset(k for k, live in self.port_live.items() if not live)
+        """Ports down or not LIVE.  The core's view has a tunnel port down only when its link is;
+        BFD on a tunnel clears LIVE when the far end stops answering, which the app follows
+        itself (:meth:`on_port_change`).  A port the switch has not reported yet counts as up:
+        after a controller restart the switches keep what they have until they say otherwise."""
+        return view.down_ports | frozenset(k for k, live in self.port_live.items() if not live)
 
     def tunnel_state(self, end: tuple[str, int]) -> str:
         """live | down | unknown (not reported yet) of one tunnel port."""
-        if end[0] in self.core.dead:
+        if self.core.data_plane(end[0]) == "dead":
             return "down"
         live = self.port_live.get(end)
         return "unknown" if live is None else "live" if live else "down"
 
-    # -- compute -------------------------------------------------------------------
-    def compute(self, view: FabricView) -> dict[str, SwitchState]:
-        intent = self.intent
+    # -- the desired state (pure) ---------------------------------------------------------
+    def parts(self, intent: CloudRouterIntent):
+        """The shared part and one part per client (its MAC)."""
+        roles = self._roles(intent)
+        if roles is None:
+            return ()
+        macs = self._macs(intent, roles)
+        if intent is self.intent:  # every client of the current intent has its key (self.keys)
+            return (SHARED, *macs)
+        need = {m for m in macs if known_key(intent, self.keys, m) is None}
+        if not need:
+            return (SHARED, *macs)
+        plan = self._key_plan(intent, roles)  # once, not once per new client
+        return (SHARED, *(ClientPart(m, plan[m]) if m in need else m for m in macs))
+
+    def compute(self, view: FabricView, intent: CloudRouterIntent, part=WHOLE) -> dict[str, SwitchState]:
         roles = self._roles(intent)
         if roles is None:
             return {}
-        t0 = time.monotonic()
-        down = self._down(view)
-        failed = failed_nacs(roles, frozenset(view.dead_switches), down)
         hosts = self.core.topology.hosts
-        clients = self.client_infos(intent)
-        inp = Inputs(intent, roles, self.router_mac(intent), clients, failed, frozenset(view.dead_switches),
-                     down, tuple(hosts[h] for h in roles.services))
-        states = compute_cloud(inp, self.cache)
-        if not self._trying:  # not a candidate intent being tried
-            self.locations.holddown = intent.roam_holddown_s
-            now = time.time()
-            for n in failed - self.failed:
-                self.failed_since[n] = now
-                self._event("nac_failed", nac=n)
-            for n in self.failed - failed:
-                self.failed_since.pop(n, None)
-                self._event("nac_recovered", nac=n)
-            self.failed = failed
-            if self._keys_dirty:
-                self._save_runtime()
-            self.last_compute = {"seconds": round(time.monotonic() - t0, 4), "clients": len(clients),
-                                 "cache_hits": self.cache.hits, "cache_misses": self.cache.misses}
-        return states
+        down = self._down(view)
+        inp = Inputs(intent, roles, self.router_mac(intent), [], frozenset(), view.dead_switches, down,
+                     tuple(hosts[h] for h in roles.services))
+        if part == SHARED:
+            inp.failed_nacs = failed_nacs(roles, view.dead_switches, down)
+            return shared_state(inp)
+        cl = self._client(intent, roles, str(part), getattr(part, "key", None))
+        return {} if cl is None else client_state(inp, cl)
 
-    # -- events: packet-ins and ports -----------------------------------------------
+    def parts_changed(self, view: FabricView, intent: CloudRouterIntent, change) -> set:
+        """Dead or alive switches: the shared part (NAC failure, select groups).  A port: see
+        :meth:`_port_parts`."""
+        roles = self._roles(intent)
+        if roles is None:
+            return set()
+        if isinstance(change, SwitchChange):
+            return {SHARED} if change.event in ("dead", "alive") else set()
+        return self._port_parts(roles, change.switch, change.port)
+
+    def _port_parts(self, roles: Roles, sw: str, port: int) -> set:
+        """The parts a port's state feeds: the shared part if a NAC's failure depends on it; the
+        clients of an access point if it is one of that AP's uplinks (their TD follows the AP's
+        first live uplink)."""
+        parts = set()
+        if ((sw in roles.nac_up and roles.nac_up[sw] == port) or (sw == roles.uplink and port in roles.up_nac.values())
+                or (sw in roles.fc_nac and port in roles.fc_nac[sw].values())):
+            parts.add(SHARED)
+        aps = {ap for ap, ups in roles.ap_uplinks.items() for ap_port, td, td_port in ups
+               if (ap, ap_port) == (sw, port) or (td, td_port) == (sw, port)}
+        if aps:
+            parts |= {mac for mac, loc in self.locations.current.items() if loc.switch in aps}
+        return parts
+
+    # -- hooks: packet-ins, ports, switches (the core calls them in the switch's order) -----
     def _event(self, kind: str, **info) -> None:
         self.history.append({"t": round(time.time(), 3), "event": kind, **info})
 
-    def packet_in(self, pkt: PacketIn) -> None:
-        """The core's dispatch of our punts: counted only (see :meth:`_packet_in`)."""
-        self.counters["packet_in_via_core"] += 1
+    def on_packet_in(self, pkt: PacketIn) -> None:
+        """An access point's punt (a client unknown at that port).
 
-    @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
-    def _packet_in(self, ev):
-        """Access point punts, handled in this app's own event queue.
-
-        The core also sees every packet-in (and calls :meth:`packet_in`), but in
-        its own queue: a packet-in from a port just plugged could then be handled
-        before this app has seen the port being added, and be taken for a late
-        frame from a port that was deleted.  Port status and packet-ins of one
-        switch arrive in this queue in the order the switch sent them.  The same
-        protections as the core's apply: the switch's punt meter, a token bucket
-        per switch, at most PACKET_IN_BYTES parsed with bounded code.
+        The core calls this and :meth:`on_port_change` in the order the switch sent the
+        messages, so a packet-in from a port just plugged is handled after the port was
+        seen being added (not taken for a late frame from a deleted port).  The core
+        also applies the per-switch packet-in rate and the byte bound (behind the switch's
+        punt meter); the frame is parsed with bounded code.
         """
-        msg = ev.msg
-        c = cookies.decode(msg.cookie)
-        if c.app != APP or c.kind != K_PUNT:
-            return
-        name = self._switch_name(msg.datapath)
         roles = self.roles
-        if name is None or roles is None or name not in roles.ap_uplinks:
+        if cookies.decode(pkt.cookie).kind != K_PUNT or roles is None or pkt.switch not in roles.ap_uplinks:
             self.counters["packet_in_ignored"] += 1
             return
-        bucket = self._buckets.get(name)
-        if bucket is None:
-            rate = config.get("packet-in-rate")
-            bucket = self._buckets[name] = TokenBucket(2 * rate, 2 * rate)
-        if not bucket.take():
-            self.counters["packet_in_rate_limited"] += 1
-            return
         try:
-            frame = client_frame(bytes(msg.data[:PACKET_IN_BYTES]))
+            frame = client_frame(pkt.data)
         except BadPacket as exc:
             self.counters["packet_in_bad"] += 1
-            LOG.debug("bad punt from %s: %s", name, exc)
+            LOG.debug("bad punt from %s: %s", pkt.switch, exc)
             return
         self.counters["packet_in"] += 1
-        self.observe(frame.src, name, msg.match.get("in_port", 0), frame.ipv4, source="packet-in")
+        self.observe(frame.src, pkt.switch, pkt.in_port, frame.ipv4, source="packet-in")
+
+    def on_port_change(self, change: PortChange) -> None:
+        """A tier switch's port: its liveness (up and LIVE: what compute reads, with the view), an
+        access port's clients (detached when it goes down or is deleted), NAC failures (events)."""
+        r = self.roles
+        sw, port = change.switch, change.port
+        if r is None or port > OFPP_MAX or r.tier_of(sw) is None:
+            return
+        key = (sw, port)
+        live_changed = False
+        if key in self.port_live or self.core.topology.ports.get(key) is not None:
+            live = change.up and change.live
+            live_changed = self.port_live.get(key, True) != live  # not reported yet counts as up
+            self.port_live[key] = live
+            if live_changed:
+                parts = self._port_parts(r, sw, port)
+                if parts:
+                    self.core.invalidate(self, parts)
+        if sw in r.ap_uplinks and port not in {p for p, _, _ in r.ap_uplinks[sw]}:
+            state = "deleted" if change.reason == "delete" else "up" if change.up else "down"
+            detached = self.locations.port_event(sw, port, state, added=change.reason == "add")
+            for mac in detached:
+                self._event("detached", client=mac, at=f"{sw}:{port}")
+            if detached:
+                self.core.invalidate(self, set(detached))
+                self._save_runtime()
+        if change.changed or live_changed:
+            self._track_nacs()
+
+    def on_switch_change(self, change: SwitchChange) -> None:
+        if change.event in ("dead", "alive"):
+            self._track_nacs()
+
+    def _track_nacs(self) -> None:
+        """NAC failures as the view says (what compute derives too), with events and since when."""
+        r = self.roles
+        if r is None:
+            return
+        view = self.core.view()
+        failed = failed_nacs(r, view.dead_switches, self._down(view))
+        now = time.time()
+        for n in sorted(failed - self.failed):
+            self.failed_since[n] = now
+            self._event("nac_failed", nac=n)
+        for n in sorted(self.failed - failed):
+            self.failed_since.pop(n, None)
+            self._event("nac_recovered", nac=n)
+        self.failed = failed
 
     def _known(self, mac: str) -> bool:
-        return mac in self.intent.clients or mac in self._topo_clients(self.roles) or mac in self.learned
+        return mac in self.intent.clients or self._host(self.roles, mac) is not None or mac in self.learned
 
     def _ip_taken(self, ip: str, mac: str) -> str | None:
-        for cl in self.client_infos():
-            if cl.ipv4 == ip and cl.mac != mac:
-                return cl.mac
+        """The client other than ``mac`` whose address is ``ip`` (as ``_client`` derives it), or None."""
+        intent, roles = self.intent, self.roles
+        for m in sorted(self._macs(intent, roles)):
+            if m == mac:
+                continue
+            c, host = intent.clients.get(m), self._host(roles, m)
+            got = (c.ipv4 if c and c.ipv4 else None) or (str(host.ipv4.ip) if host is not None and host.ipv4
+                                                        else None) or self.learned.get(m, {}).get("ipv4")
+            if got == ip:
+                return m
         return None
 
     def observe(self, mac: str, switch: str, port: int, ipv4: str | None = None, source: str = "report",
                 save: bool = True) -> str:
         """``mac`` was seen at ``switch:port``: learn it if unknown, move it if it roamed. Returns the verdict."""
+        learned = False
         if not self._known(mac):
             if ipv4 is None or not self.intent.in_client_subnets(ipv4):
                 self.counters["unknown_without_address"] += 1
@@ -301,18 +424,18 @@ class CloudRouter(FabricApp):
                 self._event("learn_refused", client=mac, ipv4=ipv4, reason=f"{ipv4} belongs to {other}")
                 return "refused"
             self.learned[mac] = {"ipv4": ipv4, "first_seen": round(time.time(), 3)}
-            self._keys_for(self.intent)
+            self._give_key(mac)
+            learned = True
             self._event("learned", client=mac, ipv4=ipv4, at=f"{switch}:{port}",
                         policy=self.intent.default_policy)
-        verdict = self.locations.claim(mac, switch, port, reported=source == "report",
-                                       alive=lambda sw: sw in self.core.datapaths)
+        verdict = self.locations.claim(mac, switch, port, reported=source == "report", alive=self.core.is_connected)
         self.counters[f"claim_{verdict.kind}"] += 1
         if verdict.kind == "conflict":
             self._flag_conflict(mac, switch, port, verdict.reason, source)
         elif verdict.kind != "same":
             self._event(verdict.kind, client=mac, at=f"{switch}:{port}", reason=verdict.reason, source=source)
-        if verdict.changed:
-            self.core.schedule_recompute()
+        if verdict.changed or learned:
+            self.core.invalidate(self, {mac})  # this client's part only
             if save:
                 self._save_runtime()
         return verdict.kind
@@ -330,75 +453,25 @@ class CloudRouter(FabricApp):
         self._event("conflict", client=mac, at=f"{switch}:{port}", reason=reason, source=source)
         LOG.warning("cloud router: refused %s at %s:%d: %s", mac, switch, port, reason)
 
-    def _switch_name(self, dp) -> str | None:
-        sw = self.core.topology.switch_by_dpid(dp.id) if dp.id is not None else None
-        return sw.name if sw else None
-
-    def _tier_switches(self) -> set[str]:
-        r = self.roles
-        return set() if r is None else set(r.aps + r.tds + r.fcs + r.nacs + (r.uplink,))
-
-    def _port(self, switch: str, port: int, up: bool, live: bool, added: bool = False,
-              deleted: bool = False) -> None:
-        r = self.roles
-        changed = False
-        key = (switch, port)
-        if key in self.port_live or self.core.topology.ports.get(key) is not None:
-            if self.port_live.get(key) != (up and live):
-                self.port_live[key] = up and live
-                changed = True
-        if switch in r.ap_uplinks and port not in {p for p, _, _ in r.ap_uplinks[switch]}:
-            state = "deleted" if deleted else "up" if up else "down"
-            detached = self.locations.port_event(switch, port, state, added=added)
-            for mac in detached:
-                self._event("detached", client=mac, at=f"{switch}:{port}")
-            if detached:
-                changed = True
-                self._save_runtime()
-        if changed:
-            self.core.schedule_recompute()
-
-    @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
-    def _port_status(self, ev):
-        msg = ev.msg
-        name = self._switch_name(msg.datapath)
-        if name is None or name not in self._tier_switches():
-            return
-        ofp = msg.datapath.ofproto
-        desc = msg.desc
-        deleted = msg.reason == ofp.OFPPR_DELETE
-        up = not deleted and not desc.state & ofp.OFPPS_LINK_DOWN and not desc.config & ofp.OFPPC_PORT_DOWN
-        self._port(name, desc.port_no, up, bool(desc.state & ofp.OFPPS_LIVE), added=msg.reason == ofp.OFPPR_ADD,
-                   deleted=deleted)
-
-    @set_ev_cls(ofp_event.EventOFPPortDescStatsReply, MAIN_DISPATCHER)
-    def _port_desc(self, ev):
-        name = self._switch_name(ev.msg.datapath)
-        if name is None or name not in self._tier_switches():
-            return
-        ofp = ev.msg.datapath.ofproto
-        for desc in ev.msg.body:
-            if desc.port_no > ofp.OFPP_MAX:
-                continue
-            up = not desc.state & ofp.OFPPS_LINK_DOWN and not desc.config & ofp.OFPPC_PORT_DOWN
-            self._port(name, desc.port_no, up, bool(desc.state & ofp.OFPPS_LIVE))
-
     # -- runtime persistence -----------------------------------------------------------
     def _save_runtime(self) -> None:
-        self._keys_dirty = False
         self.core.save_intent(RUNTIME, {"keys": self.keys, "learned": self.learned,
                                         "locations": self.locations.dump()})
 
     def _load_runtime(self) -> None:
         data = self.core.load_intent(RUNTIME) or {}
-        self.keys = {m: int(k) for m, k in data.get("keys", {}).items()}
+        keys: dict[str, int] = {}
+        for m, k in sorted(data.get("keys", {}).items()):
+            if int(k) not in keys:  # one client per key (a file written before that rule may repeat one)
+                keys[int(k)] = m
+        self.keys = {m: k for k, m in keys.items()}
         self.learned = dict(data.get("learned", {}))
         self.locations.restore(data.get("locations", {}))
         # lab hosts start where the topology plugs them (until they show up elsewhere)
         for mac, host in self._topo_clients(self.roles).items():
             if self.locations.where(mac) is None and mac not in data.get("locations", {}):
                 self.locations.restore({mac: [host.switch, host.port]})
-        self._keys_for(self.intent)
+        self._assign_keys()
         self._save_runtime()
 
     # -- REST ------------------------------------------------------------------------------
@@ -491,7 +564,7 @@ class CloudRouter(FabricApp):
         return out
 
     def _policy_names(self) -> list[str]:
-        return sorted(set(self.intent.policies) | {QUARANTINE})
+        return self.intent.policy_names()
 
     def _policy_or_404(self, name: str) -> str:
         if name not in self._policy_names():
@@ -527,7 +600,7 @@ class CloudRouter(FabricApp):
             primary = [c for c in infos if client_rank(c.mac, roles)[0] == n]
             active = [c for c in infos if active_nac(client_rank(c.mac, roles), self.failed) == n]
             out[n] = {"failed": n in self.failed, "failed_since": self.failed_since.get(n),
-                      "connected": n in self.core.datapaths, "primary_for": len(primary),
+                      "connected": self.core.is_connected(n), "primary_for": len(primary),
                       "serving": len(active), "clients": [c.mac for c in active][:100]}
         return out
 
@@ -540,27 +613,34 @@ class CloudRouter(FabricApp):
                             "learned": len(self.learned)},
                 "policies": self._policy_names(), "failed_nacs": sorted(self.failed),
                 "tunnels": len(roles.tunnels) if roles else 0, "counters": dict(self.counters),
-                "last_compute": self.last_compute,
+                "last_compute": {"seconds": round(self.core.compute_seconds(self), 4), "clients": len(infos)},
                 "cookie_kinds": {f"{cookies.app_id(APP):#04x}{k:02x}": v for k, v in KIND_NAMES.items()}}
 
     # -- REST changes: validate, try, commit ---------------------------------------------
-    def _apply(self, candidate_data: dict) -> CloudRouterIntent:
+    def _apply(self, candidate_data: dict, parts=None) -> CloudRouterIntent:
+        """Validate, compute ``parts`` (None: all) with the candidate (nothing changes), commit."""
         try:
             candidate = CloudRouterIntent.model_validate(candidate_data)
         except ValidationError as exc:
             raise validation_error(exc) from None
-        self._trying = True
         try:
-            states = self.core.try_intent(self, candidate)
+            result = self.core.try_intent(self, candidate, parts)
         except IntentError as exc:
             raise ApiError(422, f"refused, nothing changed: {exc}", exc.field) from None
         except (StateConflict, ValueError) as exc:
             raise ApiError(409, f"refused, nothing changed: {exc}") from None
-        finally:
-            self._trying = False
-        self.core.commit_intent(self, candidate, states)
+        self.core.commit_intent(self, candidate, result)  # the intent setter hands out new keys
         self._save_runtime()
         return candidate
+
+    def _policy_parts(self, candidate_data: dict, name: str) -> set | None:
+        """What a change of policy ``name`` changes: the shared part (the policies at the NACs) and
+        the clients with that policy (their meters); every part if another policy's id moves."""
+        before = policy_ids(self._policy_names())
+        after = policy_ids(set(candidate_data.get("policies", {})) | {QUARANTINE})
+        if any(before[n] != after[n] for n in before.keys() & after.keys()):
+            return None
+        return {SHARED} | {c.mac for c in self.client_infos() if c.policy == name}
 
     def _intent_data(self) -> dict:
         return self.intent.model_dump(mode="json", exclude_none=True)
@@ -579,7 +659,8 @@ class CloudRouter(FabricApp):
             other = self._ip_taken(body.ipv4, mac)
             if other is not None:
                 raise ApiError(422, f"ipv4: {body.ipv4} is the address of client {other}", "ipv4")
-        self._apply(data)
+        # this client's part, and that of a client whose key it now pins
+        self._apply(data, {mac} | {m for m, k in self.keys.items() if k == body.key and m != mac})
         if mac in self.learned:
             self.learned.pop(mac)
             self._save_runtime()
@@ -591,7 +672,7 @@ class CloudRouter(FabricApp):
         if cl.mac in self.intent.clients:
             data = self._intent_data()
             del data["clients"][cl.mac]
-            self._apply(data)
+            self._apply(data, {cl.mac})
             self._event("unregistered", client=cl.mac)
             return {"deleted": cl.mac, "now": self._client_json(self._client_or_404(cl.mac))
                     if self._known(cl.mac) else None}
@@ -600,7 +681,7 @@ class CloudRouter(FabricApp):
             self.locations.forget(cl.mac)
             self.keys.pop(cl.mac, None)
             self._save_runtime()
-            self.core.schedule_recompute()
+            self.core.invalidate(self, {cl.mac})
             self._event("forgotten", client=cl.mac)
             return {"deleted": cl.mac, "now": None}
         raise ApiError(409, f"client {cl.mac} is lab host {self._client_json(cl)['host']} with no registration; "
@@ -637,7 +718,7 @@ class CloudRouter(FabricApp):
         name = r.params["name"]
         data = self._intent_data()
         data.setdefault("policies", {})[name] = r.body.model_dump(mode="json", exclude_none=True)
-        self._apply(data)
+        self._apply(data, self._policy_parts(data, name))
         self._event("policy_set", policy=name)
         return self._policy_json(name)
 
@@ -653,7 +734,7 @@ class CloudRouter(FabricApp):
             raise ApiError(409, f"policy {name} is the default_policy; change it first")
         data = self._intent_data()
         del data["policies"][name]
-        self._apply(data)
+        self._apply(data, self._policy_parts(data, name))
         self._event("policy_deleted", policy=name)
         return {"deleted": name}
 

@@ -41,21 +41,17 @@ data plane before the controller hears of it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from ryu_apps.framework import cookies
 from ryu_apps.framework.pipeline import INGRESS, NAC
-from ryu_apps.framework.state import StateConflict, SwitchState
+from ryu_apps.framework.state import SwitchState
+from ryu_apps.functions.cloud_router.intent import APP, QUARANTINE, CloudRouterIntent, Policy, expand_rule
 from ryu_apps.functions.cloud_router.model import (
-    APP,
-    QUARANTINE,
-    CloudRouterIntent,
-    Policy,
     Roles,
-    expand_rule,
     nac_order,
     nac_orders,
+    order_index,
     policy_ids,
     reverse_match,
 )
@@ -141,38 +137,6 @@ class Inputs:
     dead: frozenset = frozenset()            # switches that were connected and went away
     down_ports: frozenset = frozenset()      # (switch, port) down or not LIVE
     service_hosts: tuple = ()                # topology Host objects on the uplink
-
-
-@dataclass
-class FlowCache:
-    """Per-client (and per-policy) flows from the last compute, reused while their inputs are unchanged.
-
-    Building a Flow validates it (about 10 us); at 10,000 clients a roam or a
-    policy change would otherwise rebuild ~130,000 of them.
-    """
-
-    data: dict = field(default_factory=dict)
-    fresh: dict = field(default_factory=dict)
-    ranks: dict = field(default_factory=dict)  # mac -> NAC ranking (rendezvous hashing is not free)
-    roles: Any = None
-    hits: int = 0
-    misses: int = 0
-
-    def get(self, key, build):
-        v = self.fresh.get(key)
-        if v is not None:
-            return v
-        v = self.data.get(key)
-        if v is None:
-            v = build()
-            self.misses += 1
-        else:
-            self.hits += 1
-        self.fresh[key] = v
-        return v
-
-    def rotate(self) -> None:
-        self.data, self.fresh = self.fresh, {}
 
 
 def arp_reply_actions(ip: str, mac: str) -> tuple:
@@ -341,24 +305,23 @@ def _binding(inp: Inputs, cl: ClientInfo, pid: int, pol: Policy, rank_gid: int) 
     """(switch, flow) of a client's binding: NAC stage 1 on every NAC, forwarder upstream, uplink return."""
     r = inp.roles
     c = cookie(K_BIND, cl.mac)
-    out = []
-    for fc in r.fcs:
-        out.append((fc, Flow(table=NAC, priority=P_CLIENT, cookie=c,
-                             match=Match(metadata=(UP, DIR_MASK), tunnel_id=cl.key),
-                             actions=(GroupAction(rank_gid),))))
+    # the same flow on every forwarder, the same two on every NAC: built once (flows are immutable)
+    up = Flow(table=NAC, priority=P_CLIENT, cookie=c, match=Match(metadata=(UP, DIR_MASK), tunnel_id=cl.key),
+              actions=(GroupAction(rank_gid),))
+    out = [(fc, up) for fc in r.fcs]
     if cl.ipv4 is None:
         return tuple(out)
     up_meter = METER_UP | cl.key if pol.rate_kbps else None
     down_meter = METER_DOWN | cl.key if pol.down_rate_kbps else None
-    for nac in r.nacs:
-        out.append((nac, Flow(table=NAC, priority=P_CLIENT, cookie=c, meter=up_meter,
-                              match=Match(reg0=0, metadata=(UP, DIR_MASK), tunnel_id=cl.key, eth_src=cl.mac,
-                                          eth_type=ETH_IP, ipv4_src=cl.ipv4),
-                              actions=(SetField("reg0", pid), Resubmit(NAC)))))
-        out.append((nac, Flow(table=NAC, priority=P_CLIENT, cookie=c, meter=down_meter,
-                              match=Match(reg0=0, metadata=(DOWN, DIR_MASK), eth_type=ETH_IP, ipv4_dst=cl.ipv4),
-                              actions=(SetField("reg0", pid), SetField("eth_dst", cl.mac),
-                                       SetField("tunnel_id", cl.key), Resubmit(NAC)))))
+    stage1 = (Flow(table=NAC, priority=P_CLIENT, cookie=c, meter=up_meter,
+                   match=Match(reg0=0, metadata=(UP, DIR_MASK), tunnel_id=cl.key, eth_src=cl.mac,
+                               eth_type=ETH_IP, ipv4_src=cl.ipv4),
+                   actions=(SetField("reg0", pid), Resubmit(NAC))),
+              Flow(table=NAC, priority=P_CLIENT, cookie=c, meter=down_meter,
+                   match=Match(reg0=0, metadata=(DOWN, DIR_MASK), eth_type=ETH_IP, ipv4_dst=cl.ipv4),
+                   actions=(SetField("reg0", pid), SetField("eth_dst", cl.mac),
+                            SetField("tunnel_id", cl.key), Resubmit(NAC))))
+    out += [(nac, f) for nac in r.nacs for f in stage1]
     out.append((r.uplink, Flow(table=NAC, priority=P_CLIENT, cookie=c,
                                match=Match(eth_type=ETH_IP, ipv4_dst=cl.ipv4),
                                actions=(DecTtl(), SetField("eth_src", inp.router_mac), GroupAction(rank_gid)))))
@@ -372,6 +335,7 @@ def _location(inp: Inputs, cl: ClientInfo, td: str, td_port: int) -> tuple:
     c = cookie(K_LOC, cl.mac)
     ap_gid = group_id(G_AP_UPLINK, r.aps.index(ap))
     td_gid = group_id(G_TD_FCS, r.tds.index(td))
+    back = Match(metadata=(DOWN, DIR_MASK), tunnel_id=cl.key)  # the client's traffic back, by its key
     out = [
         (ap, Flow(table=NAC, priority=P_CLIENT, cookie=c,
                   match=Match(metadata=(UP, DIR_MASK), in_port=port, eth_src=cl.mac),
@@ -381,99 +345,90 @@ def _location(inp: Inputs, cl: ClientInfo, td: str, td_port: int) -> tuple:
         (td, Flow(table=NAC, priority=P_CLIENT, cookie=c,
                   match=Match(metadata=(UP, DIR_MASK), in_port=td_port, eth_src=cl.mac),
                   actions=(SetField("tunnel_id", cl.key), GroupAction(td_gid)))),
-        (td, Flow(table=NAC, priority=P_CLIENT, cookie=c,
-                  match=Match(metadata=(DOWN, DIR_MASK), tunnel_id=cl.key), actions=(Output(td_port),))),
+        (td, Flow(table=NAC, priority=P_CLIENT, cookie=c, match=back, actions=(Output(td_port),))),
     ]
+    way_back: dict[int, Flow] = {}  # forwarder port -> flow (the same on forwarders with the same port)
     for fc in r.fcs:
         p = r.fc_td[fc].get(td)
         if p is not None:
-            out.append((fc, Flow(table=NAC, priority=P_CLIENT, cookie=c,
-                                 match=Match(metadata=(DOWN, DIR_MASK), tunnel_id=cl.key),
-                                 actions=(Output(p),))))
+            f = way_back.get(p)
+            if f is None:
+                f = way_back[p] = Flow(table=NAC, priority=P_CLIENT, cookie=c, match=back, actions=(Output(p),))
+            out.append((fc, f))
     return tuple(out)
 
 
-def compute_cloud(inp: Inputs, cache: FlowCache | None = None,
-                  states: dict[str, SwitchState] | None = None) -> dict[str, SwitchState]:
-    """Desired cloud router state of every tier switch and the uplink (pure but for the cache)."""
-    cache = cache if cache is not None else FlowCache()
+def shared_state(inp: Inputs) -> dict[str, SwitchState]:
+    """The part of the cloud router's state that is not per client: every tier switch's static
+    flows and groups, the rank groups (they follow NAC failures), every policy at every NAC."""
     r, intent = inp.roles, inp.intent
-    if cache.roles is not r:  # other tiers: nothing cached is valid
-        cache.data.clear()
-        cache.fresh.clear()
-        cache.ranks.clear()
-        cache.roles = r
-    if states is None:
-        states = {}
-    for sw in r.aps + r.tds + r.fcs + r.nacs + (r.uplink,):
-        states.setdefault(sw, SwitchState())
+    states = {sw: SwitchState() for sw in r.aps + r.tds + r.fcs + r.nacs + (r.uplink,)}
     _tier_state(inp, states)
-
     # policies: every NAC holds every policy (a failover never meets a NAC without it)
-    names = sorted(set(intent.policies) | {QUARANTINE})
+    names = intent.policy_names()
     pids = policy_ids(names)
-    pols = {n: intent.policy_obj(n) for n in names}
     for i, nac in enumerate(r.nacs):
         st = states[nac]
         for n in names:
-            pol = pols[n]
-            key = ("policy", nac, n, pids[n], pol.model_dump_json(), inp.router_mac, r.nac_up[nac], i)
-            for f in cache.get(key, lambda: _policy_flows(inp, nac, n, pol, pids[n], i)):
+            for f in _policy_flows(inp, nac, n, intent.policy_obj(n), pids[n], i):
                 st.add_flow(f)
             st.label(cookie(K_POLICY, n), f"policy {n} (reg0={pids[n]:#x})")
-
-    orders = nac_orders(r.nacs)
-    order_index = {o: i for i, o in enumerate(orders)}
-    flows_of = {sw: st.flows for sw, st in states.items()}
-    owners_of = {sw: st.owners for sw, st in states.items()}
-    ranks = cache.ranks
-    for cl in inp.clients:
-        pname = cl.policy if cl.policy in pols else QUARANTINE
-        pol = pols[pname]
-        rank = ranks.get(cl.mac)
-        if rank is None or len(rank) != len(r.nacs):
-            rank = ranks[cl.mac] = client_rank(cl.mac, r)
-        via = None
-        if cl.location is not None and cl.location[0] in r.ap_uplinks:
-            via = client_td(cl.location, r, inp.down_ports)
-        sig = (cl, pids[pname], pol.rate_kbps, pol.down_rate_kbps, pol.burst_kb, order_index[rank], via,
-               inp.router_mac)
-        entry = cache.get(sig, lambda: _client_entry(inp, cl, pname, pol, pids[pname],
-                                                     group_id(G_NAC_RANK, order_index[rank]), via))
-        flows, labels, meters = entry
-        for sw, key, f in flows:
-            fl = flows_of[sw]
-            old = fl.get(key)
-            if old is None:
-                fl[key] = f
-            elif old is not f and old != f:
-                raise StateConflict(f"two flows with table={f.table} priority={f.priority} "
-                                    f"match={f.match.to_dict()}: {old} / {f}")
-        for sw, c, text in labels:
-            owners_of[sw][c] = text
-        for nac, m in meters:
-            states[nac].add_meter(m)
-    cache.rotate()
     return states
 
 
-def _client_entry(inp: Inputs, cl: ClientInfo, pname: str, pol: Policy, pid: int, rank_gid: int,
-                  via: tuple[str, int] | None) -> tuple:
-    """Everything one client puts on the switches: ((switch, flow key, flow)...), labels, meters."""
-    r = inp.roles
-    flows = [(sw, f.key, f) for sw, f in _binding(inp, cl, pid, pol, rank_gid)]
+#: what the per-client state reads of the built-in quarantine policy: no meters
+_NO_METERS = Policy()
+
+
+def client_state(inp: Inputs, cl: ClientInfo) -> dict[str, SwitchState]:
+    """One client's part of the state: its binding (NACs, forwarders upstream, uplink return),
+    its location (AP, TD, forwarders' way back) and its meters.  Uses the shared part's groups."""
+    r, intent = inp.roles, inp.intent
+    names = intent.policy_names()
+    pname = cl.policy if cl.policy in names else QUARANTINE
+    pol = _NO_METERS if pname == QUARANTINE else intent.policies[pname]
+    rank_gid = group_id(G_NAC_RANK, order_index(client_rank(cl.mac, r)))
+    via = None
+    if cl.location is not None and cl.location[0] in r.ap_uplinks:
+        via = client_td(cl.location, r, inp.down_ports)
+    states: dict[str, SwitchState] = {}
+
+    def on(sw: str) -> SwitchState:
+        st = states.get(sw)
+        if st is None:
+            st = states[sw] = SwitchState()
+        return st
+
+    for sw, f in _binding(inp, cl, policy_ids(names)[pname], pol, rank_gid):
+        on(sw).add_flow(f)
     who = f"{cl.name} ({cl.mac})" if cl.name else cl.mac
     bc = cookie(K_BIND, cl.mac)
     text = f"client {who} key {cl.key} policy {pname}"
-    labels = [(sw, bc, text) for sw in r.fcs + r.nacs + ((r.uplink,) if cl.ipv4 else ())]
-    meters = [(nac, m) for nac in r.nacs for m in _meters(cl.key, pol)] if cl.ipv4 else []
+    for sw in r.fcs + r.nacs + ((r.uplink,) if cl.ipv4 else ()):
+        on(sw).label(bc, text)
+    if cl.ipv4:
+        for nac in r.nacs:
+            for m in _meters(cl.key, pol):
+                on(nac).add_meter(m)
     if via is not None:
-        flows += [(sw, f.key, f) for sw, f in _location(inp, cl, *via)]
+        for sw, f in _location(inp, cl, *via):
+            on(sw).add_flow(f)
         lc = cookie(K_LOC, cl.mac)
         text = f"client {who} at {cl.location[0]}:{cl.location[1]} via {via[0]}"
-        labels += [(sw, lc, text) for sw in (cl.location[0], via[0]) + r.fcs]
-    return tuple(flows), tuple(labels), tuple(meters)
+        for sw in (cl.location[0], via[0]) + r.fcs:
+            on(sw).label(lc, text)
+    return states
 
 
-__all__ = ["ClientInfo", "Inputs", "FlowCache", "compute_cloud", "failed_nacs", "client_rank", "active_nac",
-           "client_td", "KIND_NAMES", "UP", "DOWN", "group_id", "cookie"]
+def compute_cloud(inp: Inputs) -> dict[str, SwitchState]:
+    """The whole desired cloud router state of every tier switch and the uplink (pure): the
+    shared part merged with every client's (the app hands the core these parts one by one)."""
+    states = shared_state(inp)
+    for cl in inp.clients:
+        for sw, st in client_state(inp, cl).items():
+            states[sw].merge(st)
+    return states
+
+
+__all__ = ["ClientInfo", "Inputs", "compute_cloud", "shared_state", "client_state", "failed_nacs", "client_rank",
+           "active_nac", "client_td", "KIND_NAMES", "UP", "DOWN", "group_id", "cookie"]
