@@ -18,8 +18,9 @@ Figures per event:
 * event-to-committed: from the event (just before the REST call is sent / the link is cut /
   the joining socket's setsockopt, stamped in its namespace on the shared CLOCK_MONOTONIC) until
   ``GET /v1/switches`` (polled every 5 ms) shows every switch synced and at least one switch at a
-  newer version than before the event (the switches the event changed).  "last" is the same after
-  the activity the event set off has settled (e.g. the standby path requested after a join);
+  newer version than before the event (the switches the event changed).  "settled" is the same
+  after the activity the event set off has settled (e.g. the standby path requested after a
+  join); "request" is how long the REST call took to answer (the link cut: the ip commands);
 * compute: what the controller reports: ``/v1/health`` ``last_compute_seconds`` (the core's
   recompute loop), in framework v2 also ``recompute.by_app`` (the apps whose entry changed), and
   the app's own figure where it has one (cloud router ``last_compute``, the fence POST's
@@ -48,6 +49,7 @@ namespaces, REST on loopback; every lab is torn down at the end, on Ctrl-C and o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import importlib.util
 import ipaddress
@@ -114,6 +116,7 @@ def _topology_file(workdir: Path, data: dict, name: str, prefix: str) -> Path:
 
 
 _KEEP: list[str] = []   # labs whose teardown failed: their run directory must stay
+LOGS: list[Path] = []   # --logs DIR: where each lab's controller log is copied before teardown
 
 
 def _down(lab: Lab, procs: list[subprocess.Popen] = ()) -> None:
@@ -122,6 +125,10 @@ def _down(lab: Lab, procs: list[subprocess.Popen] = ()) -> None:
     directory, so ``ovslab down`` can finish the job."""
     masked = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        for d in LOGS:
+            with contextlib.suppress(OSError):
+                d.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(lab.dir / "controller.log", d / f"{ROOT.name}-{lab.dir.name}-controller.log")
         for p in procs:
             if p.poll() is None:
                 p.terminate()
@@ -275,12 +282,15 @@ def wait_committed(http: Http, before: dict[str, int], t0: float, settle: float,
     """
     first = last = None
     pending = False
+    slowest = 0.0
     prev: dict[str, int] | None = None
     changed_at = t0
     deadline = t0 + timeout
     while True:
+        asked = time.monotonic()
         sws = switch_states(http)
         now = time.monotonic()
+        slowest = max(slowest, now - asked)
         versions = {n: s["version"] for n, s in sws.items()}
         if versions != prev:
             prev, changed_at, pending = versions, now, True
@@ -298,6 +308,7 @@ def wait_committed(http: Http, before: dict[str, int], t0: float, settle: float,
     return {"first_ms": None if first is None else round(1000 * (first - t0), 2),
             "last_ms": None if last is None else round(1000 * (last - t0), 2),
             "switches_changed": sorted(n for n, v in (prev or {}).items() if v > before.get(n, -1)),
+            "slowest_poll_ms": round(1000 * slowest, 2),
             "end": last or now}
 
 
@@ -335,6 +346,7 @@ def measure(url: str, fire, settle: float = 0.3, timeout: float = 120, app_figur
         with Probe(url) as probe:
             time.sleep(0.1)  # the probe's floor before the event
             t0, info = fire()
+            request_ms = round(1000 * (time.monotonic() - t0), 2)  # the REST call answered / the link cut
             done = wait_committed(h, before, t0, settle, timeout)  # returns `settle` s after the last change
             done.pop("end")
             time.sleep(0.2)  # what the event sets off after its last change (saving state, ...)
@@ -344,11 +356,12 @@ def measure(url: str, fire, settle: float = 0.3, timeout: float = 120, app_figur
         by1 = (health1.get("recompute") or {}).get("by_app") or {}
         apps = {a: s["seconds"] for a, s in by1.items() if s != by0.get(a)}
         lag = health1.get("hub_blocked_ms")
-        return {**done,
+        return {**done, "request_ms": request_ms,
                 "compute_core_s": health1.get("last_compute_seconds"),
                 "core_recomputed": health1.get("generation") != health0.get("generation"),
                 "compute_by_app_s": apps if "recompute" in health1 else None,
                 "compute_app_s": app_figure(info) if app_figure else None, "compute_app_first": app_first,
+                "answer_seconds": info.get("seconds") if isinstance(info, dict) else None,  # a REST answer's timing
                 "hub_probe_ms": probe.worst_ms(t0, end), "probe_floor_ms": probe.typical_ms(t0),
                 "probe_errors": probe.errors,
                 "hub_controller_ms": None if lag is None else lag["max_last_10s"], "hub_quiet_before_ms": quiet,
@@ -576,6 +589,7 @@ def scenario_multicast(workdir: Path, groups: int, reps: int) -> dict:
 
 def _progress(key: str, i: int, ev: dict) -> None:
     print(f"  {SCENARIOS[key]:<18} #{i + 1}: committed {ev['first_ms']} ms (settled {ev['last_ms']} ms, "
+          f"request {ev['request_ms']} ms, slowest poll {ev['slowest_poll_ms']} ms, "
           f"{len(ev['switches_changed'])} switches), hub probe {ev['hub_probe_ms']} ms"
           + (f", controller {ev['hub_controller_ms']} ms" if ev["hub_controller_ms"] is not None else "")
           + f", compute core {ev['compute_core_s']} s app {ev['compute_app_s']} by_app {ev['compute_by_app_s']}",
@@ -644,8 +658,8 @@ def _compute(ev: dict) -> float | None:
 def report_tree(res: dict) -> None:
     print(f"\n{res['tree']} ({res['head']}); sizes {res['sizes']}, {res['reps']} events each; "
           f"load {res['load_before'][0]:.2f} -> {res['load_after'][0]:.2f}")
-    print(f"{'scenario':<18} {'committed ms':>16} {'settled ms':>16} {'compute ms':>14} {'hub probe ms':>15} "
-          f"{'hub ctrl ms':>14} {'switches':>8}  (median / max)")
+    print(f"{'scenario':<18} {'committed ms':>16} {'settled ms':>16} {'request ms':>16} {'compute ms':>14} "
+          f"{'hub probe ms':>15} {'hub ctrl ms':>14} {'switches':>8}  (median / max)")
     shown = None
     for key, label in SCENARIOS.items():
         sc = res["scenarios"].get(key)
@@ -658,9 +672,13 @@ def report_tree(res: dict) -> None:
         evs = sc["events"]
         comp = [c for c in (_compute(e) for e in evs) if c is not None]
         nsw = [len(e["switches_changed"]) for e in evs]
-        print(f"{label:<18} {_mm(_vals(sc, 'first_ms')):>16} {_mm(_vals(sc, 'last_ms')):>16} {_mm(comp):>14} "
+        print(f"{label:<18} {_mm(_vals(sc, 'first_ms')):>16} {_mm(_vals(sc, 'last_ms')):>16} "
+              f"{_mm(_vals(sc, 'request_ms')):>16} {_mm(comp):>14} "
               f"{_mm(_vals(sc, 'hub_probe_ms')):>15} {_mm(_vals(sc, 'hub_controller_ms')):>14} "
               f"{(max(nsw) if nsw else '-'):>8}")
+        answers = [e["answer_seconds"] for e in evs if e.get("answer_seconds")]
+        if answers:
+            print(f"{'':<18} the REST answer's own timing (s): {answers}")
         if sc.get("setup") and sc["setup"] is not shown:
             shown = sc["setup"]
             print(f"{'':<18} setup {sc['setup']}; probe floor {_mm(_vals(sc, 'probe_floor_ms'))} ms")
@@ -783,6 +801,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--groups", type=int, help="(d) groups, each with 10 destinations (default 100, quick 10)")
     ap.add_argument("--tree", type=Path, help=argparse.SUPPRESS)   # set by --compare for its runs
     ap.add_argument("--json", type=Path, help="also write the figures to this file")
+    ap.add_argument("--logs", type=Path, help="copy each lab's controller log here (<tree>-<lab>-controller.log)")
     args = ap.parse_args(argv)
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     if not only <= {"a", "b", "c", "d"}:
@@ -802,6 +821,8 @@ def main(argv: list[str]) -> int:
             ap.error(f"--compare {tree}: not a source tree of this project "
                      f"(git worktree add --detach {tree} b228697)")
         fwd = ["--only", ",".join(sorted(only)), "--reps", str(args.reps)]
+        if args.logs:
+            fwd += ["--logs", str(args.logs.resolve())]
         for k, v in sizes.items():
             fwd += [f"--{k}", str(v)]
         with tempfile.TemporaryDirectory(prefix="bench-rc-cmp-") as tmp:
@@ -823,6 +844,8 @@ def main(argv: list[str]) -> int:
                 args.json.write_text(json.dumps(results, indent=1))
         return 0
 
+    if args.logs:
+        LOGS.append(args.logs.resolve())
     os.environ["PYTHONPATH"] = os.pathsep.join(
         [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(ROOT)])
     res = run_tree(only, sizes, args.reps)
