@@ -228,6 +228,7 @@ def read_actual(channel: OFChannel) -> ActualState:
     for body in channel.multipart(ofwire.flow_stats_request):
         for st in ofwire.parse_flow_stats(body):
             actual.flows[st.identity] = st.body
+        _pause()  # one reply body (at most 64 KiB) at a time: 160k flows would hold the hub ~1 s
     for body in channel.multipart(ofwire.group_desc_request):
         for g in ofwire.parse_group_desc(body):
             actual.groups[g.group_id] = g.key
