@@ -1,39 +1,38 @@
-"""Small helpers several integration modules share: REST reads, waiting, pings, a frozen relay."""
+"""Small helpers several integration modules share: REST reads, waiting, pings, a frozen relay.
+
+Waiting, the REST client and ping parsing are :mod:`ovs_scripts.kit`'s (the lab, the demo and
+the tests use the same ones); what is here binds them to a lab the way the tests use them.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import re
 import signal
-import time
-import urllib.request
 
+from ovs_scripts import kit
+from ovs_scripts.kit import wait_for  # noqa: F401 - the tests' wait_for
 from ovs_scripts.lab import ROOT_SANDBOX
 
 
 def get(lab, path: str, timeout: float = 10):
     """GET ``path`` from the lab's controller; the JSON body (asserting 200)."""
-    req = urllib.request.Request(f"{lab.rest_url}{path}", headers=lab.rest_headers())
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        assert resp.status == 200, (path, resp.status)
-        return json.loads(resp.read())
+    r = kit.rest(lab, "GET", path, timeout=timeout)
+    assert r.status == 200, (path, r.status, r.data[:500])
+    return r.body
 
 
-def wait_for(pred, timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return bool(pred())
+def rest(lab, path: str, method: str = "GET", body=None, timeout: float = 10) -> kit.Reply:
+    """One request to the lab's controller (with its token): the :class:`~ovs_scripts.kit.Reply`,
+    HTTP errors included (``status, body = rest(...)``)."""
+    return kit.rest(lab, method, path, body, timeout=timeout)
 
 
-def ping(lab, host: str, addr: str, count: int = 2, wait: float = 2) -> bool:
-    """Does ``host`` get answers from ``addr`` (``ping -c count``; IPv6 addresses work too)?"""
-    r = lab.exec(host, ["ping", "-n", "-c", str(count), "-i", "0.2", "-W", str(wait), addr], check=False, timeout=60)
-    return r.returncode == 0
+def ping(lab, host: str, addr: str, count: int = 2, wait: float = 2, timeout: float = 60,
+         family: int | None = None) -> kit.PingResult:
+    """``ping -c count`` from ``host`` (IPv6 addresses work too): true when answered (ping exited 0);
+    ``.output`` for the assertion message, ``.sent`` / ``.received`` / ``.stats`` for figures."""
+    return kit.ping(lab, host, addr, count, interval=0.2, wait=wait, timeout=timeout, family=family)
 
 
 def wait_synced(lab, timeout: float = 30) -> bool:
@@ -43,17 +42,15 @@ def wait_synced(lab, timeout: float = 30) -> bool:
 
 def start_ping(lab, host: str, addr: str, seconds: float, interval: float = 0.02):
     """``ping`` from ``host`` for about ``seconds`` (read the result with :func:`ping_loss`)."""
-    return lab.popen(host, ["ping", "-n", "-q", "-i", str(interval), "-W", "1",
-                            "-c", str(int(seconds / interval)), addr])
+    return lab.popen(host, kit.ping_argv(addr, int(seconds / interval), interval=interval, wait=1, quiet=True))
 
 
 def ping_loss(proc, timeout: float = 120) -> tuple[int, int]:
     """``(sent, lost)`` of a finished :func:`start_ping`."""
     out, _ = proc.communicate(timeout=timeout)
-    m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
-    assert m, out
-    sent, got = int(m.group(1)), int(m.group(2))
-    return sent, sent - got
+    stats = kit.parse_ping(out)
+    assert stats, out
+    return stats.transmitted, stats.lost
 
 
 @contextlib.contextmanager

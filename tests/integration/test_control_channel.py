@@ -6,20 +6,17 @@ pings running while the faults happen.
 
 from __future__ import annotations
 
-import json
 import re
 import socket
 import struct
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
 from ovs_scripts.lab import ROOT_SANDBOX
 from ovs_scripts.ovsdb import BridgeConfig
-from tests.integration import conftest
-from tests.integration.labtools import frozen_relay, get, ping_loss, start_ping, wait_for
+from tests.integration import conftest, labtools
+from tests.integration.labtools import frozen_relay, get, ping_loss, rest, start_ping, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -79,16 +76,6 @@ class FakeSwitch:
 
     def close(self) -> None:
         self.sock.close()
-
-
-def rest(lab, path, method="GET", body=None):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(f"{lab.rest_url}{path}", data=data, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
 
 
 def all_synced(lab) -> bool:
@@ -162,8 +149,8 @@ def test_a_second_real_bridge_with_a_known_dpid_is_refused_and_leaves_no_trace(l
     assert st["connected"] and st["synced"] and st["channel"]["state"] == "ok", st
     topo = get(lab, "/v1/topology")
     assert topo["down_ports"] == [], topo
-    r = lab.exec("h1", ["ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", "fd00:1::2"], check=False)
-    assert r.returncode == 0, r.stdout
+    r = labtools.ping(lab, "h1", "fd00:1::2", count=3)
+    assert r, r.output
 
 
 def test_a_silent_channel_is_reported_and_a_write_says_it_was_not_applied(lab):
@@ -208,16 +195,16 @@ def test_neighbour_discovery_is_answered_while_the_controller_is_down(lab):
             lab.exec(h, ["ip", "-6", "neigh", "flush", "dev", "eth0"])
             lab.exec(h, ["ip", "-4", "neigh", "flush", "dev", "eth0"])
         t0 = time.monotonic()
-        r6 = lab.exec("h1", ["ping", "-6", "-n", "-c", "3", "-i", "0.2", "-W", "2", "fd00:1::3"], check=False)
-        r4 = lab.exec("h1", ["ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", "10.1.0.3"], check=False)
+        r6 = labtools.ping(lab, "h1", "fd00:1::3", count=3, family=6)
+        r4 = labtools.ping(lab, "h1", "10.1.0.3", count=3)
         took = time.monotonic() - t0
         neigh = {h: lab.exec(h, ["ip", "-6", "neigh", "show", "dev", "eth0"]).stdout for h in ("h1", "h3")}
     finally:
         lab.restart_controller()
     print(f"\ncontroller down, neighbour tables flushed: ping -6 rc={r6.returncode}, ping rc={r4.returncode} "
           f"({took:.1f} s); h1: {neigh['h1'].strip()!r}")
-    assert r6.returncode == 0, r6.stdout
-    assert r4.returncode == 0, r4.stdout
+    assert r6, r6.output
+    assert r4, r4.output
     # the switch answered with the real owners' MACs, never anything else
     assert re.search(r"fd00:1::3 lladdr 02:00:00:00:01:03 ", neigh["h1"]), neigh
     assert re.search(r"fd00:1::1 lladdr 02:00:00:00:01:01 ", neigh["h3"]), neigh

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from ovs_scripts import flowdump
+from ovs_scripts import flowdump, kit
+from tests.integration import labtools
+from tests.integration.labtools import get, wait_for
 
 pytestmark = pytest.mark.integration
 TOPO = Path(__file__).resolve().parents[2] / "topologies"
@@ -19,8 +21,7 @@ PY = sys.executable
 
 
 def ping(lab, host, addr, count=3):
-    r = lab.exec(host, ["ping", "-n", "-c", str(count), "-i", "0.2", "-W", "2", addr], check=False)
-    return r.returncode == 0
+    return labtools.ping(lab, host, addr, count)
 
 
 def tcp(lab, host, addr, port=5001, flows=1, nbytes=2000):
@@ -45,10 +46,7 @@ def port_tx_packets(lab, switch, port) -> int:
 
 
 def rest(lab, path):
-    import urllib.request
-
-    with urllib.request.urlopen(f"{lab.rest_url}{path}", timeout=5) as resp:
-        return json.loads(resp.read())
+    return get(lab, path, timeout=5)
 
 
 def test_chain3_ping_and_tcp(lab_factory):
@@ -72,8 +70,8 @@ def test_spoofed_source_is_dropped(lab_factory):
     assert ping(lab, "h1", "10.1.0.3")
     # h1 claims h2's address: the ingress table admits only h1's own MAC+IP on its port
     lab.exec("h1", ["ip", "addr", "add", "10.1.0.99/24", "dev", "eth0"])
-    r = lab.exec("h1", ["ping", "-n", "-c", "2", "-W", "1", "-I", "10.1.0.99", "10.1.0.3"], check=False)
-    assert r.returncode != 0
+    r = kit.ping(lab, "h1", "10.1.0.3", 2, interval=1, wait=1, source="10.1.0.99")
+    assert not r, r.output
     assert ping(lab, "h1", "10.1.0.3")  # the real address still works
 
 
@@ -119,16 +117,18 @@ def test_tunnel_carries_tcp_under_controller_flows(lab_factory):
     # the traffic went through the controller's routes and out of the tunnel port
     # (OpenFlow counters trail the datapath by up to a revalidator round: poll)
     bridge, rundir = lab.switch_target("s1")
-    deadline = time.monotonic() + 5
-    while True:
+    carried: list[int] = []
+
+    def route_carried() -> bool:
         dump = flowdump.dump(bridge, rundir)
         to_h2 = [f for f in dump.flows
                  if f.app == "fabric" and f.table == 90 and f.match.get("nw_dst") == "10.3.0.2"]
         assert len(to_h2) == 1 and "output:100" in to_h2[0].actions_text, to_h2
-        if to_h2[0].n_packets > 20 or time.monotonic() > deadline:
-            break
-        time.sleep(0.3)
-    assert to_h2[0].n_packets > 20, f"the route into the tunnel carried only {to_h2[0].n_packets} packets"
+        carried.append(to_h2[0].n_packets)
+        return carried[-1] > 20
+
+    wait_for(route_carried, 5, step=0.3)
+    assert carried[-1] > 20, f"the route into the tunnel carried only {carried[-1]} packets"
 
 
 def test_controller_restart_changes_nothing(lab_factory):
@@ -157,13 +157,9 @@ def test_rest_reads_and_errors(lab_factory):
     assert rest(lab, "/v1/apps/fabric/intent")["ecmp"] is True
     doc = rest(lab, "/v1/openapi.json")
     assert "/v1/switches/{name}/flows" in doc["paths"]
-    import urllib.error
-    import urllib.request
-
-    with pytest.raises(urllib.error.HTTPError) as err:
-        urllib.request.urlopen(f"{lab.rest_url}/v1/switches/s9/flows", timeout=5)
-    assert err.value.code == 404
-    assert "s9" in json.loads(err.value.read())["error"]
+    status, body = labtools.rest(lab, "/v1/switches/s9/flows", timeout=5)
+    assert status == 404
+    assert "s9" in body["error"]
     # ovslab flows --diff agrees: the switch holds exactly what the controller wants
     bridge, rundir = lab.switch_target("s2")
     d = flowdump.diff(flowdump.dump(bridge, rundir), rundir, rest(lab, "/v1/switches/s2/desired"))
@@ -171,26 +167,13 @@ def test_rest_reads_and_errors(lab_factory):
 
 
 def put_intent(lab, app, body):
-    import urllib.error
-    import urllib.request
-
-    req = urllib.request.Request(f"{lab.rest_url}/v1/apps/{app}/intent", data=json.dumps(body).encode(),
-                                 method="PUT", headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
+    """``(status, body)`` of ``PUT /v1/apps/<app>/intent``."""
+    return tuple(labtools.rest(lab, f"/v1/apps/{app}/intent", "PUT", body))
 
 
 def wait_synced(lab, timeout=10):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        sws = rest(lab, "/v1/switches")
-        if all(s["synced"] for s in sws):
-            return sws
-        time.sleep(0.05)
-    raise AssertionError(f"not synced: {rest(lab, '/v1/switches')}")
+    if not wait_for(lambda: all(s["synced"] for s in rest(lab, "/v1/switches")), timeout):
+        raise AssertionError(f"not synced: {rest(lab, '/v1/switches')}")
 
 
 def test_intent_put_validated_atomic_and_persisted(lab_factory):

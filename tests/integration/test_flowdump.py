@@ -25,11 +25,11 @@ import socket
 import struct
 import subprocess
 import tempfile
-import time
 
 import pytest
 
 from ovs_scripts import flowdump as fd
+from ovs_scripts.kit import wait_for
 from ryu_apps.framework import cookies
 from tests.fakecontroller import controller  # noqa: F401  (fixture)
 
@@ -143,11 +143,8 @@ class PrivateOvs:
         self.vsctl("add-br", name, "--", "set", "bridge", name, "datapath_type=netdev", "fail_mode=secure",
                    f"protocols={protocols}")
         mgmt = os.path.join(self.dir, f"{name}.mgmt")
-        deadline = time.monotonic() + 10
-        while not os.path.exists(mgmt):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{mgmt} did not appear")
-            time.sleep(0.05)
+        if not wait_for(lambda: os.path.exists(mgmt), 10):
+            raise RuntimeError(f"{mgmt} did not appear")
         return name
 
     def del_bridge(self, name: str):
@@ -165,12 +162,8 @@ class PrivateOvs:
         if not _alive(pid, daemon):
             return
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while _alive(pid, daemon):
-            if time.monotonic() > deadline:
-                os.kill(pid, signal.SIGKILL)
-                break
-            time.sleep(0.05)
+        if not wait_for(lambda: not _alive(pid, daemon), 10):
+            os.kill(pid, signal.SIGKILL)
 
     def stop(self):
         for name in list(self.bridges):  # bridges first: their taps must go through OVSDB

@@ -13,10 +13,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
+from ovs_scripts import kit
 from ovs_scripts import lab as labmod
 from ovs_scripts import netns as nsutil
 from ovs_scripts.lab import Lab, LabError
@@ -56,17 +56,12 @@ print(len(got) if bytes(got) == data else -1)
 """
 
 
-def ping(lab: Lab, src: str, dst: str, count: int = 2) -> bool:
-    cp = lab.exec(src, ["ping", "-n", "-c", str(count), "-i", "0.2", "-W", "1", dst], check=False, timeout=30)
-    return cp.returncode == 0
+def ping(lab: Lab, src: str, dst: str, count: int = 2) -> kit.PingResult:
+    return kit.ping(lab, src, dst, count, interval=0.2, wait=1, timeout=30)
 
 
 def wait_ping(lab: Lab, src: str, dst: str, timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if ping(lab, src, dst, count=1):
-            return True
-    return False
+    return kit.wait_for(lambda: ping(lab, src, dst, count=1), timeout, step=0)
 
 
 def normal_flows(lab: Lab) -> None:
@@ -302,9 +297,7 @@ def test_down_after_vswitchd_crash(lab_factory):
     vs = sb.pid("ovs-vswitchd")
     assert vs and "ovs-vswitchd" in pid_cmdline(vs)[0]
     os.kill(vs, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while pid_alive(vs) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    kit.wait_for(lambda: not pid_alive(vs), 5)
     assert not pid_alive(vs)
     # the userspace datapath's taps outlive the daemon
     assert f"{p}-s1" in link_names(f"{p}-sw")

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 
+from ovs_scripts import kit
 from ovs_scripts.ovsdb import BridgeConfig, Ovsdb
 from ovs_scripts.sandbox import Sandbox
 
@@ -44,16 +42,14 @@ def make_pki(d) -> None:
 
 
 def switch_synced(rest_port: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def synced() -> bool:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/v1/switches", timeout=2) as r:
-                if json.loads(r.read())[0]["synced"]:
-                    return True
+            r = kit.request("GET", f"http://127.0.0.1:{rest_port}/v1/switches", timeout=2)
         except OSError:
-            pass
-        time.sleep(0.2)
-    return False
+            return False
+        return r.ok and r.body[0]["synced"]
+
+    return kit.wait_for(synced, timeout, step=0.2)
 
 
 @pytest.mark.parametrize("switch_identity,expect", [("sw", True), ("rogue", False), ("other", False)])
@@ -82,8 +78,8 @@ def test_openflow_over_tls_with_client_certificates(tmp_path, switch_identity, e
         # whose (valid) certificate names another switch
         assert switch_synced(rest_port, 20 if expect else 6) is expect, (tmp_path / "ctl.log").read_text()[-2000:]
         if switch_identity == "other":
-            with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/v1/health", timeout=2) as r:
-                refused = json.loads(r.read())["refused_connections"]
+            health = kit.request("GET", f"http://127.0.0.1:{rest_port}/v1/health", timeout=2).expect(200)
+            refused = health["refused_connections"]
             assert refused["counts"].get("s1:certificate", 0) >= 1, refused
             assert "['s2']" in refused["recent"][-1]["detail"], refused
     finally:

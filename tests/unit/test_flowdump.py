@@ -1,8 +1,8 @@
 """Unit tests of ovs_scripts.flowdump: parsing, grouping, diff classification, rendering, CLI.
 
 No switch: the sample texts below are real ovs-ofctl 3.1 outputs, and the CLI
-tests replace the one function that runs ovs-ofctl with canned replies.  The
-controller's REST API is a tiny http.server on 127.0.0.1.
+tests replace the one function that runs ovs-ofctl (``flowdump.ofctl.run``)
+with canned replies.  The controller's REST API is a tiny http.server on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import pytest
 from ovs_scripts import flowdump as fd
 from ryu_apps.framework import cookies
 from tests.fakecontroller import controller  # noqa: F401  (fixture)
+from tests.httpstub import http_stub  # noqa: F401  (fixture)
 
 H1 = cookies.make("fabric", 1, "h1")
 H2 = cookies.make("fabric", 1, "h2")
@@ -274,7 +275,7 @@ def test_diff_filter_by_app():
 
 
 def test_compare_keyed():
-    d = fd._compare_keyed("meter", {1: "a", 2: "b", 3: "c"}, {2: "b", 3: "x", 4: "d"}, {3: {"fabric"}})
+    d = fd.compare._compare_keyed("meter", {1: "a", 2: "b", 3: "c"}, {2: "b", 3: "x", 4: "d"}, {3: {"fabric"}})
     assert [e.key for e in d.missing] == ["meter=1"]
     assert [e.key for e in d.unexpected] == ["meter=4"]
     assert [(e.key, e.desired, e.actual, e.apps) for e in d.different] == [("meter=3", "c", "x", {"fabric"})]
@@ -305,7 +306,7 @@ def test_as_installed_uses_round_trip_or_falls_back(monkeypatch):
                "actions=set_field:00:00:00:00:00:aa->eth_src,output:3\n"
                "OFPT_FLOW_MOD (OF1.3) (xid=0x2): ADD actions=drop\n")
     reply = types.SimpleNamespace(returncode=0, stdout=printed, stderr="")
-    monkeypatch.setattr(fd, "_ofctl", lambda args, ok=(0,): reply)
+    monkeypatch.setattr(fd.ofctl, "run", lambda args, ok=(0,): reply)
     assert fd.as_installed(flows) == [
         "table=1,priority=10,udp,actions=set_field:00:00:00:00:00:aa->eth_src,output:3", "actions=drop"]
     assert fd.as_installed(flows + ["actions=output:1"]) == flows + ["actions=output:1"]  # count mismatch
@@ -315,7 +316,7 @@ def test_as_installed_uses_round_trip_or_falls_back(monkeypatch):
 
 
 def test_desired_references():
-    refs = fd._desired_references([
+    refs = fd.compare._desired_references([
         f"table=1,priority=10,cookie={ECMP:#x},ip,actions=group:5",
         f"table=1,priority=11,cookie={H1:#x},ip,nw_dst=10.0.0.1,actions=meter:1,output:1",
         "table=0,priority=0,actions=drop",
@@ -324,11 +325,11 @@ def test_desired_references():
 
 
 def test_load_desired_validates():
-    assert fd._load_desired('{"flows": ["a"], "groups": []}') == {"flows": ["a"], "groups": [], "meters": []}
+    assert fd.compare._load_desired('{"flows": ["a"], "groups": []}') == {"flows": ["a"], "groups": [], "meters": []}
     with pytest.raises(fd.FlowdumpError):
-        fd._load_desired('{"flows": [1]}')
+        fd.compare._load_desired('{"flows": [1]}')
     with pytest.raises(fd.FlowdumpError):
-        fd._load_desired("not json")
+        fd.compare._load_desired("not json")
 
 
 # --- rendering ----------------------------------------------------------------------------
@@ -411,7 +412,7 @@ def fake_switch(tmp_path, monkeypatch):
     def fake_ofctl(args, ok=(0,)):
         args = list(args)
         calls.append(args)
-        cmd = fd._command(args)
+        cmd = fd.ofctl.command_word(args)
         if cmd == "parse-group":  # canned: already in OVS's printed form
             return types.SimpleNamespace(returncode=0, stdout=f"OFPT_GROUP_MOD (OF1.5) (xid=0x1):\n ADD {args[-1]}\n",
                                          stderr="")
@@ -419,7 +420,7 @@ def fake_switch(tmp_path, monkeypatch):
         rc, out = reply if isinstance(reply, tuple) else (0, reply)
         return types.SimpleNamespace(returncode=rc, stdout=out, stderr="")
 
-    monkeypatch.setattr(fd, "_ofctl", fake_ofctl)
+    monkeypatch.setattr(fd.ofctl, "run", fake_ofctl)
     return str(tmp_path), calls, replies
 
 
@@ -584,3 +585,43 @@ def test_main_parses_arguments(fake_switch, capsys):
     rundir, _, _ = fake_switch
     assert fd.main(["br-s1", "--rundir", rundir, "--app", "core"]) == 0
     assert "core  core/0/0x000000000001  (1 flow, 1 pkts)" in capsys.readouterr().out
+
+
+# --- the package keeps the single module's API; its REST reads go through ovs_scripts.kit -----
+
+
+def test_package_keeps_the_module_api(monkeypatch):
+    # what the lab, the demo and the tests use as ``flowdump.<name>``
+    for name in ("dump", "diff", "fetch_desired", "fetch_labels", "mgmt_target", "parse_flows", "parse_groups",
+                 "FlowEntry", "Dump", "Diff", "FlowdumpError", "REST_AUTH", "cli_main", "add_arguments", "main",
+                 "render", "render_diff", "canonical_meter", "as_installed", "flow_mod_to_add_flow"):
+        assert hasattr(fd, name), name
+    assert [n for n in fd.__all__ if not hasattr(fd, n)] == []
+    # the settings still reach the code that reads them
+    monkeypatch.setattr(fd, "OFCTL", "/bin/false")
+    monkeypatch.setattr(fd, "HTTP_TIMEOUT", 1.5)
+    assert (fd.ofctl.OFCTL, fd.remote.HTTP_TIMEOUT) == ("/bin/false", 1.5)
+    monkeypatch.undo()
+    assert (fd.OFCTL, fd.ofctl.OFCTL, fd.HTTP_TIMEOUT) == ("ovs-ofctl", "ovs-ofctl", 5.0)
+
+
+def test_rest_reads_send_the_token_and_report_failures_in_one_line(http_stub, monkeypatch):
+    srv = http_stub({("GET", "/v1/cookies"): (200, {f"{H1:#x}": "fabric host h1", "junk": "x"}),
+                     ("GET", "/v1/switches/s%201/desired"): (200, b"{not json"),
+                     ("GET", "/v1/switches/s2/desired"): (401, {"error": "no Authorization header"}),
+                     ("GET", "/v1/switches/s3/desired"): (503, b"")})
+    monkeypatch.setitem(fd.REST_AUTH, "token", "k" * 40)
+    assert fd.fetch_labels(srv.url) == {H1: "fabric host h1"}
+    assert srv.requests[0].headers["Authorization"] == "Bearer " + "k" * 40
+    with pytest.raises(fd.FlowdumpError, match=r"controller sent invalid JSON for .*/v1/switches/s%201/desired"):
+        fd.fetch_desired(srv.url, "s 1")
+    with pytest.raises(fd.FlowdumpError) as err:
+        fd.fetch_desired(srv.url + "/", "s2")
+    assert str(err.value) == (f"controller answered HTTP 401 for {srv.url}/v1/switches/s2/desired: "
+                              "no Authorization header")
+    with pytest.raises(fd.FlowdumpError) as err:
+        fd.fetch_desired(srv.url, "s3")
+    assert str(err.value) == f"controller answered HTTP 503 for {srv.url}/v1/switches/s3/desired"
+    monkeypatch.setitem(fd.REST_AUTH, "token", None)
+    fd.fetch_labels(srv.url)
+    assert "Authorization" not in srv.requests[-1].headers
