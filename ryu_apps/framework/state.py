@@ -359,18 +359,8 @@ class LayeredState:
                 touched.flows.add(fk)
                 for ref in _flow_refs(flow):
                     self._uses[ref] = self._uses.get(ref, 0) + 1
-        for gid, group in st.groups.items():
-            n = self._group_n.get(gid, 0)
-            self._group_n[gid] = n + 1
-            if n == 0:
-                self.groups[gid] = group
-                touched.groups.add(gid)
-        for mid, meter in st.meters.items():
-            n = self._meter_n.get(mid, 0)
-            self._meter_n[mid] = n + 1
-            if n == 0:
-                self.meters[mid] = meter
-                touched.meters.add(mid)
+        _hold(st.groups, self._group_n, self.groups, touched.groups)
+        _hold(st.meters, self._meter_n, self.meters, touched.meters)
         for cookie, text in st.owners.items():
             self._label_n[cookie] = self._label_n.get(cookie, 0) + 1
             self.owners[cookie] = text
@@ -391,29 +381,31 @@ class LayeredState:
                         del self._uses[ref]
             else:
                 self._flow_n[fk] = n
-        for gid in st.groups:
-            n = self._group_n[gid] - 1
-            if n == 0:
-                del self._group_n[gid]
-                del self.groups[gid]
-                touched.groups.add(gid)
-            else:
-                self._group_n[gid] = n
-        for mid in st.meters:
-            n = self._meter_n[mid] - 1
-            if n == 0:
-                del self._meter_n[mid]
-                del self.meters[mid]
-                touched.meters.add(mid)
-            else:
-                self._meter_n[mid] = n
-        for cookie in st.owners:
-            n = self._label_n[cookie] - 1
-            if n == 0:
-                del self._label_n[cookie]
-                del self.owners[cookie]
-            else:
-                self._label_n[cookie] = n
+        _release(st.groups, self._group_n, self.groups, touched.groups)
+        _release(st.meters, self._meter_n, self.meters, touched.meters)
+        _release(st.owners, self._label_n, self.owners, None)
+
+
+def _hold(entries: dict, counts: dict, merged: dict, touched: set) -> None:
+    """One more layer holds each of ``entries``; the first holder puts it into ``merged``."""
+    for key, value in entries.items():
+        n = counts.get(key, 0)
+        counts[key] = n + 1
+        if n == 0:
+            merged[key] = value
+            touched.add(key)
+
+
+def _release(keys, counts: dict, merged: dict, touched: set | None) -> None:
+    """One layer fewer holds each of ``keys``; the last one takes it out of ``merged``."""
+    for key in keys:
+        n = counts[key] - 1
+        if n:
+            counts[key] = n
+        else:
+            del counts[key], merged[key]
+            if touched is not None:
+                touched.add(key)
 
 
 def _delta(a: SwitchState, b: SwitchState) -> SwitchState:
