@@ -145,6 +145,7 @@ class FabricCore(app_manager.OSKenApp):
         self.compute_stats: dict[str, dict] = {}           # app -> its last recompute
         self.generation = 0
         self._recompute = hub.Event()
+        self._computing = False  # the recompute loop holds a taken dirty set it has not applied yet
         self.refusals = admission.Refusals()
         self.last_echo_reply: dict[str, float] = {}
         admission.install(self._admit)
@@ -359,16 +360,20 @@ class FabricCore(app_manager.OSKenApp):
             start = time.monotonic()
             view = self.view()
             errors = []
-            for name in list(self.apps):
-                if name not in dirty:
-                    continue
-                app = self.apps[name]
-                try:
-                    self.apply(self.compute_app(app, view, app.intent, dirty[name]))
-                except Exception as exc:  # keep what the switches have (for this app)
-                    errors.append(f"{name}: {type(exc).__name__}: {exc}")
-                    LOG.exception("recompute of %s failed; switches keep its current state", name)
-                hub.sleep(0)  # one app at a time: packet-ins, echoes and REST get their turn between
+            self._computing = True
+            try:
+                for name in list(self.apps):
+                    if name not in dirty:
+                        continue
+                    app = self.apps[name]
+                    try:
+                        self.apply(self.compute_app(app, view, app.intent, dirty[name]))
+                    except Exception as exc:  # keep what the switches have (for this app)
+                        errors.append(f"{name}: {type(exc).__name__}: {exc}")
+                        LOG.exception("recompute of %s failed; switches keep its current state", name)
+                    hub.sleep(0)  # one app at a time: packet-ins, echoes and REST get their turn between
+            finally:
+                self._computing = False
             self.last_compute_seconds = time.monotonic() - start
             self.compute_error = "; ".join(errors) or None
 
@@ -650,10 +655,24 @@ class FabricCore(app_manager.OSKenApp):
     def is_connected(self, switch: str) -> bool:
         return switch in self.datapaths
 
+    @property
+    def settling(self) -> bool:
+        """Some app's state is stale and not recomputed yet: desired state is about to change.
+
+        A dirty part's switches are not known before it is computed, so while this holds no
+        switch counts as synced (a learned channel or client is in the app's REST answers a
+        few ms before its flows are in the programmers' desired state).
+        """
+        return bool(self.dirty) or self._computing
+
+    def switch_synced(self, name: str) -> bool:
+        """``name`` holds its desired state and no recompute is pending that could change it."""
+        return self.programmers[name].synced and not self.settling
+
     def all_synced(self, switches=None) -> bool:
-        """Every connected switch (of ``switches``) holds its desired state."""
+        """Every connected switch (of ``switches``) holds its desired state, none pending."""
         names = self.datapaths if switches is None else [s for s in switches if s in self.datapaths]
-        return all(self.programmers[n].synced for n in names)
+        return all(self.switch_synced(n) for n in names)
 
     def desired_state(self, switch: str):
         """The merged desired state of ``switch`` (read only)."""
@@ -730,7 +749,7 @@ class FabricCore(app_manager.OSKenApp):
         progs = self.programmers.values()
         return {"compute_error": self.compute_error, "generation": self.generation,
                 "last_compute_seconds": round(self.last_compute_seconds, 4),
-                "recompute": {"dirty": sorted(self.dirty), "by_app": self.compute_stats},
+                "recompute": {"dirty": sorted(self.dirty), "pending": self.settling, "by_app": self.compute_stats},
                 "hub_blocked_ms": self.hub_lag.json(),
                 "audit": {"interval_seconds": self.audit_interval, "audits": sum(p.audits for p in progs),
                           "repairs": sum(p.audit_repairs for p in progs),
@@ -742,7 +761,7 @@ class FabricCore(app_manager.OSKenApp):
                 "switches_lost": {n: round(time.monotonic() - t, 1) for n, t in sorted(self.lost.items())},
                 "switches_dead": sorted(self.dead),
                 "switches_silent": sorted(n for n in self.datapaths if self._channel(n)["state"] == "silent"),
-                "all_synced": all(p.synced for p in self.programmers.values()),
+                "all_synced": not self.settling and all(p.synced for p in self.programmers.values()),
                 "refused_connections": self.refusals.json(),
                 "openflow_guard": ofguard.stats()}
 
@@ -762,7 +781,9 @@ class FabricCore(app_manager.OSKenApp):
 
     def _switch_json(self, name: str) -> dict:
         sw = self.topology.switches[name]
-        return {"name": name, "dpid": sw.dpid, "bridge": sw.bridge, **self.programmers[name].status(),
+        status = self.programmers[name].status()
+        status["synced"] = status["synced"] and not self.settling
+        return {"name": name, "dpid": sw.dpid, "bridge": sw.bridge, **status,
                 "channel": self._channel(name), "data_plane": self.data_plane(name)}
 
     def _channel(self, name: str) -> dict:
@@ -841,13 +862,13 @@ class FabricCore(app_manager.OSKenApp):
         """
         deadline = time.monotonic() + timeout
         while timeout > 0 and time.monotonic() < deadline:
-            if all(self.programmers[n].synced for n in switches):
+            if all(self.switch_synced(n) for n in switches):
                 return {}
             hub.sleep(0.01)
         pending = {}
         for n in switches:
             prog, channel = self.programmers[n], self._channel(n)
-            if prog.synced:
+            if self.switch_synced(n):
                 continue
             if channel["state"] == "down":
                 pending[n] = "not connected"

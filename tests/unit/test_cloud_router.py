@@ -477,6 +477,7 @@ def test_bfd_interval_is_checked():
 class FakeProgrammer:
     def __init__(self):
         self.desired = LayeredState()
+        self.synced = True  # the fake switch holds whatever is handed over
 
     def set_layers(self, layers, check=True):
         return len(self.desired.replace(layers, check=check))
@@ -489,12 +490,15 @@ class FakeCore:
     _view_changed, compute_app, apply = FabricCore._view_changed, FabricCore.compute_app, FabricCore.apply
     try_intent, commit_intent, recompute_now = FabricCore.try_intent, FabricCore.commit_intent, FabricCore.recompute_now
     app_intent, compute_seconds = FabricCore.app_intent, FabricCore.compute_seconds
+    settling, switch_synced, all_synced = FabricCore.settling, FabricCore.switch_synced, FabricCore.all_synced
 
     def __init__(self, topo, saved=None):
         self.topology = topo
         self.apps, self.dirty, self.part_switches, self.compute_stats = {}, {}, {}, {}
         self.generation = 0
         self._recompute = SimpleNamespace(set=lambda: None)
+        self._computing = False
+        self.datapaths = dict.fromkeys(topo.switches)
         self.programmers = {n: FakeProgrammer() for n in topo.switches}
         for prog in self.programmers.values():  # the core's own layer: the punt meter
             prog.set_layers({("core", "*"): SwitchState(meters={1: Meter(meter_id=1, bands=(MeterBand(rate=200),))})})
@@ -610,9 +614,12 @@ def test_roam_recomputes_only_the_roaming_clients_part(app, topo):
     before = core.merged()
     assert app.observe(mac, "ap2", 10, source="report") == "moved"
     assert core.dirty == {APP: {mac}}
+    # the roam is in REST answers already, its flows are not: no switch may read as synced yet
+    assert core.settling and not core.all_synced() and not core.switch_synced("ap2")
     core.computed.clear()
     core.run()
     assert core.computed == [(APP, 1)]
+    assert core.all_synced()
     after = core.merged()
     changed = {sw for sw in before if before[sw].flows != after[sw].flows}
     assert changed == {"ap1", "ap2", "td1", "td2", "fc1", "fc2"}
