@@ -25,8 +25,11 @@ Control channel: the controller listens on 127.0.0.1 only, which no lab
 namespace can reach.  Each sandbox's bridges use the controller
 ``unix:<sandbox dir>/controller.sock``; a relay started and recorded by the
 lab, ``socat UNIX-LISTEN:<sandbox dir>/controller.sock,fork,unlink-early
-TCP:127.0.0.1:<of_port>``, runs in the caller's namespace and forks one
-TCP connection per switch connection.  The socket is a file on the shared
+TCP:127.0.0.1:<of_port>,nodelay``, runs in the caller's namespace and forks one
+TCP connection per switch connection.  ``nodelay`` as ovs-vswitchd sets on its own
+TCP connections: without it the relay holds a switch's reply behind Nagle until the
+controller's delayed ACK of the previous one (40 ms for a barrier right after a
+bundle-open reply).  The socket is a file on the shared
 filesystem, so ovs-vswitchd in any namespace reaches it.  (One relay per
 sandbox, because ovs-vswitchd refuses unix controller sockets outside its
 own rundir.)
@@ -410,7 +413,7 @@ class Lab:
                 sock = self.dir / key / "controller.sock"
                 ctl_targets[key] = f"unix:{sock}"
                 self._spawn(f"relay {key}",
-                            ["socat", f"UNIX-LISTEN:{sock},fork,unlink-early", f"TCP:127.0.0.1:{of_port}"],
+                            ["socat", f"UNIX-LISTEN:{sock},fork,unlink-early", f"TCP:127.0.0.1:{of_port},nodelay"],
                             marker=str(sock), log=self.dir / f"relay-{key}.log")
             self._start_controller()
 
