@@ -30,8 +30,12 @@ of one fence computes that fence (and the fences that allow egress and share a
 parent component with it, whose guards list its members) and nothing else.  The
 flows read no view input, so no port or switch event recomputes a fence.  The
 whole intent's cross-fence checks are the stateless part ``CHECK``, computed with
-every full recompute (startup, ``PUT /v1/apps/fenced_clone/intent``); a change
-over ``/v1/fences`` runs them before it computes anything.
+every full recompute (startup, ``PUT /v1/apps/fenced_clone/intent``).  A change
+over ``/v1/fences`` checks, before it computes anything, the one fence it changes
+against an index of the others (``model.Index``: names, ids, MACs, clone hosts,
+parent components; at 1000 fences 0.03 ms where the whole intent's checks take
+25 ms), and runs the whole intent's checks only when that finds something to
+refuse, so the refusal names the same field as ever.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ from ryu_apps.functions.fenced_clone.intent import (
 from ryu_apps.functions.fenced_clone.model import (
     Directory,
     Fence,
+    Index,
     dependents,
     fence_id,
     intent_error_relative,
@@ -99,6 +104,8 @@ class FencedClone(FabricApp):
             validate(self.directory, self.intent)
         except IntentError as exc:
             raise IntentError(f"{self.core.topology.source}: apps.{APP}.{exc}", exc.field, exc.status) from None
+        #: (intent, its Index): a REST change checks the changed fence against the others' entries
+        self._index = (self.intent, Index.of(self.directory, self.intent))
 
     # -- the desired state (pure) -----------------------------------------------------
     def _directory(self, view: FabricView) -> Directory:
@@ -184,6 +191,14 @@ class FencedClone(FabricApp):
         api.add("DELETE", "/v1/fences/{name}/members/{component}", self._remove_member,
                 "Remove the member cloning a component", tag)
 
+    def _intent_index(self) -> Index:
+        """The current intent's :class:`Index` (built again after the intent was replaced whole)."""
+        intent, index = self._index
+        if intent is not self.intent:
+            index = Index.of(self.directory, self.intent)
+            self._index = (self.intent, index)
+        return index
+
     def _spec_index(self, name: str) -> int:
         for i, f in enumerate(self.intent.fences):
             if f.name == name:
@@ -202,11 +217,15 @@ class FencedClone(FabricApp):
                 FenceSpec.model_validate(after.model_dump())
             except ValidationError as exc:
                 raise validation_error(exc, f"fences[{index}]") from None
-        try:
-            validate(self.directory, candidate)
-        except IntentError as exc:
-            e = intent_error_relative(exc, index) if index is not None else exc
-            raise ApiError(e.status, str(e), e.field) from None
+        fences = self._intent_index()
+        if not fences.admits(self.directory, before, after):
+            # something to refuse (or a case the index does not decide): the whole intent's
+            # checks name the first offending field, as they always did
+            try:
+                validate(self.directory, candidate)
+            except IntentError as exc:
+                e = intent_error_relative(exc, index) if index is not None else exc
+                raise ApiError(e.status, str(e), e.field) from None
         t1 = time.monotonic()
         try:
             result = self.core.try_intent(self, candidate, parts=dependents(candidate, (before, after)))
@@ -214,6 +233,8 @@ class FencedClone(FabricApp):
             raise ApiError(409, f"refused, nothing changed: {exc}") from None
         t2 = time.monotonic()
         self.core.commit_intent(self, candidate, result)
+        fences.update(self.directory, before, after)
+        self._index = (candidate, fences)
         t3 = time.monotonic()
         out = {}
         if r.query.get("wait") in ("1", "true", "yes"):

@@ -561,3 +561,94 @@ def test_refused_rest_changes_compute_nothing(topo, app):
         rest(app, "_create", {"name": "x", "parent": SHOP, "members": [{"component": "db", "host": "adb"}]})
     assert err.value.status == 409 and err.value.field == "members[0].host"
     assert core.tried == [] and [f.name for f in app.intent.fences] == ["shop-a"]
+
+
+# -- one fence's change checked against an index of the others ---------------------------------
+
+
+def _random_fence(rng, name):
+    """A fence over the topology's hosts, often invalid or conflicting with others."""
+    hosts = ["web", "app", "db", "wfe", "wdb", "aweb", "aapp", "adb", "bweb", "bapp", "bdb", "cwfe", "cwdb", "ext"]
+    parent = rng.sample(hosts[:5] + rng.sample(hosts[5:], 1), rng.randint(1, 3))
+    members = []
+    for comp in rng.sample(parent, rng.randint(0, len(parent))):
+        members.append({"component": comp, "host": rng.choice(hosts)})
+    return {"name": name, "parent": parent, "members": members}
+
+
+def test_index_admits_only_changes_the_whole_intent_checks_accept(topo):
+    """Random creates, member changes and deletes: whenever the index admits a change, validating
+    the whole changed intent passes; it admits every valid create and member change of these; and
+    after each change it equals the index built from scratch."""
+    import random
+
+    from ryu_apps.functions.fenced_clone.intent import FenceSpec
+    from ryu_apps.functions.fenced_clone.model import Directory, Index, validate
+
+    rng = random.Random(7)
+    d = Directory.of(topo)
+    current = intent()
+    index = Index.of(d, current)
+    admitted = refused = 0
+    for step in range(3000):
+        names = [f.name for f in current.fences]
+        kind = rng.choice(["create", "create", "modify", "delete"] if names else ["create"])
+        fences = list(current.fences)
+        if kind == "create":
+            before, after = None, FenceSpec.model_validate(_random_fence(rng, rng.choice(["f1", "f2", "f3", "f4"])))
+            if after.name in names:
+                continue  # the REST layer refuses a taken name before validation
+            fences.append(after)
+        else:
+            i = rng.randrange(len(fences))
+            before = fences[i]
+            if kind == "delete":
+                after = None
+                del fences[i]
+            else:
+                body = _random_fence(rng, before.name)
+                after = FenceSpec.model_validate({**body, "parent": list(before.parent),
+                                                  "members": [m for m in body["members"] if m["component"] in before.parent]})
+                fences[i] = after
+        candidate = current.model_copy(update={"fences": fences})
+        try:
+            validate(d, candidate)
+            valid = True
+        except IntentError:
+            valid = False
+        ok = index.admits(d, before, after)
+        assert not ok or valid, (step, kind, before, after)
+        assert ok or not valid, (step, kind, "a valid change the index should have admitted", before, after)
+        if valid:
+            index.update(d, before, after)
+            current = candidate
+            assert index == Index.of(d, current), step
+            admitted += 1
+        else:
+            refused += 1
+    assert admitted > 300 and refused > 300, (admitted, refused)
+
+
+def test_rest_changes_check_only_the_changed_fence(topo, app, monkeypatch):
+    """A REST change that is fine never runs the whole intent's checks; one that is not does, and
+    is refused naming the field as before."""
+    import ryu_apps.fenced_clone as mod
+    from ryu_apps.framework.rest import ApiError
+
+    calls = []
+    real = mod.validate
+    monkeypatch.setattr(mod, "validate", lambda d, it: calls.append(len(it.fences)) or real(d, it))
+    assert rest(app, "_create", B)[0] == 201
+    assert rest(app, "_create", C)[0] == 201
+    assert rest(app, "_remove_member", None, name="wiki-c", component="wfe")[0] == 200
+    assert rest(app, "_add_member", {"component": "wfe", "host": "cwfe"}, name="wiki-c")[0] == 201
+    assert rest(app, "_delete", None, name="wiki-c")[0] == 200
+    assert calls == []
+    with pytest.raises(ApiError) as err:  # aweb is a clone in shop-a: no fence's parent component
+        rest(app, "_create", {"name": "cc", "parent": ["aweb"], "members": [{"component": "aweb", "host": "cwfe"}]})
+    assert (err.value.status, err.value.field, calls) == (409, "parent[0]", [3])
+    with pytest.raises(ApiError) as err:  # aapp is a clone in shop-a already
+        rest(app, "_add_member", {"component": "app", "host": "aapp"}, name="shop-b")
+    assert (err.value.status, err.value.field, calls) == (409, "host", [3, 2])
+    assert "already a clone in fence 'shop-a'" in err.value.message
+    assert [f.name for f in app.intent.fences] == ["shop-a", "shop-b"]

@@ -239,6 +239,92 @@ def validate(d: Directory, intent: FencedCloneIntent) -> None:
                            f"be original components", f"fences[{i}].parent[{k}]", 409)
 
 
+@dataclass
+class Index:
+    """What :func:`validate` checks across fences, for an intent it accepted: each fence's name,
+    id, MAC, clone hosts and parent components.
+
+    A REST change replaces, adds or removes one fence; :meth:`admits` checks that fence against
+    the others' entries here in the size of the fence (not of the intent), and :meth:`update`
+    follows the change.  :meth:`admits` is sound, not complete: True means :func:`validate` of
+    the changed intent passes; False means run it (it names the field, as before).
+    """
+
+    names: set
+    fids: dict          # fence id -> fence name
+    macs: dict          # fence MAC -> fence name
+    clones: dict        # clone host -> the fence it is a clone in
+    parents: dict       # parent component -> {fence names whose parent lists it}
+
+    @classmethod
+    def of(cls, d: Directory, intent: FencedCloneIntent) -> Index:
+        """The index of an intent :func:`validate` accepted."""
+        index = cls(set(), {}, {}, {}, {})
+        for spec in intent.fences:
+            index._add(d, spec)
+        return index
+
+    def _add(self, d: Directory, spec: FenceSpec) -> None:
+        fid = fence_id(spec.name)
+        self.names.add(spec.name)
+        self.fids[fid] = spec.name
+        self.macs[fence_mac(fid)] = spec.name
+        for m in spec.members:
+            h = d.clone_host(m)
+            if h is not None:
+                self.clones[h.name] = spec.name
+        for comp in spec.parent:
+            self.parents.setdefault(comp, set()).add(spec.name)
+
+    def _remove(self, d: Directory, spec: FenceSpec) -> None:
+        fid = fence_id(spec.name)
+        self.names.discard(spec.name)
+        self.fids.pop(fid, None)
+        self.macs.pop(fence_mac(fid), None)
+        for m in spec.members:
+            h = d.clone_host(m)
+            if h is not None and self.clones.get(h.name) == spec.name:
+                del self.clones[h.name]
+        for comp in spec.parent:
+            holders = self.parents.get(comp)
+            if holders is not None:
+                holders.discard(spec.name)
+                if not holders:
+                    del self.parents[comp]
+
+    def admits(self, d: Directory, before: FenceSpec | None, after: FenceSpec | None) -> bool:
+        """Does the intent stay valid when the fence ``before`` (None: a new one) becomes ``after``
+        (None: deleted) and nothing else changes?  Linear in the two fences' sizes."""
+        if after is None:
+            return True  # fewer fences: every check across fences holds for a subset
+        if before is not None and before.name != after.name:
+            return False
+        try:
+            parent, members = check_fence(d, after)
+        except IntentError:
+            return False
+        own = after.name
+        if before is None:
+            fid = fence_id(own)
+            mac = fence_mac(fid)
+            if own in self.names or fid in self.fids or mac in self.macs or mac in d.macs:
+                return False
+        for _, _, clone in members:
+            if self.clones.get(clone.name, own) != own:
+                return False  # already a clone in another fence
+            if any(f != own for f in self.parents.get(clone.name, ())):
+                return False  # another fence's parent component
+        # a clone in another fence cannot be a parent component
+        return all(self.clones.get(h.name, own) == own for h in parent)
+
+    def update(self, d: Directory, before: FenceSpec | None, after: FenceSpec | None) -> None:
+        """Follow the change :meth:`admits` accepted (or :func:`validate` did)."""
+        if before is not None:
+            self._remove(d, before)
+        if after is not None:
+            self._add(d, after)
+
+
 def resolve(topo: Topology | Directory, intent: FencedCloneIntent) -> list[Fence]:
     """Every fence resolved, with its guards, after :func:`validate` (raises IntentError naming the field)."""
     d = topo if isinstance(topo, Directory) else Directory.of(topo)
