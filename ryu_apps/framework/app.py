@@ -54,7 +54,7 @@ CORE_API = frozenset({
     "compute_error",     # the last recompute's error, or None
     "persistent",        # the controller has a state dir
     "load_intent",       # load_intent(name): saved JSON (intent, or an app's runtime state)
-    "save_intent",       # save_intent(name, data)
+    "save_intent",       # save_intent(name, data): JSON data or a pydantic model
     "data_plane",        # data_plane(switch): forwarding | dead | ... (liveness)
     "unregister",        # unregister(app): an app that failed to start leaves
 })
