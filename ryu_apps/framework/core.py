@@ -181,6 +181,7 @@ class FabricCore(app_manager.OSKenApp):
         self.intent_texts: dict[str, IntentText] = {}      # app -> its intent's encoder (state file)
         self.generation = 0
         self._recompute = hub.Event()
+        self._coalesce = True   # a view event dirtied something: pause for the rest of its burst
         self._computing = False  # the recompute loop holds a taken dirty set it has not applied yet
         self.refusals = admission.Refusals()
         self.last_echo_reply: dict[str, float] = {}
@@ -308,6 +309,7 @@ class FabricCore(app_manager.OSKenApp):
         """Every app's whole state is stale (a full recompute; used when in doubt)."""
         for app in self.apps.values():
             self.dirty[app.APP_NAME] = ALL
+        self._coalesce = True
         self._recompute.set()
 
     def _view_changed(self, kind: str, change) -> None:
@@ -325,6 +327,7 @@ class FabricCore(app_manager.OSKenApp):
                 LOG.exception("%s: parts_changed failed", app.APP_NAME)
                 parts = None
             if parts is None or parts:
+                self._coalesce = True
                 self.invalidate(app, parts)
 
     def compute_app(self, app: FabricApp, view: FabricView, intent, parts=ALL) -> "Candidate":
@@ -397,7 +400,11 @@ class FabricCore(app_manager.OSKenApp):
     def _recompute_loop(self) -> None:
         while True:
             self._recompute.wait()
-            hub.sleep(0.01)  # coalesce bursts of port events
+            # coalesce bursts of port and switch events (a link is two port messages, a switch
+            # many); an app's own invalidate (a learned client, a join: it paces itself) is
+            # recomputed on the hub's next turn, not 10 ms later
+            coalesce, self._coalesce = self._coalesce, False
+            hub.sleep(0.01 if coalesce else 0)
             self._recompute.clear()
             dirty, self.dirty = self.dirty, {}
             if not dirty:
