@@ -327,6 +327,10 @@ class FakeCore:
     def all_synced(self, switches=None):
         return True
 
+    def packet_out(self, switch, port, data, in_port=None):
+        self.calls.append(("packet_out", switch, port, data))
+        return True
+
 
 @pytest.fixture
 def app():
@@ -445,3 +449,83 @@ def test_expiry_of_one_of_two_receivers_on_a_switch_names_the_channel():
     assert eff.channels == {(S, G)} and n.st.receivers(S, G, n.intent) == {"s3": (2,)}
     assert "s3" in n.st.channels[(S, G)].dests  # the destination stays: only its receiver ports change
     cached.check()
+
+
+# -- a join costs its own channel: partial reconcile, join state held until the path completes ---
+
+
+def _igmp_packet_in(host: str, group: str):
+    from scapy.layers.igmp import IGMP
+    from scapy.layers.inet import IP
+    from scapy.layers.l2 import Ether
+
+    from ryu_apps.framework import cookies
+    from ryu_apps.framework.app import PacketIn
+
+    h = TOPO.hosts[host]
+    frame = bytes(Ether(src=h.mac) / IP(src=str(h.ipv4.ip), dst=group) / IGMP(type=0x16, gaddr=group))
+    return PacketIn(h.switch, h.port, 0, cookies.make(model.APP, flows.K_IGMP, 0), frame)
+
+
+def test_a_reconcile_of_named_channels_leaves_the_others_for_the_full_pass():
+    n = Net()
+    n.join("h2")
+    n.join("h2", G2)
+    n.source()
+    n.source(group=G2)
+    n.reconcile()
+    n.join("h4")
+    n.join("h4", G2)  # both groups gain a receiver on s6
+    eff = n.st.reconcile(n.now, n.view(), n.intent, only=[(S, G), ("10.9.9.9", G)])  # (no such channel)
+    assert eff.channels == {(S, G)}
+    assert "s6" in n.st.channels[(S, G)].dests and "s6" not in n.st.channels[(S, G2)].dests
+    assert n.st.reconcile(n.now, n.view(), n.intent).channels == {(S, G2)}  # the full pass: the rest
+    assert "s6" in n.st.channels[(S, G2)].dests
+
+
+def test_a_join_reconciles_only_its_channel_a_kick_every_channel(app, monkeypatch):
+    a, n, core = app
+    seen = []
+    real = a.state.reconcile
+    monkeypatch.setattr(a.state, "reconcile", lambda *args, only=None, **kw: seen.append(
+        None if only is None else set(only)) or real(*args, only=only, **kw))
+    now = n.now
+    a.maintain(now)  # the first pass is of every channel
+    a.on_packet_in(_igmp_packet_in("h4", G2))  # h4 joins G2: the channel (S, G2) changes
+    a.maintain(now + 0.1)
+    assert seen == [None, {(S, G2)}]
+    assert "s6" in n.st.channels[(S, G2)].dests
+    a.kick()  # a view change: everything
+    a.maintain(now + 0.2)
+    a.maintain(now + 0.3)  # nothing named, nothing due: an empty partial pass
+    a.maintain(now + 0.8)  # FULL_EVERY after the last full pass: every channel again
+    assert seen[2:] == [None, set(), None]
+
+
+def test_join_state_is_handed_over_with_the_completed_path_not_hop_by_hop(app):
+    a, n, core = app
+    from ryu_apps.framework import cookies
+    from ryu_apps.framework.app import PacketIn
+
+    part = flows.part_of((S, G2))
+    n.join("h4", G2)
+    a.maintain(n.now)  # grafts s6, and s6 sends its standby request
+    a._stale, a._held = set(), set()
+    queue = deque((sw, port, frame) for c, sw, port, frame in
+                  (c for c in core.calls if c[0] == "packet_out") if frame[12:14] == b"\x88\xb5")
+    assert queue
+    states = []
+    while queue:
+        sw, port, frame = queue.popleft()
+        pi = TOPO.ports[(sw, port)]
+        core.calls.clear()
+        a.on_packet_in(PacketIn(pi.peer, pi.peer_port, 0, cookies.make(model.APP, flows.K_REQ_PUNT, 0), frame))
+        states.append((pi.peer, set(a._held), set(a._stale or ())))
+        queue.extend((sw, port, frame) for _, sw, port, frame in (c for c in core.calls if c[0] == "packet_out"))
+    ds = n.st.channels[(S, G2)].dests["s6"]
+    assert ds.standby is not None and ds.pending is None  # the path completed
+    done = next(i for i, (sw, _, _) in enumerate(states) if sw == "s1")
+    joined = [held for sw, held, stale in states[:done] if held]
+    assert joined and all(held == {part} for held in joined)  # hops that joined: held back ...
+    assert all(not stale for _, _, stale in states[:done])    # ... nothing handed to the core
+    assert states[done][1:] == (set(), {part})                # the completion takes them along

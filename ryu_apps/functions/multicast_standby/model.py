@@ -35,6 +35,7 @@ import itertools
 import re
 import time
 from collections import OrderedDict, defaultdict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -675,15 +676,26 @@ class McastState:
         return None
 
     # -- reconcile: destinations, trees, failures, requests -----------------------
-    def reconcile(self, now: float, view: FabricView, intent, request_budget: int = 1 << 30) -> Effects:
-        """Bring every channel in line with membership and the live view; start due requests."""
+    def reconcile(self, now: float, view: FabricView, intent, request_budget: int = 1 << 30,
+                  only: Iterable[tuple[str, str]] | None = None) -> Effects:
+        """Bring every channel in line with membership and the live view; start due requests.
+
+        ``only``: just these channels (those whose receivers or source just changed), in the
+        size of them, not of the state; member expiry and everything else that is due by time
+        waits for the next full pass.
+        """
         eff = Effects()
-        if intent.query_interval > 0:
+        if only is None and intent.query_interval > 0:
             self._touch_groups(eff, self.expire_members(now))
         protected = intent.protection == "standby"
         budget = [request_budget]
-        index = self.member_index(intent)
-        for key in sorted(self.channels):
+        if only is None:
+            keys = sorted(self.channels)
+            index = self.member_index(intent)
+        else:
+            keys = sorted(k for k in set(only) if k in self.channels)
+            index = None  # each channel's group alone (group_members), not the whole index
+        for key in keys:
             ch = self.channels[key]
             rx = self.receivers(ch.source, ch.group, intent, exclude=(ch.switch, ch.port), index=index)
             if not protected:
@@ -697,8 +709,9 @@ class McastState:
                     eff.touch(key)
                 continue
             eff += self._reconcile_channel(ch, rx, now, view, intent, budget)
-        for k in [k for k in self.silent if (k[0], k[1]) not in self.channels]:
-            del self.silent[k]
+        if only is None:
+            for k in [k for k in self.silent if (k[0], k[1]) not in self.channels]:
+                del self.silent[k]
         return eff
 
     def _drop_dest(self, ch: Channel, d: str, now: float, why: str) -> None:
