@@ -15,10 +15,12 @@ What it installs (all proactive, computed from the topology file):
   :func:`nd_responder`), so address resolution keeps working while the
   controller is unreachable; duplicate address detection is never answered.
 * ``forward`` (table 90): a /32 and /128 route per host address: output to
-  the host (rewriting the destination MAC) on its own switch, else to the next
-  hop along shortest paths; several equal-cost next hops become an OpenFlow
-  select group (one bucket per port, ``watch_port`` set so a dead link's
-  bucket is skipped at once, before the controller recomputes).
+  the host (rewriting the destination MAC) on its own switch, else to the
+  next-hop group towards the host's switch: one OpenFlow select group per
+  (switch, destination switch) with a bucket per port on a shortest path
+  (ECMP; ``watch_port`` set so a dead link's bucket is skipped at once, before
+  the controller recomputes).  A link going down or up rewrites those groups
+  only, never a route: the ``next_hops`` part is all a port event recomputes.
 * everything else is dropped by the table-miss flows of the core.
 """
 
@@ -26,14 +28,18 @@ from __future__ import annotations
 
 from os_ken.lib.packet import ethernet, icmpv6, ipv6, packet
 
-from ryu_apps.framework.app import FabricApp, FabricView
+from ryu_apps.framework.app import FabricApp, FabricView, PortChange
 from ryu_apps.framework.core import FabricCore
 from ryu_apps.framework.state import SwitchState
 from ryu_apps.functions.fabric.flows import (  # noqa: F401 - the fabric's pure model, re-exported
     APP,
     ETH_IPV6,
+    NEXT_HOPS,
+    PARTS,
     compute_fabric,
+    compute_part,
     ecmp_group_id,
+    next_hop_group_ids,
     next_hops,
 )
 from ryu_apps.functions.fabric.intent import FabricIntent
@@ -59,5 +65,15 @@ class Fabric(FabricApp):
     APP_NAME = APP
     IntentModel = FabricIntent
 
-    def compute(self, view: FabricView, intent: FabricIntent, part=None) -> dict[str, SwitchState]:
-        return compute_fabric(view, intent)
+    def parts(self, intent: FabricIntent):
+        return PARTS
+
+    def compute(self, view: FabricView, intent: FabricIntent, part=NEXT_HOPS) -> dict[str, SwitchState]:
+        return compute_part(view, intent, part)
+
+    def parts_changed(self, view: FabricView, intent: FabricIntent, change):
+        """Paths change with fabric links and switches only; a host port's state changes nothing."""
+        if isinstance(change, PortChange):
+            port = view.topology.ports.get((change.switch, change.port))
+            return {NEXT_HOPS} if port is not None and port.kind != "host" else set()
+        return {NEXT_HOPS}

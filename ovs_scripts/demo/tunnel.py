@@ -46,11 +46,13 @@ def tunnel(lab: Lab, check: Check) -> None:
     tunnel_port = 100
 
     def route_packets() -> tuple[int | None, str]:
-        fl = [f for f in flowdump.dump(bridge, rundir).flows
-              if f.app == "fabric" and f.table == 90 and f.match.get("nw_dst") == h2v4]
+        d = flowdump.dump(bridge, rundir)
+        fl = [f for f in d.flows if f.app == "fabric" and f.table == 90 and f.match.get("nw_dst") == h2v4]
         if len(fl) != 1:
             return None, f"{len(fl)} flows in table 90 for nw_dst={h2v4}"
-        return fl[0].n_packets or 0, fl[0].actions_text
+        # the route points at s1's next-hop group towards h2's switch: say where that sends
+        ports = ",".join(f"output:{p}" for p in d.output_ports(fl[0]))
+        return fl[0].n_packets or 0, f"{fl[0].actions_text} -> {ports}"
 
     route_before, actions = route_packets()
     tun_before = port_tx_packets(lab, "s1", tunnel_port)

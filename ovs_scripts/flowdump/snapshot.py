@@ -47,6 +47,21 @@ class Dump:
             group_version=reply_version(groups),
         )
 
+    def output_ports(self, flow: FlowEntry) -> list[int]:
+        """The ports ``flow`` sends to, through its groups' buckets (a fabric route points at the
+        next-hop group towards its switch), sorted; a missing group contributes nothing."""
+        groups = {g.group_id: g for g in self.groups}
+        ports: set[int] = set()
+        todo, seen = [flow.actions], set()
+        while todo:
+            for a in todo.pop():
+                if "output" in a and isinstance(a["output"].get("port"), int):
+                    ports.add(a["output"]["port"])
+                elif "group" in a and a["group"] not in seen and int(a["group"]) in groups:
+                    seen.add(a["group"])
+                    todo.extend(b.actions for b in groups[int(a["group"])].buckets)
+        return sorted(ports)
+
     def by_app(self) -> dict[str, list[FlowEntry]]:
         """Flows per app name, apps in app-id order, flows by table then priority descending."""
         out: dict[str, list[FlowEntry]] = {}

@@ -26,6 +26,7 @@ from os_ken.ofproto import ofproto_v1_3
 from pydantic import BaseModel, ValidationError
 
 from ryu_apps.framework import admission, config, cookies, pipeline, programmer
+from ryu_apps.framework.heap import HeapGuard
 from ryu_apps.framework.app import FabricApp
 from ryu_apps.framework.view import WHOLE, FabricView, IntentError, PacketIn, PortChange, SwitchChange
 from ryu_apps.framework.pipeline import PipelineError
@@ -193,6 +194,7 @@ class FabricCore(app_manager.OSKenApp):
         self._install_core_layers()
         self.stats_waiters: dict[tuple[str, int], FabricApp] = {}  # (switch, xid) -> app asking
         self.hub_lag = HubLag()
+        self.heap = HeapGuard()
         self.audit_interval = config.get("audit-interval")
         if self.audit_interval is None:
             self.audit_interval = self.topology.spec.controller.audit_interval
@@ -370,10 +372,12 @@ class FabricCore(app_manager.OSKenApp):
 
     def apply(self, result: "Candidate") -> list[str]:
         """Hand a computed (and checked) result to the programmers; the switches whose state changed."""
-        changed = []
+        changed, entries = [], 0
         for switch, layers in result.layers.items():
             if self.programmers[switch].set_layers(layers, check=False):
                 changed.append(switch)
+            entries += sum(len(st.flows) + len(st.groups) + len(st.meters) for st in layers.values() if st is not None)
+        self.heap.after_bulk(entries)
         cache = self.part_switches.setdefault(result.app, {})
         for part, switches in result.wrote.items():
             if switches is None:
@@ -805,6 +809,7 @@ class FabricCore(app_manager.OSKenApp):
                 "last_compute_seconds": round(self.last_compute_seconds, 4),
                 "recompute": {"dirty": sorted(self.dirty), "pending": self.settling, "by_app": self.compute_stats},
                 "hub_blocked_ms": self.hub_lag.json(),
+                "gc": self.heap.json(),
                 "audit": {"interval_seconds": self.audit_interval, "audits": sum(p.audits for p in progs),
                           "repairs": sum(p.audit_repairs for p in progs),
                           "repaired": {n: dict(p.audit_repaired) for n, p in self.programmers.items()

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from ovs_scripts import flowdump, kit
+from ryu_apps.fabric import next_hop_group_ids
 from tests.integration import labtools
 from tests.integration.labtools import get, wait_for
 
@@ -94,16 +95,29 @@ def test_diamond_ecmp_spreads_and_survives_link_cut(lab_factory):
     res = tcp(lab, "h1", "10.2.2.1", flows=20, nbytes=500)
     assert res["ok"] == 20, res
     assert port_tx_packets(lab, "s1", 12) - before > 20 * 3
-    # the controller recomputed: s1 now routes h2 straight out port 12, no group
+    # the controller recomputed: the route still points at s1's next-hop group towards s4, and
+    # that group (as the switch holds it) has one bucket left, port 12
     flows = rest(lab, "/v1/switches/s1/flows?app=fabric")
     to_h2 = [f for f in flows if f["match"].get("ipv4_dst") == "10.2.2.1"]
-    assert to_h2 and to_h2[0]["actions"] == ["output:12"], to_h2
+    gid = next_hop_group_ids(lab.topology)["s4"]
+    assert to_h2 and to_h2[0]["actions"] == [f"group:{gid}"], to_h2
+
+    def buckets() -> list[int]:
+        return next_hop_ports(lab, "s1", "s4")
+
+    assert wait_for(lambda: buckets() == [12], 5), buckets()
 
     lab.link("s1", "s2", "up")
-    time.sleep(0.5)
+    assert wait_for(lambda: buckets() == [11, 12], 5), buckets()
     flows = rest(lab, "/v1/switches/s1/flows?app=fabric")
-    to_h2 = [f for f in flows if f["match"].get("ipv4_dst") == "10.2.2.1"]
-    assert to_h2[0]["actions"][0].startswith("group:"), to_h2
+    assert [f for f in flows if f["match"].get("ipv4_dst") == "10.2.2.1"] == to_h2  # no route was touched
+
+
+def next_hop_ports(lab, switch: str, dest: str) -> list[int]:
+    """The output ports of ``switch``'s next-hop group towards ``dest``, as the switch holds it."""
+    gid = next_hop_group_ids(lab.topology)[dest]
+    (g,) = flowdump.parse_groups(lab.ofctl(switch, "dump-groups", str(gid)).stdout)
+    return sorted(a["output"]["port"] for b in g.buckets for a in b.actions if "output" in a)
 
 
 def test_tunnel_carries_tcp_under_controller_flows(lab_factory):
@@ -123,12 +137,14 @@ def test_tunnel_carries_tcp_under_controller_flows(lab_factory):
         dump = flowdump.dump(bridge, rundir)
         to_h2 = [f for f in dump.flows
                  if f.app == "fabric" and f.table == 90 and f.match.get("nw_dst") == "10.3.0.2"]
-        assert len(to_h2) == 1 and "output:100" in to_h2[0].actions_text, to_h2
+        gid = next_hop_group_ids(lab.topology)[lab.topology.hosts["h2"].switch]
+        assert len(to_h2) == 1 and to_h2[0].actions_text == f"group:{gid}", to_h2
         carried.append(to_h2[0].n_packets)
         return carried[-1] > 20
 
     wait_for(route_carried, 5, step=0.3)
     assert carried[-1] > 20, f"the route into the tunnel carried only {carried[-1]} packets"
+    assert next_hop_ports(lab, "s1", lab.topology.hosts["h2"].switch) == [100]  # the tunnel port
 
 
 def test_controller_restart_changes_nothing(lab_factory):
@@ -195,7 +211,8 @@ def test_intent_put_validated_atomic_and_persisted(lab_factory):
     wait_synced(lab)
     flows = rest(lab, "/v1/switches/s1/flows?app=fabric")
     to_h2 = [f for f in flows if f["match"].get("ipv4_dst") == "10.2.2.1"]
-    assert to_h2[0]["actions"] == ["output:11"], to_h2
+    assert to_h2[0]["actions"] == [f"group:{next_hop_group_ids(lab.topology)['s4']}"], to_h2
+    assert next_hop_ports(lab, "s1", "s4") == [11]  # no ECMP: the first shortest path only
     assert ping(lab, "h1", "10.2.2.1")
     lab.restart_controller()
     assert rest(lab, "/v1/apps/fabric/intent")["ecmp"] is False, "intent not persisted"

@@ -191,12 +191,16 @@ def test_probes_never_reach_hosts_and_traffic_still_hashes(lab):
 
 
 def test_removed_bucket_is_a_missing_member(lab, healed):
-    healed.append(faults.remove_bucket(lab, "l1", "l2", 13))
+    # l1 has one next-hop group per destination leaf: the bucket goes from each of them
+    gid = {}
+    for d in ("l2", "l3", "l4"):
+        healed.append(faults.remove_bucket(lab, "l1", d, 13))
+        gid[d] = f"{healed[-1].group_id:#010x}"
+    assert len(set(gid.values())) == 3
     report = verify(lab, settle=1.0)
     missing = of_class(report, m.MISSING)
-    gid = f"{healed[0].group_id:#010x}"
     assert {(tuple(f["pair"]), f["family"], f["switch"], f["port"], f["group"]) for f in missing} == \
-        {(("l1", d), fam, "l1", 13, gid) for d in ("l2", "l3", "l4") for fam in ("ipv4", "ipv6")}, \
+        {(("l1", d), fam, "l1", 13, gid[d]) for d in ("l2", "l3", "l4") for fam in ("ipv4", "ipv6")}, \
         m.render_table(report)
     assert all(f["cause"] == "bucket_removed" for f in missing)
     assert {tuple(f["pair"]) for f in of_class(report, m.ASYMMETRIC)} == {("l1", "l2"), ("l1", "l3"), ("l1", "l4")}

@@ -499,6 +499,7 @@ class FakeCore:
         self._recompute = SimpleNamespace(set=lambda: None)
         self._computing = False
         self.datapaths = dict.fromkeys(topo.switches)
+        self.heap = SimpleNamespace(after_bulk=lambda entries: False)
         self.programmers = {n: FakeProgrammer() for n in topo.switches}
         for prog in self.programmers.values():  # the core's own layer: the punt meter
             prog.set_layers({("core", "*"): SwitchState(meters={1: Meter(meter_id=1, bands=(MeterBand(rate=200),))})})

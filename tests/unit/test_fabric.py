@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from ryu_apps.fabric import FabricIntent, compute_fabric, ecmp_group_id
+from ryu_apps.fabric import NEXT_HOPS, Fabric as FabricApp, FabricIntent, compute_fabric, compute_part, \
+    ecmp_group_id, next_hop_group_ids
 from ryu_apps.framework import pipeline
 from ryu_apps.framework.app import FabricView
 from ryu_apps.framework.state import ActualState, SwitchState, diff
@@ -76,7 +77,46 @@ def test_link_down_leaves_one_path(diamond):
     fab, states = fabric(diamond, down={("s1", 11), ("s2", 11)})
     ends = fab.send("h1", ip_pkt("h1", "10.2.2.1", diamond))
     assert [tuple(e[2]) for e in ends] == [("s1", "s3", "s4")]
-    assert not states["s1"].groups
+    towards_s4 = states["s1"].groups[next_hop_group_ids(diamond)["s4"]]
+    assert [b.watch_port for b in towards_s4.buckets] == [12]
+
+
+def test_a_link_change_rewrites_next_hop_groups_never_a_route(diamond):
+    """A port event recomputes the next_hops part only, and the switch gets group mods only."""
+    _, up = fabric(diamond)
+    _, down = fabric(diamond, down={("s1", 11), ("s2", 11)})
+    for name in up:
+        ch = diff(down[name], ActualState.of(up[name]))
+        assert not (ch.flow_adds or ch.flow_mods or ch.flow_deletes), name
+    ch = diff(down["s1"], ActualState.of(up["s1"]))
+    assert ch.group_mods and not ch.group_adds and not ch.group_deletes
+    # and the next_hops part is exactly where the groups live
+    part = compute_part(FabricView(diamond, frozenset({("s1", 11), ("s2", 11)})), FabricIntent(), NEXT_HOPS)
+    assert {n: st.groups for n, st in part.items()} == {n: st.groups for n, st in down.items()}
+    assert not any(st.flows for st in part.values())
+
+
+def test_only_fabric_ports_dirty_the_next_hops():
+    from ryu_apps.framework.view import PortChange, SwitchChange
+
+    topo = load(TOPO / "diamond.yaml")
+    app = FabricApp.__new__(FabricApp)  # parts_changed reads only its arguments
+    view = FabricView(topo)
+    host_port = PortChange("s1", 1, "modify", False, False, False, True)
+    trunk = PortChange("s1", 11, "modify", False, False, False, True)
+    assert app.parts_changed(view, FabricIntent(), host_port) == set()
+    assert app.parts_changed(view, FabricIntent(), trunk) == {NEXT_HOPS}
+    assert app.parts_changed(view, FabricIntent(), SwitchChange("s2", "dead")) == {NEXT_HOPS}
+
+
+def test_an_unreachable_switch_is_an_empty_group_and_comes_back():
+    topo = load(TOPO / "diamond.yaml")
+    cut = {("s1", 11), ("s2", 11), ("s1", 12), ("s3", 11)}
+    fab, states = fabric(topo, down=cut)
+    assert states["s1"].groups[next_hop_group_ids(topo)["s4"]].buckets == ()
+    assert [e[0] for e in fab.send("h1", ip_pkt("h1", "10.2.2.1", topo))] == ["drop"]
+    fab, _ = fabric(topo)
+    assert {e[0] for e in fab.send("h1", ip_pkt("h1", "10.2.2.1", topo))} == {"host:h2"}
 
 
 def test_arp_for_gateway_answered_in_switch(diamond):
@@ -132,8 +172,17 @@ def test_intent_change_and_back_is_a_no_op(diamond):
     _, base = fabric(diamond)
     _, single = fabric(diamond, intent=FabricIntent(ecmp=False))
     ch = diff(single["s1"], ActualState.of(base["s1"]))
-    assert ch.flow_mods and ch.group_deletes and not ch.flow_adds
+    assert ch.group_mods and not (ch.flow_adds or ch.flow_mods or ch.flow_deletes or ch.group_deletes)
+    assert [len(g.buckets) for g in single["s1"].groups.values()] == [1]
     assert diff(base["s1"], ActualState.of(base["s1"])).empty
+
+
+def test_next_hop_group_ids_depend_on_names_only_and_never_collide(diamond):
+    ids = next_hop_group_ids(diamond)
+    assert set(ids) == set(diamond.switches) and len(set(ids.values())) == len(ids)
+    assert all(pipeline.GROUP_IDS["fabric"][0][0] <= g <= pipeline.GROUP_IDS["fabric"][0][1] for g in ids.values())
+    from ryu_apps.functions.fabric.flows import _group_ids
+    assert _group_ids(("s1", "s4"))["s4"] == ids["s4"]  # another switch set, same id
 
 
 def test_ecmp_group_ids_stable_and_collision_free():

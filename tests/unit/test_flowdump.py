@@ -242,6 +242,23 @@ def test_references_follow_group_chains():
     assert [g.group_id for g in d.filter("fabric").groups] == [1, 2]
 
 
+def test_output_ports_follow_a_route_through_its_groups():
+    groups = "OFPST_GROUP_DESC reply (OF1.3):\n group_id=1,type=select,bucket=watch_port:11,actions=output:11," \
+             "bucket=watch_port:12,actions=output:12\n group_id=2,type=indirect,bucket=actions=group:1\n" \
+             " group_id=3,type=select\n"
+    flows = (" cookie=0x0201000000000001, duration=1s, table=90, n_packets=0, n_bytes=0, priority=500,ip,"
+             "nw_dst=10.0.0.1 actions=group:2\n"
+             " cookie=0x0201000000000002, duration=1s, table=90, n_packets=0, n_bytes=0, priority=500,ip,"
+             "nw_dst=10.0.0.2 actions=mod_dl_dst:02:00:00:00:00:01,output:3\n"
+             " cookie=0x0201000000000003, duration=1s, table=90, n_packets=0, n_bytes=0, priority=500,ip,"
+             "nw_dst=10.0.0.3 actions=group:3\n"
+             " cookie=0x0201000000000004, duration=1s, table=90, n_packets=0, n_bytes=0, priority=500,ip,"
+             "nw_dst=10.0.0.4 actions=group:9\n")
+    d = fd.Dump.from_text(flows, groups, bridge="b")
+    by_dst = {f.match["nw_dst"]: d.output_ports(f) for f in d.flows}
+    assert by_dst == {"10.0.0.1": [11, 12], "10.0.0.2": [3], "10.0.0.3": [], "10.0.0.4": []}
+
+
 # --- diff classification -----------------------------------------------------------------
 
 

@@ -21,7 +21,7 @@ import pytest
 from pydantic import ValidationError
 
 from ovs_scripts.topogen import fat_tree, leaf_spine
-from ryu_apps.fabric import FabricIntent, compute_fabric
+from ryu_apps.fabric import FabricIntent, compute_fabric, next_hop_group_ids
 from ryu_apps.framework import pipeline
 from ryu_apps.framework.app import FabricView
 from ryu_apps.framework.state import SwitchState
@@ -528,14 +528,16 @@ def test_another_apps_table_that_outputs_to_a_host_gets_twins_and_no_probe_leaks
 
 def test_removed_bucket_is_a_missing_member_and_asymmetry(ls):
     sws = Switches(ls)
-    gid, g = next(iter(sws.groups["l1"].items()))
-    sws.groups["l1"][gid] = Group(gid, "select", tuple(b for b in g.buckets if b.watch_port != 13))
+    gids = next_hop_group_ids(ls)  # one next-hop group per destination: take port 13 out of each
+    for d in ("l2", "l3", "l4"):
+        g = sws.groups["l1"][gids[d]]
+        sws.groups["l1"][gids[d]] = Group(gids[d], "select", tuple(b for b in g.buckets if b.watch_port != 13))
     states, plan, routes = states_for(ls, sws)
     result = analyze(ls, states, plan, routes, Sim(ls, states, plan).verify(all_pairs(ls)))
     missing = findings(result, m.MISSING)
     assert {(tuple(f["pair"]), f["switch"], f["port"]) for f in missing} == \
         {(("l1", d), "l1", 13) for d in ("l2", "l3", "l4")}
-    assert all(f["cause"] == "bucket_removed" and f["group"] == f"{gid:#010x}" for f in missing)
+    assert all(f["cause"] == "bucket_removed" and f["group"] == f"{gids[f['pair'][1]]:#010x}" for f in missing)
     assert {tuple(f["pair"]) for f in findings(result, m.ASYMMETRIC)} == {("l1", "l2"), ("l1", "l3"), ("l1", "l4")}
     assert not findings(result, m.BLACK_HOLE) and not findings(result, m.LOOP)
 

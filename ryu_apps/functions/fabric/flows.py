@@ -5,6 +5,7 @@ See :mod:`ryu_apps.fabric` for what it installs.
 
 from __future__ import annotations
 
+import functools
 import zlib
 from collections import defaultdict
 
@@ -41,7 +42,13 @@ K_FABRIC_PORT = 2  # a switch-to-switch port
 K_ARP = 3          # ARP responder for one address
 K_ND = 4           # ND punt for one address
 K_ROUTE = 5        # routes to one host
-K_ECMP = 6         # an ECMP group (metadata only: groups have no cookie in OF1.3)
+K_ECMP = 6         # a next-hop group towards one switch (metadata only: groups have no cookie in OF1.3)
+
+# the fabric's parts (FabricApp.parts): what depends on the topology file and the intent only,
+# and what depends on the view (which links are up): a port event recomputes the latter alone
+HOSTS = "hosts"
+NEXT_HOPS = "next_hops"
+PARTS = (HOSTS, NEXT_HOPS)
 
 # priorities (fabric band 100..999 in every table)
 P_FABRIC_PORT = 200
@@ -73,11 +80,33 @@ def next_hops(graph: nx.MultiGraph, switch: str, dest: str, dist_to_dest: dict[s
 
 
 def ecmp_group_id(ports: tuple[int, ...], taken: dict[int, tuple]) -> int:
-    """A group id that depends only on the port set, so it is stable across restarts."""
+    """A group id that depends only on the port set, so it is stable across restarts (lab fault
+    injection uses it for groups it adds; the fabric's own groups are :func:`next_hop_group_ids`)."""
     gid = (cookies.app_id(APP) << 24) | (zlib.crc32(",".join(map(str, ports)).encode()) & 0xFFFFFF)
     while gid in taken and taken[gid] != ports:  # collision: probe deterministically
         gid = (gid & 0xFF000000) | ((gid + 1) & 0xFFFFFF)
     return gid
+
+
+@functools.lru_cache(maxsize=64)
+def _group_ids(switches: tuple[str, ...]) -> dict[str, int]:
+    base, ids, taken = cookies.app_id(APP) << 24, {}, set()
+    for name in switches:  # sorted: a collision is resolved the same way on every run
+        low = zlib.crc32(f"next-hop {name}".encode()) & 0xFFFFFF
+        while base | low in taken:
+            low = (low + 1) & 0xFFFFFF
+        taken.add(base | low)
+        ids[name] = base | low
+    return ids
+
+
+def next_hop_group_ids(topo) -> dict[str, int]:
+    """The group id every switch uses for its next hops towards each switch.
+
+    Depends on switch names only (a CRC, collisions probed in name order), so it is the same
+    after a restart and on every switch, and a route never has to change when a path does.
+    """
+    return _group_ids(tuple(sorted(topo.switches)))
 
 
 def arp_responder(ip: str, mac: str, cookie: int) -> Flow:
@@ -139,19 +168,66 @@ def resolver_targets(topo, router_mac: str) -> tuple[dict[str, str], dict[str, s
 
 
 def compute_fabric(view: FabricView, intent: FabricIntent) -> dict[str, SwitchState]:
-    """Desired fabric state of every switch (pure)."""
-    topo = view.topology
-    graph = view.graph()
-    states = {name: SwitchState() for name in topo.switches}
-    router_mac = intent.router_mac
-    dist = {d: nx.single_source_shortest_path_length(graph, d) for d in topo.switches if d in graph}
+    """Desired fabric state of every switch, both parts merged (pure)."""
+    states = compute_part(view, intent, HOSTS)
+    for name, st in compute_part(view, intent, NEXT_HOPS).items():
+        states[name].merge(st)
+    return states
 
+
+def compute_part(view: FabricView, intent: FabricIntent, part: str) -> dict[str, SwitchState]:
+    """Desired state of one fabric part on every switch (pure).
+
+    ``hosts``: admission, ARP/ND responders and a route per host address, from the topology
+    file and the intent alone; a route to a host on another switch points at the next-hop
+    group towards that switch.  ``next_hops``: those groups, one per (switch, destination
+    switch), a bucket per port on a shortest path now; the only state a link going down or
+    up changes (as ONOS' segment routing keeps one ECMP next objective per destination
+    leaf), so a port event rewrites a few groups instead of every route.
+    """
+    if part == HOSTS:
+        return _hosts_part(view.topology, intent)
+    if part == NEXT_HOPS:
+        return _next_hops_part(view, intent)
+    raise ValueError(f"fabric has no part {part!r}")
+
+
+def _destinations(topo) -> dict[str, list]:
+    """Hosts per switch, for the switches that have any (the only destinations routes need)."""
     hosts_on: dict[str, list] = defaultdict(list)
     for h in topo.hosts.values():
         hosts_on[h.switch].append(h)
+    return hosts_on
 
+
+def _next_hops_part(view: FabricView, intent: FabricIntent) -> dict[str, SwitchState]:
+    topo = view.topology
+    graph = view.graph()
+    gids = next_hop_group_ids(topo)
+    with_hosts = _destinations(topo)
+    dests = [d for d in topo.switches if d in with_hosts]
+    dist = {d: nx.single_source_shortest_path_length(graph, d) for d in dests if d in graph}
+    states = {}
+    for name in topo.switches:
+        st = states[name] = SwitchState()
+        for d in dests:
+            if d == name:
+                continue
+            ports = next_hops(graph, name, d, dist[d]) if d in dist and name in graph else []
+            if not intent.ecmp:
+                ports = ports[:1]
+            # no path now: a group with no bucket drops, as a missing route would (the route stays)
+            st.add_group(Group(group_id=gids[d], type="select", cookie=cookies.make(APP, K_ECMP, d),
+                               buckets=tuple(Bucket(actions=(Output(p),), weight=1, watch_port=p) for p in ports)))
+    return states
+
+
+def _hosts_part(topo, intent: FabricIntent) -> dict[str, SwitchState]:
+    states = {name: SwitchState() for name in topo.switches}
+    router_mac = intent.router_mac
+    hosts_on = _destinations(topo)
+    gids = next_hop_group_ids(topo)
     arp_targets, nd_targets = resolver_targets(topo, router_mac)
-
     for name, st in states.items():
         # -- ingress: fabric ports
         for p in topo.switch_ports(name):
@@ -208,36 +284,18 @@ def compute_fabric(view: FabricView, intent: FabricIntent) -> dict[str, SwitchSt
                     st.add_flow(flow)
                 st.label(c, f"ND responder {ip} is-at {mac}")
 
-        # -- forward: a route per host address
-        groups: dict[int, tuple] = {}
+        # -- forward: a route per host address (to another switch: through its next-hop group)
         for h in topo.hosts.values():
             c = cookies.make(APP, K_ROUTE, h.name)
             st.label(c, f"routes to host {h.name}")
-            matches = []
-            if h.ipv4:
-                matches.append(Match(eth_type=ETH_IP, ipv4_dst=str(h.ipv4.ip)))
-            if h.ipv6:
-                matches.append(Match(eth_type=ETH_IPV6, ipv6_dst=str(h.ipv6.ip)))
             if h.switch == name:
                 actions = (SetField("eth_dst", h.mac), Output(h.port))
             else:
-                if h.switch not in dist or name not in graph:
-                    continue
-                ports = next_hops(graph, name, h.switch, dist[h.switch])
-                if not ports:
-                    continue  # unreachable now: the table miss drops
-                if len(ports) == 1 or not intent.ecmp:
-                    actions = (Output(ports[0]),)
-                else:
-                    key = tuple(ports)
-                    gid = ecmp_group_id(key, groups)
-                    groups[gid] = key
-                    actions = (GroupAction(gid),)
-            for m in matches:
-                st.add_flow(Flow(table=FORWARD, priority=P_ROUTE, match=m, actions=actions, cookie=c))
-        for gid, ports in groups.items():
-            st.add_group(Group(group_id=gid, type="select", cookie=cookies.make(APP, K_ECMP, gid & 0xFFFFFF),
-                               buckets=tuple(Bucket(actions=(Output(p),), weight=1, watch_port=p) for p in ports)))
+                actions = (GroupAction(gids[h.switch]),)
+            if h.ipv4:
+                st.add_flow(Flow(table=FORWARD, priority=P_ROUTE, match=Match(eth_type=ETH_IP, ipv4_dst=str(h.ipv4.ip)),
+                                 actions=actions, cookie=c))
+            if h.ipv6:
+                st.add_flow(Flow(table=FORWARD, priority=P_ROUTE,
+                                 match=Match(eth_type=ETH_IPV6, ipv6_dst=str(h.ipv6.ip)), actions=actions, cookie=c))
     return states
-
-

@@ -11,7 +11,7 @@ from ryu_apps.framework import cookies
 from ryu_apps.framework.pipeline import INGRESS, PIPELINE
 from ryu_apps.framework.state import SwitchState
 from ryu_apps.framework.view import FabricView
-from ryu_apps.functions.fabric.flows import ecmp_group_id, next_hops
+from ryu_apps.functions.fabric.flows import next_hop_group_ids, next_hops
 from ryu_apps.functions.fabric.intent import FabricIntent
 from ryu_apps.functions.oam_ecmp import model
 from ryu_apps.functions.oam_ecmp.intent import OamIntent
@@ -57,6 +57,7 @@ def intended_routes(view: FabricView, leaves: list[str], fabric: FabricIntent | 
     routes: dict[str, dict[str, model.Route]] = {}
     ports: dict[str, dict[str, tuple[int, ...]]] = {}
     eps = {d: model.endpoints(topo, d) for d in leaves}
+    gids = next_hop_group_ids(topo)
     for sw in topo.switches:
         routes[sw], ports[sw] = {}, {}
         for d in leaves:
@@ -68,16 +69,10 @@ def intended_routes(view: FabricView, leaves: list[str], fabric: FabricIntent | 
             ports[sw][d] = tuple(hops)
             for fam, ep in eps[d].items():
                 key, addr = model.route_key(d, fam), ep.address
-                if not hops:
-                    routes[sw][key] = model.Route(sw, d, addr, "none", source="intended")
-                elif len(hops) == 1:
-                    routes[sw][key] = model.Route(sw, d, addr, "output", next_hops=(model.NextHop(hops[0]),),
-                                                  source="intended")
-                else:
-                    routes[sw][key] = model.Route(sw, d, addr, "group", group_id=ecmp_group_id(tuple(hops), {}),
-                                                  group_type="select", source="intended",
-                                                  next_hops=tuple(model.NextHop(p, i, True, 1)
-                                                                  for i, p in enumerate(hops)))
+                # the fabric routes through its next-hop group towards d (no bucket: no path now)
+                routes[sw][key] = model.Route(sw, d, addr, "group", group_id=gids[d], group_type="select",
+                                              source="intended",
+                                              next_hops=tuple(model.NextHop(p, i, True, 1) for i, p in enumerate(hops)))
     return routes, ports
 
 
