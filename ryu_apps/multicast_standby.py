@@ -205,7 +205,7 @@ class MulticastStandby(FabricApp):
         if not self.core.all_synced():
             budget = 0  # active trees first: ask for standby paths once the switches hold them
         eff = self.state.reconcile(now, self.core.view(), self.intent, request_budget=budget,
-                                   only=None if full else channels)
+                                   only=None if full else channels, pause=_pause if full else None)
         self._send(eff)
         if eff.changed or dirty:
             self.recompute_soon(parts | self._parts(eff))
@@ -279,7 +279,7 @@ class MulticastStandby(FabricApp):
                 continue
             t0 = time.monotonic()
             try:
-                self.core.save_intent(SNAPSHOT, self.state.snapshot(t0, time.time()))
+                self.core.save_intent(SNAPSHOT, self.state.snapshot(t0, time.time(), pause=_pause))
             except OSError:
                 LOG.exception("cannot save the multicast state")
             took = time.monotonic() - t0
@@ -588,6 +588,11 @@ class MulticastStandby(FabricApp):
         self.save_soon()
         self.recompute_soon({flows.part_of(ch.key)})
         return {"forgot": ch.name}
+
+
+def _pause() -> None:
+    """The hub's turn for others in the middle of a pass over every channel."""
+    hub.sleep(0)
 
 
 def _mcast_flow_stats(dp):

@@ -121,3 +121,25 @@ def test_a_group_left_by_its_flows_may_go_but_not_one_another_layer_uses():
         state.replace({("fabric", "*"): plain})
     state.replace({("fabric", "*"): plain, ("fenced_clone", "x"): None})  # both at once: fine
     assert 7 not in state.groups and state.flows[p.key] == p
+
+
+def test_a_paced_diff_gives_way_while_it_finds_the_flows_to_delete():
+    """An audit's diff pauses every PAUSE_EVERY flows, also while it walks the switch's flows
+    for the ones to delete (160k at once held the hub), and finds the same changes."""
+    from ryu_apps.framework.state import PAUSE_EVERY, ActualState, SwitchState, diff
+    from ryu_apps.openflow import ofwire
+
+    keep = [Flow(table=0, priority=10, match=Match(in_port=p), actions=(Output(1),)) for p in range(1, 11)]
+    actual = ActualState()
+    for flow in keep:
+        actual.flows[ofwire.flow_identity(flow)] = ofwire.flow_body(flow)
+    for i in range(3 * PAUSE_EVERY):  # on the switch, not desired: to delete
+        stale = Flow(table=0, priority=20, match=Match(in_port=1, vlan_vid=0x1000 | (i % 4000), eth_type=0x800 + i // 4000))
+        actual.flows[ofwire.flow_identity(stale)] = ofwire.flow_body(stale)
+    desired = SwitchState()
+    for flow in keep:
+        desired.add_flow(flow)
+    pauses = []
+    paced = diff(desired, actual, pause=lambda: pauses.append(1))
+    plain = diff(desired, actual)
+    assert len(pauses) >= 3 and paced.flow_deletes == plain.flow_deletes and len(plain.flow_deletes) == 3 * PAUSE_EVERY

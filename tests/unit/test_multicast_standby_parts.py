@@ -529,3 +529,44 @@ def test_join_state_is_handed_over_with_the_completed_path_not_hop_by_hop(app):
     assert joined and all(held == {part} for held in joined)  # hops that joined: held back ...
     assert all(not stale for _, _, stale in states[:done])    # ... nothing handed to the core
     assert states[done][1:] == (set(), {part})                # the completion takes them along
+
+
+def test_a_paced_pass_gives_way_and_what_changes_meanwhile_is_reconciled_after(monkeypatch):
+    """The full reconcile and the snapshot pause between channels (the hub's turn); a join and a
+    forgotten source in a pause are taken by the channels after it, or by the partial pass the
+    join names, and the result is the one a pass without pauses reaches."""
+    monkeypatch.setattr(model, "PAUSE_CHANNELS", 1)
+    G3 = "239.1.1.3"
+
+    def net():
+        n = Net()
+        for g in (G, G2, G3):
+            n.join("h2", g)
+            n.source(group=g)
+        n.reconcile()
+        return n
+
+    n, ref = net(), net()
+    assert n.st.snapshot(n.now, 1.0, pause=lambda: None) == n.st.snapshot(n.now, 1.0)
+    events = []
+
+    def pause():
+        if not events:  # first pause: after (S, G) -- h4 joins G, G3 loses its source
+            events.append(n.st.igmp("s6", TOPO.hosts["h4"].port, _igmp_frame("h4", G), n.now, None))
+            n.st.forget_source((S, G3))
+    eff = n.st.reconcile(n.now, n.view(), n.intent, pause=pause)
+    assert events and events[0].channels == {(S, G)}
+    assert (S, G3) not in n.st.channels and (S, G3) not in eff.channels
+    assert "s6" not in n.st.channels[(S, G)].dests  # done before the join ...
+    n.st.reconcile(n.now, n.view(), n.intent, only=events[0].channels)  # ... and by its partial pass
+    # the same inputs without pauses
+    ref.st.igmp("s6", TOPO.hosts["h4"].port, _igmp_frame("h4", G), ref.now, None)
+    ref.st.forget_source((S, G3))
+    ref.st.reconcile(ref.now, ref.view(), ref.intent)
+    for key in ((S, G), (S, G2)):
+        a, b = n.st.channels[key], ref.st.channels[key]
+        assert (a.tree, a.tree_dests, set(a.dests)) == (b.tree, b.tree_dests, set(b.dests)), key
+
+
+def _igmp_frame(host: str, group: str) -> wire.Igmp:
+    return wire.parse_igmp(_igmp_packet_in(host, group).data)

@@ -51,6 +51,9 @@ MUTE_HOLD = 0.2  # s between muting a silent active stream and accepting the sta
 #: channels at once: each has a slot, which numbers its OpenFlow groups (``flows.group_id``)
 SLOTS = 1 << 12
 
+PAUSE_CHANNELS = 10  # channels a paced reconcile handles between two pauses
+
+
 def channel_name(source: str, group: str) -> str:
     return f"{source}>{group}"
 
@@ -677,12 +680,14 @@ class McastState:
 
     # -- reconcile: destinations, trees, failures, requests -----------------------
     def reconcile(self, now: float, view: FabricView, intent, request_budget: int = 1 << 30,
-                  only: Iterable[tuple[str, str]] | None = None) -> Effects:
+                  only: Iterable[tuple[str, str]] | None = None, pause=None) -> Effects:
         """Bring every channel in line with membership and the live view; start due requests.
 
         ``only``: just these channels (those whose receivers or source just changed), in the
         size of them, not of the state; member expiry and everything else that is due by time
-        waits for the next full pass.
+        waits for the next full pass.  ``pause()``: called every PAUSE_CHANNELS channels (the
+        controller's hub gives others their turn); what changes meanwhile is seen by the
+        channels after it, and a change that names a channel already done reconciles it again.
         """
         eff = Effects()
         if only is None and intent.query_interval > 0:
@@ -695,8 +700,12 @@ class McastState:
         else:
             keys = sorted(k for k in set(only) if k in self.channels)
             index = None  # each channel's group alone (group_members), not the whole index
-        for key in keys:
-            ch = self.channels[key]
+        for n, key in enumerate(keys):
+            if pause is not None and n and n % PAUSE_CHANNELS == 0:
+                pause()  # (a membership change meanwhile names its channels: a partial pass follows)
+            ch = self.channels.get(key)
+            if ch is None:  # forgotten meanwhile
+                continue
             rx = self.receivers(ch.source, ch.group, intent, exclude=(ch.switch, ch.port), index=index)
             if not protected:
                 if ch.tree or ch.tree_dests or ch.dests:
@@ -1028,21 +1037,31 @@ class McastState:
         return eff
 
     # -- persistence (a controller restart keeps trees, paths and members: nothing changes) ----
-    def snapshot(self, now: float, wall: float) -> dict:
-        """JSON-able state; times as wall clock (monotonic time does not survive a restart)."""
+    def snapshot(self, now: float, wall: float, pause=None) -> dict:
+        """JSON-able state; times as wall clock (monotonic time does not survive a restart).
+
+        ``pause()``: called every 200 memberships and every PAUSE_CHANNELS channels (the hub's
+        turn for others); each entry is taken whole, and a change meanwhile asks for the next
+        save."""
         def path(p: Path | None):
             return None if p is None else {"vid": p.vid, "request_id": p.request_id,
                                            "hops": [[h.switch, h.in_port, h.out_port] for h in p.hops]}
 
         members = []
         for (sw, port), groups in sorted(self.members.items()):
-            for g, m in sorted(groups.items()):
+            for g, m in sorted(groups.items()):  # (a copy: a change during a pause waits for the next save)
+                if pause is not None and len(members) % 200 == 199:
+                    pause()
                 members.append({"switch": sw, "port": port, "group": g, "mode": m.mode, "sources": sorted(m.sources),
                                 "version": m.version, "host": m.host,
                                 "expires": None if m.expires is None else wall + (m.expires - now)})
         channels = []
-        for key in sorted(self.channels):
-            ch = self.channels[key]
+        for n, key in enumerate(sorted(self.channels)):
+            if pause is not None and n % PAUSE_CHANNELS == PAUSE_CHANNELS - 1:
+                pause()
+            ch = self.channels.get(key)
+            if ch is None:
+                continue
             channels.append({"source": ch.source, "group": ch.group, "switch": ch.switch, "port": ch.port,
                              "host": ch.host, "slot": ch.slot,
                              "tree": {n: list(v) for n, v in sorted(ch.tree.items())},
