@@ -222,13 +222,18 @@ def _fmt_errors(errors) -> str:
 # ---------------------------------------------------------------------------
 
 
-def read_actual(channel: OFChannel) -> ActualState:
-    """Read every flow, group and meter of the switch into canonical form."""
+def read_actual(channel: OFChannel, between=None) -> ActualState:
+    """Read every flow, group and meter of the switch into canonical form.
+
+    ``between()``: called after each flow reply body is parsed (an audit sends the
+    controller's own changes meanwhile)."""
     actual = ActualState()
     for body in channel.multipart(ofwire.flow_stats_request):
         for st in ofwire.parse_flow_stats(body):
             actual.flows[st.identity] = st.body
         _pause()  # one reply body (at most 64 KiB) at a time: 160k flows would hold the hub ~1 s
+        if between is not None:
+            between()
     for body in channel.multipart(ofwire.group_desc_request):
         for g in ofwire.parse_group_desc(body):
             actual.groups[g.group_id] = g.key
@@ -325,6 +330,7 @@ class SwitchProgrammer:
         self.dpid = dpid
         self.desired = LayeredState()
         self._touched = Touched()
+        self._audit_touched: Touched | None = None  # what layers changed since a running audit began
         self.version = 0          # bumped on every new desired state
         self.synced_version = -1  # version the switch is known to hold
         self.actual: ActualState | None = None
@@ -353,6 +359,8 @@ class SwitchProgrammer:
         touched = self.desired.replace(replacements, check=check)
         if touched:
             self._touched.update(touched)
+            if self._audit_touched is not None:
+                self._audit_touched.update(touched)
             self.version += 1
             self._kick.set()
         return len(touched)
@@ -429,10 +437,24 @@ class SwitchProgrammer:
         audit, self._audit_due = self._audit_due, False
         full = self.actual is None or audit
         if full:
-            actual = read_actual(channel)  # yields: layers may change meanwhile (the diff below sees them)
+            routine = audit and self.actual is not None  # (else nothing is known about the switch)
+            if routine:
+                # the switch's 160k flows take seconds to parse: the controller's own changes
+                # meanwhile go out at once (the dump was taken before them), not after the audit
+                self._audit_touched = Touched()
+                self._audit_touched.update(self._touched)  # (pending ones go out during the read too)
+            try:
+                actual = read_actual(channel, (lambda: self._sync_during_audit(channel, epoch)) if routine else None)
+                if routine:  # what is still pending goes out as a sync too: the diff below finds drift only
+                    self._sync_during_audit(channel, epoch)
+                since, self._audit_touched = self._audit_touched, None
+            finally:
+                self._audit_touched = None
             if channel is not self.channel or epoch != self._epoch:
                 self._kick.set()
                 return Changes()
+            if routine:
+                self._keep_belief(actual, since)
             self.actual = actual
             # diff a consistent copy, giving the hub its turn now and then (100k flows take a
             # while): what changes meanwhile is in the new touched set, for the next sync
@@ -484,6 +506,44 @@ class SwitchProgrammer:
         LOG.info("%s: synced v%d in %.3fs%s: %s", self.name, version, self.last_sync_seconds,
                  " (full)" if full else "", {k: v for k, v in self.last_changes.items() if v} or "no changes")
         return changes
+
+    def _sync_during_audit(self, channel: OFChannel, epoch: int) -> None:
+        """An incremental sync in the middle of an audit's read (against what was last written)."""
+        if not len(self._touched) or channel is not self.channel or epoch != self._epoch:
+            return
+        touched, self._touched = self._touched, Touched()
+        version = self.version
+        changes = diff_touched(self.desired, self.actual, touched)
+        if not changes.empty:
+            send_changes(channel, changes)
+        if channel is not self.channel or epoch != self._epoch:
+            return
+        apply_changes(self.actual, changes)
+        self.synced_version = version
+        self.syncs += 1
+        self.last_changes = changes.counts()
+        LOG.info("%s: synced v%d during an audit: %s", self.name, version,
+                 {k: v for k, v in self.last_changes.items() if v} or "no changes")
+
+    def _keep_belief(self, read: ActualState, since: Touched) -> None:
+        """In an audit's read, the entries the controller changed while it ran are taken as last
+        written (the dump may predate the change): only what nobody here changed counts as drift."""
+        belief = self.actual
+        for key in since.flows:
+            flow = self.desired.flows.get(key) or since.gone.get(key)
+            if flow is None:
+                continue
+            ident = ofwire.flow_identity(flow)
+            if ident in belief.flows:
+                read.flows[ident] = belief.flows[ident]
+            else:
+                read.flows.pop(ident, None)
+        for ids, have, mine in ((since.groups, read.groups, belief.groups), (since.meters, read.meters, belief.meters)):
+            for i in ids:
+                if i in mine:
+                    have[i] = mine[i]
+                else:
+                    have.pop(i, None)
 
     def status(self) -> dict:
         return {"connected": self.is_connected, "synced": self.synced, "version": self.version,

@@ -23,12 +23,14 @@ class FakeSwitch:
         self.on_send = None
         self.on_read = None
 
-    def read(self, channel):
+    def read(self, channel, between=None):
         self.reads += 1
         snapshot = copy.deepcopy(self.actual)
         if self.on_read is not None:  # runs while the dump is on its way: the snapshot is already taken
             hook, self.on_read = self.on_read, None
             hook()
+        if between is not None:  # (the programmer's turn between two reply bodies)
+            between()
         return snapshot
 
     def send(self, channel, changes):
@@ -158,3 +160,57 @@ def test_a_resync_asked_while_the_switch_is_being_read_reads_it_again(rig):
     assert not prog.synced, "the read started before the resync request: it must not count"
     assert prog.attempt(prog.channel) and prog.synced
     assert holds_desired(prog, sw), "the fault made during the first read is still on the switch"
+
+
+def test_a_change_during_an_audit_goes_out_at_once_and_is_not_drift(rig):
+    """An audit of a big switch takes seconds to parse: a layer change made meanwhile is sent
+    between two reply bodies, not after the audit, and the dump (taken before it) does not
+    make it count as drift; drift made behind the controller's back still does."""
+    prog, sw = rig
+    prog.set_layers({("fabric", "*"): layer(10)})
+    assert prog.attempt(prog.channel)
+    ident = sorted(sw.actual.flows)[3]
+    del sw.actual.flows[ident]  # drift: a flow deleted behind the controller's back
+    sent_before = len(sw.sent)
+
+    def change_while_reading():
+        prog.set_layers({("fenced_clone", "f1"): layer(5, first=100, port=2)})
+    sw.on_read = change_while_reading
+    prog.audit()
+    assert prog.attempt(prog.channel)
+    assert sw.sent[sent_before] == {**{k: 0 for k in sw.sent[sent_before]}, "flow_adds": 5}, sw.sent[sent_before:]
+    assert sw.sent[sent_before + 1]["flow_adds"] == 1 and len(sw.sent) == sent_before + 2  # the audit's repair
+    assert prog.audit_repairs == 1 and prog.audit_repaired["flow_adds"] == 1, prog.audit_repaired
+    assert prog.synced and holds_desired(prog, sw)
+    # the next audit finds the switch as written
+    prog.audit()
+    assert prog.attempt(prog.channel) and prog.audit_repairs == 1 and len(sw.sent) == sent_before + 2
+
+
+def test_a_change_pending_when_an_audit_starts_is_not_drift_either(rig):
+    prog, sw = rig
+    prog.set_layers({("fabric", "*"): layer(10)})
+    assert prog.attempt(prog.channel)
+    prog.set_layers({("fabric", "*"): layer(6)})  # four flows go, not sent yet when the audit begins
+    prog.audit()
+    assert prog.attempt(prog.channel)
+    assert prog.audit_repairs == 0 and prog.synced and holds_desired(prog, sw), prog.audit_repaired
+
+
+def test_a_change_made_after_the_flows_were_read_is_a_sync_not_a_repair(rig):
+    prog, sw = rig
+    prog.set_layers({("fabric", "*"): layer(10)})
+    assert prog.attempt(prog.channel)
+    real = programmer.read_actual
+
+    def read_then_change(channel, between=None):
+        got = sw.read(channel, between)
+        prog.set_layers({("fabric", "*"): layer(7)})  # (while the groups and meters are read)
+        return got
+    programmer.read_actual = read_then_change
+    try:
+        prog.audit()
+        assert prog.attempt(prog.channel)
+    finally:
+        programmer.read_actual = real
+    assert prog.audit_repairs == 0 and prog.synced and holds_desired(prog, sw), prog.audit_repaired
