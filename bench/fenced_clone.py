@@ -43,8 +43,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import yaml
@@ -52,6 +50,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ovs_scripts import kit  # noqa: E402
 from ovs_scripts.lab import Lab  # noqa: E402
 from ryu_apps.framework import cookies  # noqa: E402
 
@@ -60,14 +59,8 @@ OF_PORT, REST_PORT = 16663, 18090
 
 
 def rest(lab: Lab, method: str, path: str, body=None, timeout: float = 900):
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(lab.rest_url + path, data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, json.loads(r.read() or b"null")
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
+    """``(status, body)`` of one request to the lab's controller."""
+    return tuple(kit.rest(lab, method, path, body, timeout=timeout))
 
 
 def wait_synced(lab: Lab, timeout: float = 900) -> float:

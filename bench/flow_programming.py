@@ -17,11 +17,9 @@ Traffic: none; the only sockets are the lab's loopback/unix control channel.
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import yaml
@@ -30,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ovs_scripts.bench_app import bench_flows  # noqa: E402
+from ovs_scripts import kit  # noqa: E402
 from ovs_scripts.lab import Lab  # noqa: E402
 from ryu_apps.framework import (
     cookies,
@@ -47,8 +46,7 @@ def topology(n: int) -> dict:
 
 
 def rest(path: str):
-    with urllib.request.urlopen(f"http://127.0.0.1:{REST_PORT}{path}", timeout=30) as r:
-        return json.loads(r.read())
+    return kit.request("GET", f"http://127.0.0.1:{REST_PORT}{path}", timeout=30).expect()
 
 
 def flow_count(lab: Lab) -> int:

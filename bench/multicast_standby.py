@@ -33,7 +33,6 @@ import statistics
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import yaml
@@ -42,6 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ovs_scripts import netns as nsutil  # noqa: E402
+from ovs_scripts import kit  # noqa: E402
+from ovs_scripts.kit import wait_for  # noqa: E402
 from ovs_scripts.lab import Lab  # noqa: E402
 
 PY = sys.executable
@@ -73,20 +74,7 @@ class Rest:
         self.url = url
 
     def __call__(self, path: str, method: str = "GET", body=None):
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return json.loads(r.read())
-
-
-def wait_for(pred, timeout: float, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v or time.monotonic() > deadline:
-            return v
-        time.sleep(step)
+        return kit.request(method, self.url + path, body, timeout=30).expect(200, 202)
 
 
 def ports_of(lab: Lab, kind: str, what: tuple) -> list[tuple[str, str]]:

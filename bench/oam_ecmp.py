@@ -31,14 +31,12 @@ lab; the controller listens on loopback only.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import statistics
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import yaml
@@ -46,6 +44,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ovs_scripts import kit  # noqa: E402
 from ovs_scripts.lab import Lab, LabError  # noqa: E402
 from ovs_scripts.topogen import fat_tree, leaf_spine  # noqa: E402
 
@@ -65,11 +64,7 @@ def free_port() -> int:
 
 
 def call(url: str, body: dict | None = None, timeout: float = 600):
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method="POST" if data else "GET",
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return json.loads(resp.read())
+    return kit.request("POST" if body is not None else "GET", url, body, timeout=timeout).expect()
 
 
 def converged(url: str, timeout: float = 120) -> None:

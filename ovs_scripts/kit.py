@@ -51,17 +51,25 @@ __all__ = [
 # Waiting.
 
 
-def wait_for(pred: Callable[[], Any], timeout: float, step: float = 0.05) -> bool:
-    """Call ``pred`` every ``step`` seconds until it is true (True) or ``timeout`` has passed (False).
+def wait_for(pred: Callable[[], Any], timeout: float, step: float = 0.05,
+             ignore: tuple[type[BaseException], ...] = ()) -> Any:
+    """Call ``pred`` every ``step`` seconds until it returns something true, and return that
+    (so ``peers = wait_for(lambda: get(...)["peers"], 5)`` keeps the answer); False when
+    ``timeout`` passed first.
 
     ``pred`` is called at least once, and once more after the deadline, so a
-    condition that became true during the last sleep is still seen.
-    Exceptions from ``pred`` propagate.
+    condition that became true during the last sleep is still seen.  Exceptions
+    from ``pred`` propagate, except those in ``ignore`` (a REST server still
+    starting: ``ignore=(OSError,)``), which count as not yet.
     """
     deadline = time.monotonic() + timeout
     while True:
-        if pred():
-            return True
+        try:
+            value = pred()
+        except ignore:
+            value = None
+        if value:
+            return value
         if time.monotonic() > deadline:
             return False
         time.sleep(step)
@@ -80,6 +88,14 @@ class RestError(RuntimeError):
         why = reply.error
         super().__init__(f"HTTP {reply.status} for {reply.method} {reply.url} (expected "
                          f"{' or '.join(map(str, expected))})" + (f": {why}" if why else ""))
+
+    @property
+    def body(self) -> Any:
+        """The answer's JSON body ({} when empty or not JSON): ``err.body["error"]``."""
+        try:
+            return self.reply.body or {}
+        except ValueError:
+            return {}
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import urllib.error
-import urllib.request
 
+from ovs_scripts import kit
 from ovs_scripts import oam_ecmp_faults as faults
 from ryu_apps.functions.oam_ecmp.model import render_table
 
@@ -58,19 +57,13 @@ def _url(ns) -> str:
 
 
 def _call(url: str, method: str = "GET", body: dict | None = None):
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=TIMEOUT) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        try:
-            msg = json.loads(err.read()).get("error", "")
-        except ValueError:
-            msg = ""
-        raise CliError(f"{method} {url}: {err.code} {msg}") from None
-    except (urllib.error.URLError, OSError) as err:
+        r = kit.request(method, url, body, timeout=TIMEOUT)
+    except OSError as err:  # URLError is an OSError
         raise CliError(f"{method} {url}: {getattr(err, 'reason', err)}") from None
+    if not r.ok:
+        raise CliError(f"{method} {url}: {r.status} {r.error or ''}")
+    return r.body
 
 
 def cmd_verify(ns) -> int:

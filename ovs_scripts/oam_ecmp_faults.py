@@ -24,11 +24,10 @@ controller to re-read and repair the switches it touched).
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
 from dataclasses import dataclass, field
 
+from ovs_scripts import kit
 from ryu_apps.openflow.ofdata import Bucket, Group, Output
 
 FORWARD_TABLE = 90
@@ -326,9 +325,7 @@ def zero_weight(lab, switch: str, dest: str, port: int) -> Fault:
 
 
 def _rest(lab, method: str, path: str):
-    req = urllib.request.Request(f"{lab.rest_url}{path}", method=method, data=b"" if method == "POST" else None)
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.loads(resp.read() or b"null")
+    return kit.rest(lab, method, path, raw=b"" if method == "POST" else None).expect(200, 202)
 
 
 def heal(lab, faults: list[Fault], timeout: float = 15.0) -> None:

@@ -52,13 +52,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import socket
 import struct
 import subprocess
 import sys
 import threading
 import time
+
+from ovs_scripts import kit
 
 
 def _dual_stack(port: int, kind: int = socket.SOCK_STREAM) -> socket.socket:
@@ -122,10 +123,9 @@ def tcp(host: str, port: int, flows: int, nbytes: int, timeout: float) -> dict:
 
 
 def ping(host: str, count: int, interval: float, deadline: float) -> dict:
-    cmd = ["ping", "-n", "-q", "-c", str(count), "-i", str(interval), "-w", str(int(deadline)), host]
-    out = subprocess.run(cmd, capture_output=True, text=True).stdout
-    m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
-    sent, recv = (int(m.group(1)), int(m.group(2))) if m else (count, 0)
+    argv = kit.ping_argv(host, count, interval=interval, wait=deadline, quiet=True, deadline=deadline)
+    stats = kit.parse_ping(subprocess.run(argv, capture_output=True, text=True).stdout)
+    sent, recv = (stats.transmitted, stats.received) if stats else (count, 0)
     return {"sent": sent, "received": recv, "loss": 1 - recv / sent if sent else 1.0}
 
 

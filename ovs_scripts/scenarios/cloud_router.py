@@ -17,11 +17,9 @@ import json
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-from ovs_scripts import flowdump
+from ovs_scripts import flowdump, kit
 from ovs_scripts.demo import Check, scenario
 from ovs_scripts.lab import Lab
 from ovs_scripts.sandbox import kill_pid
@@ -46,10 +44,7 @@ EXPECTED = {
 }
 
 
-class RestError(RuntimeError):
-    def __init__(self, status: int, body: dict):
-        super().__init__(f"{status}: {body}")
-        self.status, self.body = status, body
+RestError = kit.RestError  # what CloudLab.rest raises for an answer other than 2xx
 
 
 class CloudLab:
@@ -62,14 +57,8 @@ class CloudLab:
 
     # -- REST -------------------------------------------------------------------------
     def rest(self, path: str, method: str = "GET", body=None, timeout: float = 30):
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(f"{self.lab.rest_url}{path}", data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return json.loads(resp.read() or b"null")
-        except urllib.error.HTTPError as err:
-            raise RestError(err.code, json.loads(err.read() or b"{}")) from None
+        """The JSON body of a 2xx answer; :class:`RestError` (``.status``, ``.body``) otherwise."""
+        return kit.rest(self.lab, method, path, body, timeout=timeout).expect(200, 201, 202, 204)
 
     def client(self, ident: str) -> dict:
         return self.rest(f"/v1/{APP}/clients/{ident}")
@@ -201,17 +190,9 @@ class CloudLab:
                         str(in_port), "resubmit(,0)", frame], check=True, capture_output=True, timeout=15)
 
 
-def wait_for(pred, timeout: float, step: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if pred():
-                return True
-        except (RestError, OSError, KeyError, TypeError):
-            pass
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(step)
+def wait_for(pred, timeout: float, step: float = 0.1):
+    """:func:`ovs_scripts.kit.wait_for`, a REST error or a client not there yet counting as not yet."""
+    return kit.wait_for(pred, timeout, step, ignore=(RestError, OSError, KeyError, TypeError))
 
 
 def outage(sink_result: dict, port: int) -> dict:

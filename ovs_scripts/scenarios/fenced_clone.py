@@ -12,11 +12,9 @@ import json
 import select
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-from ovs_scripts import flowdump
+from ovs_scripts import flowdump, kit
 from ovs_scripts.demo import PY, Check, ping, scenario
 from ovs_scripts.lab import Lab
 
@@ -30,13 +28,8 @@ WIKI_C = {"name": "wiki-c", "parent": ["wfe", "wdb"],
 
 
 def _call(lab: Lab, method: str, path: str, body=None):
-    req = urllib.request.Request(lab.rest_url + path, method=method, headers={"Content-Type": "application/json"},
-                                 data=json.dumps(body).encode() if body is not None else None)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read() or b"null")
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
+    """``(status, body)`` of one request to the lab's controller."""
+    return tuple(kit.rest(lab, method, path, body, timeout=30))
 
 
 def _ident(lab: Lab, host: str, addr: str, udp: bool = False, count: int = 1):

@@ -22,32 +22,18 @@ import json
 import subprocess
 import sys
 import time
-import urllib.request
 
-from ovs_scripts import flowdump
+from ovs_scripts import flowdump, kit
 from ovs_scripts.demo import Check, scenario
+from ovs_scripts.kit import wait_for
 from ovs_scripts.lab import Lab
 
 PY = sys.executable
 SRC = "10.5.0.1"
 
 
-def wait_for(pred, timeout: float, step: float = 0.1):
-    """The predicate's last value (truthy when it came true in time)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v or time.monotonic() > deadline:
-            return v
-        time.sleep(step)
-
-
 def _rest(lab: Lab, path: str, method: str = "GET", body=None):
-    req = urllib.request.Request(f"{lab.rest_url}{path}", method=method,
-                                 data=None if body is None else json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.loads(r.read())
+    return kit.rest(lab, method, path, body).expect(200, 202)
 
 
 def _standby(lab: Lab, group: str) -> dict:

@@ -5,10 +5,9 @@
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
 
+from ovs_scripts import kit
 from ovs_scripts import oam_ecmp_faults as faults
 from ovs_scripts.demo import (
     Check,
@@ -23,15 +22,11 @@ from ryu_apps.functions.oam_ecmp import model
 
 
 def _verify(lab: Lab, **body) -> dict:
-    req = urllib.request.Request(f"{lab.rest_url}/v1/oam/ecmp/verify", data=json.dumps(body).encode(),
-                                 method="POST", headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=120) as resp:
-        return json.loads(resp.read())
+    return kit.rest(lab, "POST", "/v1/oam/ecmp/verify", body, timeout=120).expect()
 
 
 def _get(lab: Lab, path: str):
-    with urllib.request.urlopen(f"{lab.rest_url}{path}", timeout=10) as resp:
-        return json.loads(resp.read())
+    return kit.rest(lab, "GET", path).expect()
 
 
 def _converged(lab: Lab, timeout: float = 10) -> None:

@@ -19,14 +19,12 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
-from ovs_scripts import flowdump
+from ovs_scripts import flowdump, kit
 from ovs_scripts.lab import Lab
 from tests.integration.conftest import RUN_BASE, LabFactory, _skip_reason
 
@@ -50,14 +48,8 @@ WIKI_C = {"name": "wiki-c", "parent": ["wfe", "wdb"],
 
 
 def call(lab, method: str, path: str, body=None, raw: bytes | None = None):
-    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    req = urllib.request.Request(lab.rest_url + path, data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, json.loads(r.read() or b"null")
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
+    """``(status, body)`` of one request to the lab's controller."""
+    return tuple(kit.rest(lab, method, path, body, raw=raw, timeout=60))
 
 
 def wait_synced(lab, timeout=15):
@@ -90,8 +82,7 @@ def ident(lab, host: str, addr: str, udp=False, count=1, nbytes=100):
 
 
 def ping(lab, host, addr, count=2) -> bool:
-    r = lab.exec(host, ["ping", "-n", "-c", str(count), "-i", "0.2", "-W", "2", addr], check=False)
-    return r.returncode == 0
+    return bool(kit.ping(lab, host, addr, count, interval=0.2, wait=2))
 
 
 def dump_flows(lab, app: str | None = None) -> dict[str, set]:

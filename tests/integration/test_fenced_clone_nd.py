@@ -18,6 +18,7 @@ import time
 
 import pytest
 
+from ovs_scripts import kit
 from ryu_apps.functions.fenced_clone.model import link_local
 from tests.integration.conftest import module_factory
 from tests.integration.test_fenced_clone import (
@@ -51,16 +52,18 @@ def lab(tmp_path_factory):
         yield lab
 
 
+def _ping(lab, host, addr, count, family) -> tuple[bool, str]:
+    r = kit.ping(lab, host, addr, count, interval=0.3, wait=2, family=family)
+    summary = next((ln for ln in r.output.splitlines() if "packet loss" in ln), r.output[-200:])
+    return bool(r), summary
+
+
 def ping6(lab, host, addr, count=3) -> tuple[bool, str]:
-    r = lab.exec(host, ["ping", "-6", "-n", "-c", str(count), "-i", "0.3", "-W", "2", addr], check=False)
-    summary = next((ln for ln in r.stdout.splitlines() if "packet loss" in ln), r.stdout[-200:])
-    return r.returncode == 0, summary
+    return _ping(lab, host, addr, count, 6)
 
 
 def ping4(lab, host, addr, count=2) -> tuple[bool, str]:
-    r = lab.exec(host, ["ping", "-n", "-c", str(count), "-i", "0.3", "-W", "2", addr], check=False)
-    summary = next((ln for ln in r.stdout.splitlines() if "packet loss" in ln), r.stdout[-200:])
-    return r.returncode == 0, summary
+    return _ping(lab, host, addr, count, None)
 
 
 def flush_neigh(lab, hosts) -> None:

@@ -15,44 +15,18 @@ import json
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from ovs_scripts import flowdump
+from tests.integration.labtools import get, rest, wait_for
 
 pytestmark = pytest.mark.integration
 TOPO = Path(__file__).resolve().parents[2] / "topologies" / "multicast_standby.yaml"
 PY = sys.executable
 SRC = "10.5.0.1"
 TARGET_LOSS = 50  # the issue's target: under 50 ms of outage = fewer than 50 packets at 1000 pps
-
-
-def rest(lab, path, method="GET"):
-    req = urllib.request.Request(f"{lab.rest_url}{path}", method=method)
-    with urllib.request.urlopen(req, timeout=5) as resp:
-        return json.loads(resp.read())
-
-
-def rest_error(lab, path):
-    try:
-        urllib.request.urlopen(f"{lab.rest_url}{path}", timeout=5)
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-    raise AssertionError(f"{path} did not fail")
-
-
-def wait_for(pred, timeout, step=0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            return value
-        time.sleep(step)
 
 
 def receiver(lab, host, group, seconds, version=None, source=None):
@@ -78,7 +52,7 @@ def result(proc, timeout=30):
 
 
 def standby_of(lab, group):
-    return {e["destination"]: e for e in rest(lab, "/v1/multicast/standby") if e["group"] == group}
+    return {e["destination"]: e for e in get(lab, "/v1/multicast/standby") if e["group"] == group}
 
 
 def all_protected(lab, group, dests):
@@ -90,14 +64,14 @@ def diff_all(lab):
     bad = {}
     for sw in lab.topology.switches:
         bridge, rundir = lab.switch_target(sw)
-        d = flowdump.diff(flowdump.dump(bridge, rundir), rundir, rest(lab, f"/v1/switches/{sw}/desired"))
+        d = flowdump.diff(flowdump.dump(bridge, rundir), rundir, get(lab, f"/v1/switches/{sw}/desired"))
         if not d.identical:
             bad[sw] = (len(d.missing), len(d.unexpected), len(d.different))
     return bad
 
 
 def wait_synced(lab, timeout=10):
-    return wait_for(lambda: all(s["synced"] for s in rest(lab, "/v1/switches")), timeout)
+    return wait_for(lambda: all(s["synced"] for s in get(lab, "/v1/switches")), timeout)
 
 
 def capture(lab, switch, port):
@@ -127,8 +101,8 @@ def test_igmp_join_active_tree_standby_and_suppression_on_the_wire(lab_factory):
     rx = {"h2": receiver(lab, "h2", group, 14, version=2),
           "h3": receiver(lab, "h3", group, 14, version=3, source=SRC),  # IGMPv3 INCLUDE {h1}
           "h4": receiver(lab, "h4", group, 14, version=3)}
-    members = wait_for(lambda: [m for m in rest(lab, "/v1/multicast/members") if m["group"] == group]
-                       if len(rest(lab, "/v1/multicast/members")) >= 3 else None, 10)
+    members = wait_for(lambda: [m for m in get(lab, "/v1/multicast/members") if m["group"] == group]
+                       if len(get(lab, "/v1/multicast/members")) >= 3 else None, 10)
     by_host = {m["host"]: m for m in members}
     assert by_host["h2"]["version"] == 2 and by_host["h2"]["mode"] == "exclude"
     assert by_host["h3"]["version"] == 3 and by_host["h3"]["mode"] == "include" and by_host["h3"]["sources"] == [SRC]
@@ -142,7 +116,7 @@ def test_igmp_join_active_tree_standby_and_suppression_on_the_wire(lab_factory):
     assert s["s3"]["standby"]["devices"] == ["s1", "s4", "s5", "s6", "s3"]
     for d, e in s.items():
         assert e["disjoint"] and not set(e["standby"]["devices"][1:-1]) & set(e["active"]["devices"]), (d, e)
-    tree = rest(lab, f"/v1/multicast/channels/{SRC}/{group}/tree")
+    tree = get(lab, f"/v1/multicast/channels/{SRC}/{group}/tree")
     assert {(t["from"], t["to"]) for t in tree["tree"]} == {("s1", "s2"), ("s2", "s3"), ("s2", "s5"), ("s3", "s6")}
 
     sent = result(tx)["sent"]
@@ -158,14 +132,14 @@ def test_igmp_join_active_tree_standby_and_suppression_on_the_wire(lab_factory):
         # reach the controller (source discovery), the rest every receiver, once
 
     # the audit: s3's request went s3 -> s6 -> s5, then to s2 (suppressed: on the active path) and s4 -> s1
-    reqs = rest(lab, f"/v1/multicast/requests?destination=s3&group={group}")
+    reqs = get(lab, f"/v1/multicast/requests?destination=s3&group={group}")
     done = [r for r in reqs if r["status"] == "complete"]
     assert done, reqs
     r = done[-1]
     assert r["suppressed"] == ["s2"] and set(r["joined"]) == {"s4", "s5", "s6"}, r
     sup = next(h for h in r["hops"] if h["action"] == "suppressed")
     assert sup["from"] == "s5" and sup["in_port"] == 15 and "active path" in sup["reason"]
-    assert rest(lab, f"/v1/multicast/requests/{r['request_id']}")["standby_path"] == "s1-s4-s5-s6-s3"
+    assert get(lab, f"/v1/multicast/requests/{r['request_id']}")["standby_path"] == "s1-s4-s5-s6-s3"
 
     # the wire: the request reached s2 from s5 and s2 never forwarded any request
     arrived = read_requests(caps[15][1])
@@ -179,19 +153,19 @@ def test_igmp_join_active_tree_standby_and_suppression_on_the_wire(lab_factory):
     assert not diff_all(lab)
 
     # bad input: REST errors name the problem; crafted frames from a host are counted, never crash
-    code, body = rest_error(lab, f"/v1/multicast/channels/{SRC}/239.1.1")
+    code, body = rest(lab, f"/v1/multicast/channels/{SRC}/239.1.1")
     assert code == 422 and "239.1.1" in body["error"]
-    code, body = rest_error(lab, f"/v1/multicast/channels/{SRC}/239.9.9.9")
+    code, body = rest(lab, f"/v1/multicast/channels/{SRC}/239.9.9.9")
     assert code == 404
-    bad_before = rest(lab, "/v1/health")["packet_ins"]["bad"]
+    bad_before = get(lab, "/v1/health")["packet_ins"]["bad"]
     crafted = ("from scapy.all import Ether, IP, sendp, Raw\n"
                "m = '02:00:00:00:05:02'\n"
                "sendp([Ether(src=m, dst='01:00:5e:00:00:16')/IP(src='10.5.0.2', dst='224.0.0.22', proto=2)"
                "/Raw(bytes([0x22, 0, 0, 0, 0, 0, 0xff, 0xff]) + bytes(40)),"
                " Ether(src=m, dst='03:00:4d:53:42:59', type=0x88b5)/Raw(bytes(60))], iface='eth0', verbose=0)\n")
     lab.exec("h2", [PY, "-c", crafted])
-    assert wait_for(lambda: rest(lab, "/v1/health")["packet_ins"]["bad"] > bad_before, 5)
-    assert rest(lab, "/v1/multicast")["requests_in_flight"] == 0
+    assert wait_for(lambda: get(lab, "/v1/health")["packet_ins"]["bad"] > bad_before, 5)
+    assert get(lab, "/v1/multicast")["requests_in_flight"] == 0
 
 
 def test_link_cut_fails_over_without_duplicates_and_a_new_standby_follows(lab_factory):
@@ -212,7 +186,7 @@ def test_link_cut_fails_over_without_duplicates_and_a_new_standby_follows(lab_fa
         standby_of(lab, group)), 5)
     assert s, standby_of(lab, group)
     assert s["s3"]["active"]["devices"] == ["s1", "s4", "s5", "s6", "s3"]
-    events = [e for e in rest(lab, "/v1/multicast/events") if e["kind"] == "failover"]
+    events = [e for e in get(lab, "/v1/multicast/events") if e["kind"] == "failover"]
     assert {e["destination"] for e in events} == {"s3", "s6"}, events
     time.sleep(1.0)
     res = {}
@@ -245,11 +219,11 @@ def test_link_cut_fails_over_without_duplicates_and_a_new_standby_follows(lab_fa
     blackhole = f"table=0,priority=65535,in_port=11,ip,nw_dst={group}"
     lab.ofctl("s4", "add-flow", f"{blackhole},cookie=0x7e57,actions=drop")
     try:
-        ev = wait_for(lambda: [e for e in rest(lab, "/v1/multicast/events")
+        ev = wait_for(lambda: [e for e in get(lab, "/v1/multicast/events")
                                if e["kind"] == "failover" and e.get("detection") == "silence"], 8)
     finally:
         lab.ofctl("s4", "--strict", "del-flows", blackhole)
-    assert ev and {e["destination"] for e in ev} >= {"s6"}, rest(lab, "/v1/multicast/events")
+    assert ev and {e["destination"] for e in ev} >= {"s6"}, get(lab, "/v1/multicast/events")
     time.sleep(1.5)
     for h, proc in rx.items():
         proc.terminate()
@@ -263,8 +237,8 @@ def test_link_cut_fails_over_without_duplicates_and_a_new_standby_follows(lab_fa
     before = standby_of(lab, group)
     time.sleep(1.5)  # the state is saved within a fraction of a second of a change
     lab.restart_controller()
-    changed = {sw["name"]: sw["last_changes"] for sw in rest(lab, "/v1/switches") if any(sw["last_changes"].values())}
-    assert not changed, (changed, before, standby_of(lab, group), rest(lab, "/v1/multicast/events")[-6:])
+    changed = {sw["name"]: sw["last_changes"] for sw in get(lab, "/v1/switches") if any(sw["last_changes"].values())}
+    assert not changed, (changed, before, standby_of(lab, group), get(lab, "/v1/multicast/events")[-6:])
     after = standby_of(lab, group)
     assert {d: (e["active"], e["standby"]) for d, e in after.items()} == \
         {d: (e["active"], e["standby"]) for d, e in before.items()}
@@ -276,12 +250,12 @@ def test_join_leave_churn_leaves_no_stale_flows(lab_factory):
     lab = lab_factory(TOPO)
     groups = ["239.2.0.1", "239.2.0.2"]
     tx = [sender(lab, g, 25, rate=200) for g in groups]
-    wait_for(lambda: len(rest(lab, "/v1/multicast/channels")) == 2, 10)
+    wait_for(lambda: len(get(lab, "/v1/multicast/channels")) == 2, 10)
     wait_synced(lab)
     bridge_flows = {}
     for sw in lab.topology.switches:
         bridge_flows[sw] = sorted(f["match"].__repr__() + str(f["actions"])
-                                  for f in rest(lab, f"/v1/switches/{sw}/flows?app=multicast_standby"))
+                                  for f in get(lab, f"/v1/switches/{sw}/flows?app=multicast_standby"))
     churn = ("import socket, struct, time, sys\n"
              "from ovs_scripts.traffic import _join, set_igmp_version\n"
              "set_igmp_version(int(sys.argv[1]), 'eth0')\n"
@@ -295,15 +269,15 @@ def test_join_leave_churn_leaves_no_stale_flows(lab_factory):
     procs = [lab.popen(h, [PY, "-c", churn, str(v), *groups]) for h, v in (("h2", 2), ("h3", 3), ("h4", 3))]
     seen_dests = 0
     while any(p.poll() is None for p in procs):
-        seen_dests = max(seen_dests, rest(lab, "/v1/multicast")["destinations"])
+        seen_dests = max(seen_dests, get(lab, "/v1/multicast")["destinations"])
         time.sleep(0.2)
     assert seen_dests >= 4, "the churn never made destinations"
-    assert wait_for(lambda: rest(lab, "/v1/multicast")["memberships"] == 0, 10), rest(lab, "/v1/multicast/members")
-    assert wait_for(lambda: rest(lab, "/v1/multicast")["destinations"] == 0, 5)
+    assert wait_for(lambda: get(lab, "/v1/multicast")["memberships"] == 0, 10), get(lab, "/v1/multicast/members")
+    assert wait_for(lambda: get(lab, "/v1/multicast")["destinations"] == 0, 5)
     assert wait_synced(lab)
     time.sleep(0.5)
     after = {sw: sorted(f["match"].__repr__() + str(f["actions"])
-                        for f in rest(lab, f"/v1/switches/{sw}/flows?app=multicast_standby"))
+                        for f in get(lab, f"/v1/switches/{sw}/flows?app=multicast_standby"))
              for sw in lab.topology.switches}
     assert after == bridge_flows, "churn left flows behind"
     assert not diff_all(lab)
@@ -311,25 +285,22 @@ def test_join_leave_churn_leaves_no_stale_flows(lab_factory):
         bridge, rundir = lab.switch_target(sw)
         dump = flowdump.dump(bridge, rundir)
         assert not [f for f in dump.flows if f.app == "multicast_standby" and f.priority == 1100], sw
-    reqs = rest(lab, "/v1/multicast/requests")
+    reqs = get(lab, "/v1/multicast/requests")
     assert reqs and not [r for r in reqs if r["status"] == "pending"]
     # the sources stop: with a short source timeout their channels (and root flows) go as well
     for t in tx:
         t.terminate()
         t.wait(timeout=10)
-    req = urllib.request.Request(f"{lab.rest_url}/v1/apps/multicast_standby/intent", method="PUT",
-                                 data=json.dumps({"source_timeout": 2}).encode(),
-                                 headers={"Content-Type": "application/json"})
-    urllib.request.urlopen(req, timeout=10).read()
-    assert wait_for(lambda: not rest(lab, "/v1/multicast/channels"), 10), rest(lab, "/v1/multicast/channels")
+    rest(lab, "/v1/apps/multicast_standby/intent", "PUT", {"source_timeout": 2}).expect(200, 202)
+    assert wait_for(lambda: not get(lab, "/v1/multicast/channels"), 10), get(lab, "/v1/multicast/channels")
 
     def tree_flows():
-        return {sw: [f for f in rest(lab, f"/v1/switches/{sw}/flows?app=multicast_standby")
+        return {sw: [f for f in get(lab, f"/v1/switches/{sw}/flows?app=multicast_standby")
                      if f["priority"] in (1000, 1100)] for sw in lab.topology.switches}
 
     # the channel leaves the REST view first; its flows go with the recompute that follows
     assert wait_for(lambda: not any(tree_flows().values()), 5), tree_flows()
     assert wait_synced(lab)
     assert wait_for(lambda: not diff_all(lab), 5), diff_all(lab)
-    events = [e for e in rest(lab, "/v1/multicast/events") if e["kind"] == "source-expired"]
+    events = [e for e in get(lab, "/v1/multicast/events") if e["kind"] == "source-expired"]
     assert {e["channel"] for e in events} == {f"{SRC}>{g}" for g in groups}

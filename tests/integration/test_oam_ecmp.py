@@ -19,13 +19,11 @@ import re
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from ovs_scripts import flowdump
+from ovs_scripts import flowdump, kit
 from ovs_scripts import oam_ecmp_faults as faults
 from ryu_apps.functions.oam_ecmp import model as m
 
@@ -38,14 +36,8 @@ ROUTER_MAC = "0e:fa:b0:00:00:01"
 
 
 def call(lab, path, body=None, method=None, timeout=60):
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(f"{lab.rest_url}{path}", data=data, method=method or ("POST" if data else "GET"),
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
+    """``(status, body)``: POST when there is a body, else GET."""
+    return tuple(kit.rest(lab, method or ("POST" if body is not None else "GET"), path, body, timeout=timeout))
 
 
 def verify(lab, **body):

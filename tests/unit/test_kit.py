@@ -139,7 +139,7 @@ def test_wait_for_true_at_once_calls_once():
 def test_wait_for_polls_until_true():
     values = iter([0, None, "", 7])
     t0 = time.monotonic()
-    assert kit.wait_for(lambda: next(values), timeout=5, step=0.01) is True
+    assert kit.wait_for(lambda: next(values), timeout=5, step=0.01) == 7  # the true value itself
     assert time.monotonic() - t0 < 1
 
 
@@ -158,6 +158,22 @@ def test_wait_for_zero_step_and_exceptions():
         kit.wait_for(lambda: 1 / 0, timeout=1)
     n = []
     assert kit.wait_for(lambda: n.append(1) or len(n) > 50, timeout=5, step=0) is True
+
+
+def test_wait_for_ignores_only_the_exceptions_named():
+    n = []
+
+    def starting():
+        n.append(1)
+        if len(n) < 3:
+            raise ConnectionRefusedError("not yet")
+        return {"ok": 1}
+
+    assert kit.wait_for(starting, timeout=5, step=0, ignore=(OSError,)) == {"ok": 1}
+    assert len(n) == 3
+    with pytest.raises(KeyError):
+        kit.wait_for(lambda: {}["x"], timeout=1, ignore=(OSError,))
+    assert kit.wait_for(lambda: {}["x"], timeout=0.1, step=0.02, ignore=(KeyError,)) is False
 
 
 # --- REST -------------------------------------------------------------------------------
