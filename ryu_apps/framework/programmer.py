@@ -21,6 +21,7 @@ would parse them, so reading 100k flows does not build 100k Python objects.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import struct
@@ -39,6 +40,10 @@ LOG = logging.getLogger(__name__)
 OFPT_ERROR, OFPT_EXPERIMENTER, OFPT_BARRIER_REPLY, OFPT_MULTIPART_REPLY = 1, 4, 21, 19
 OFPMPF_REPLY_MORE = 1
 SEND_CHUNK = 1 << 20
+# An audit reads a switch's flows in this many slices by cookie (cookie & (N-1)): a switch
+# answers a barrier only after the dump before it, so the controller's own change sent during
+# an audit waits for one slice of a big switch's dump, not all of it (90k flows: 100-600 ms)
+AUDIT_SLICES = 8
 # xids the programmer uses: a range os-ken's own random xids rarely hit.
 XID_BASE, XID_MASK = 0x7F000000, 0x00FFFFFF
 _XIDS = itertools.count(1)
@@ -226,14 +231,18 @@ def read_actual(channel: OFChannel, between=None) -> ActualState:
     """Read every flow, group and meter of the switch into canonical form.
 
     ``between()``: called after each flow reply body is parsed (an audit sends the
-    controller's own changes meanwhile)."""
+    controller's own changes meanwhile); the flows are then read in :data:`AUDIT_SLICES`
+    requests, one cookie slice each, every flow in exactly one of them."""
     actual = ActualState()
-    for body in channel.multipart(ofwire.flow_stats_request):
-        for st in ofwire.parse_flow_stats(body):
-            actual.flows[st.identity] = st.body
-        _pause()  # one reply body (at most 64 KiB) at a time: 160k flows would hold the hub ~1 s
-        if between is not None:
-            between()
+    slices = [(0, 0)] if between is None else [(k, AUDIT_SLICES - 1) for k in range(AUDIT_SLICES)]
+    for cookie, mask in slices:
+        request = functools.partial(ofwire.flow_stats_request, cookie=cookie, cookie_mask=mask)
+        for body in channel.multipart(request):
+            for st in ofwire.parse_flow_stats(body):
+                actual.flows[st.identity] = st.body
+            _pause()  # one reply body (at most 64 KiB) at a time: 160k flows would hold the hub ~1 s
+            if between is not None:
+                between()
     for body in channel.multipart(ofwire.group_desc_request):
         for g in ofwire.parse_group_desc(body):
             actual.groups[g.group_id] = g.key

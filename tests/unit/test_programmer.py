@@ -214,3 +214,46 @@ def test_a_change_made_after_the_flows_were_read_is_a_sync_not_a_repair(rig):
     finally:
         programmer.read_actual = real
     assert prog.audit_repairs == 0 and prog.synced and holds_desired(prog, sw), prog.audit_repaired
+
+
+# --- read_actual: an audit reads the flows in cookie slices -----------------------------
+
+
+class _Stat:
+    def __init__(self, i: int, cookie: int):
+        self.identity, self.body, self.cookie = ("flow", i), ("body", i), cookie
+
+
+class SlicingChannel:
+    """Answers flow stats requests from a list of flows, honouring the request's cookie and mask."""
+
+    def __init__(self, flows):
+        self.flows = flows
+        self.requests: list[tuple[int, int]] = []
+
+    def multipart(self, build):
+        import struct
+
+        req = build(1)
+        if struct.unpack_from("!H", req, 8)[0] != programmer.ofwire.OFPMP_FLOW:
+            return []
+        cookie, mask = struct.unpack_from("!QQ", req, 32)
+        self.requests.append((cookie, mask))
+        return [[f for f in self.flows if f.cookie & mask == cookie & mask]]
+
+
+def test_an_audit_reads_every_flow_once_in_cookie_slices(monkeypatch):
+    monkeypatch.setattr(programmer.ofwire, "parse_flow_stats", lambda body: body)
+    monkeypatch.setattr(programmer, "_pause", lambda: None)
+    flows = [_Stat(i, c) for i, c in enumerate([0, 1, 7, 8, 0xFF, cookies.make("fabric", 5, 12345),
+                                                cookies.make("core", 1, 0), (1 << 64) - 1])]
+    full = SlicingChannel(flows)
+    whole = programmer.read_actual(full)
+    assert full.requests == [(0, 0)]  # a (re)connect reads everything in one request
+    turns = []
+    audit = SlicingChannel(flows)
+    sliced = programmer.read_actual(audit, between=lambda: turns.append(len(audit.requests)))
+    n = programmer.AUDIT_SLICES
+    assert audit.requests == [(k, n - 1) for k in range(n)]
+    assert turns == list(range(1, n + 1))  # the controller's turn after every slice's reply
+    assert sliced.flows == whole.flows and len(whole.flows) == len(flows)
