@@ -43,7 +43,9 @@ What it models, as Open vSwitch 3.1 executes it (``ofproto-dpif-xlate.c``):
 Each run returns a list of :class:`Outcome`: ``output`` (port and the packet as
 rewritten), ``controller`` (a punt), ``loop``, and ``drop`` (with the table that
 dropped and why) for every fork of the packet that delivered nothing.
-:class:`Fabric` chains switch states along a topology's links.
+:class:`Fabric` chains switch states along a topology's links; a tunnel (VXLAN, Geneve) delivers
+the packet with ``tunnel_id`` (its key, or the sender's VNI for ``key: flow``) and the underlay
+addresses as ``tun_ipv4_src``/``tun_ipv4_dst``, as Open vSwitch's tunnel ports do.
 """
 
 from __future__ import annotations
@@ -639,17 +641,47 @@ def forwarding(state, table: int, pkt: dict, *, live=None, down: Iterable[int] =
 class Fabric:
     """Switch states joined by a topology's links (duck-typed: ``links`` with ``a, a_port, b, b_port``,
     ``hosts`` by name with ``switch, port``).  ``down``: ``(switch, port)`` ends that carry
-    nothing and that the switches see as not live (fast-failover and select buckets)."""
+    nothing and that the switches see as not live (fast-failover and select buckets).
+
+    A link whose ``kind`` is not ``veth`` is a tunnel (VXLAN, Geneve): the packet arrives with
+    ``tunnel_id`` set to the link's ``key``, or for ``key: "flow"`` to the 24-bit VNI of the
+    ``tunnel_id`` it was sent with, and ``tun_ipv4_src``/``tun_ipv4_dst`` the underlay addresses of
+    the two switches' nodes when the topology has them (``switches[s].node``,
+    ``nodes[n].underlay_ip``); every other pipeline field stays behind, as on any link."""
 
     def __init__(self, topology, states: dict, down: Iterable[tuple[str, int]] = frozenset()):
         self.topology, self.states, self.down = topology, states, frozenset(down)
         self.peer = {}
+        self.link = {}
         for ln in topology.links:
             self.peer[(ln.a, ln.a_port)] = (ln.b, ln.b_port)
             self.peer[(ln.b, ln.b_port)] = (ln.a, ln.a_port)
+            self.link[(ln.a, ln.a_port)] = self.link[(ln.b, ln.b_port)] = ln
         self.host_at = {(h.switch, h.port): name for name, h in topology.hosts.items()}
         self.switches = {
             name: Switch(st, down={p for s, p in self.down if s == name}) for name, st in states.items()}
+        self.underlay: dict[str, str] = {}
+        nodes = getattr(topology, "nodes", None) or {}
+        for name, sw in (getattr(topology, "switches", None) or {}).items():
+            node = nodes.get(getattr(sw, "node", None))
+            if node is not None and getattr(node, "underlay_ip", None) is not None:
+                self.underlay[name] = str(getattr(node.underlay_ip, "ip", node.underlay_ip))
+
+    def cross(self, switch: str, port: int, pkt: dict) -> tuple[str, int, dict] | None:
+        """Where ``pkt`` output on ``switch``:``port`` arrives: ``(switch, port, packet)`` at the far
+        end of the link or tunnel; None for a port of no link, or a link end in ``down``."""
+        if (switch, port) not in self.peer or (switch, port) in self.down:
+            return None
+        nxt, nport = self.peer[(switch, port)]
+        packet = {k: v for k, v in pkt.items() if k not in PIPELINE_FIELDS}
+        ln = self.link[(switch, port)]
+        if getattr(ln, "kind", "veth") != "veth":
+            key = getattr(ln, "key", 0)
+            packet["tunnel_id"] = (as_int("tunnel_id", pkt.get("tunnel_id", 0)) if key == "flow" else int(key)) \
+                & 0xFFFFFF
+            if switch in self.underlay and nxt in self.underlay:
+                packet["tun_ipv4_src"], packet["tun_ipv4_dst"] = self.underlay[switch], self.underlay[nxt]
+        return nxt, nport, packet
 
     def send(self, host: str, pkt: dict) -> list[tuple[str, dict, list[str]]]:
         """Inject ``pkt`` from ``host``; return (where, packet, switch path) for every end:
@@ -676,10 +708,10 @@ class Fabric:
                 continue
             if (switch, out.port) in self.host_at:
                 ends.append((f"host:{self.host_at[(switch, out.port)]}", out, path))
-            elif (switch, out.port) in self.peer and (switch, out.port) not in self.down:
-                nxt, nport = self.peer[(switch, out.port)]
-                packet = {k: v for k, v in out.packet.items() if k not in PIPELINE_FIELDS}
-                ends += self._go(nxt, nport, packet, path + [nxt])
+                continue
+            nxt = self.cross(switch, out.port, out.packet)
+            if nxt is not None:
+                ends += self._go(nxt[0], nxt[1], nxt[2], path + [nxt[0]])
             else:
                 ends.append((f"port:{switch}:{out.port}", out, path))
         return ends

@@ -419,6 +419,32 @@ def test_fabric_link_down_liveness_and_wire():
     assert [(e[0], e[2]) for e in ends] == [("host:h2", ["s1", "s3", "s4"])]
 
 
+def test_tunnels_carry_their_key_and_the_underlay_addresses_nothing_else():
+    topo = load(TOPO / "tunnel.yaml")  # s1:100 <-> s2:100, VXLAN key 5001, nodes 192.168.77.1 / .2
+    fab = sim.Fabric(topo, {n: st() for n in topo.switches})
+    pkt = {**IP4, "metadata": 7, "reg0": 1, "tunnel_id": 99, "vlan_vid": 0x1005}
+    assert fab.cross("s1", 100, pkt) == ("s2", 100, {
+        **IP4, "vlan_vid": 0x1005, "tunnel_id": 5001, "tun_ipv4_src": "192.168.77.1", "tun_ipv4_dst": "192.168.77.2"})
+    assert fab.cross("s1", 1, pkt) is None  # the host port: no link
+    assert sim.Fabric(topo, fab.states, {("s1", 100)}).cross("s1", 100, pkt) is None
+    # flow-keyed tunnels (cloud_router.yaml): the 24-bit VNI of the tun_id the packet was sent with
+    cr = load(TOPO / "cloud_router.yaml")
+    crf = sim.Fabric(cr, {n: st() for n in cr.switches})
+    assert crf.cross("td1", 101, {**IP4, "tunnel_id": 0x12345678})[:2] == ("fc1", 1)
+    assert crf.cross("td1", 101, {**IP4, "tunnel_id": 0x12345678})[2]["tunnel_id"] == 0x345678
+    assert crf.cross("ap1", 100, {**IP4, "tunnel_id": 5})[2] == IP4  # a veth between two nodes: no tunnel fields
+
+
+def test_a_packet_crosses_a_tunnel_matched_by_its_key():
+    topo = load(TOPO / "tunnel.yaml")
+    h1, h2 = topo.hosts["h1"], topo.hosts["h2"]
+    states = {"s1": st(F(0, 1, {"in_port": h1.port}, [SetField("tunnel_id", 77), Output(100)])),
+              "s2": st(F(0, 2, {"in_port": 100, "tunnel_id": 5001, "tun_ipv4_src": "192.168.77.1"}, [Output(h2.port)]),
+                       F(0, 1, {"in_port": 100}))}
+    ((where, out, path),) = sim.Fabric(topo, states).trace("h1", dict(IP4))
+    assert (where, path, out.packet["tunnel_id"]) == ("host:h2", ["s1", "s2"], 5001)  # the link's key, not 77
+
+
 def test_a_loop_across_switches_ends_with_a_verdict():
     topo = load(TOPO / "chain3.yaml")
     bounce = st(F(0, 1, {}, [Output(OFPP_IN_PORT)]))
