@@ -252,6 +252,28 @@ def read_actual(channel: OFChannel, between=None) -> ActualState:
     return actual
 
 
+def _leaving(changes: Changes, touched: Touched, desired) -> Changes:
+    """``changes`` without what touches the entries in ``touched`` (another sync took them)."""
+    if not len(touched):
+        return changes
+    idents = set()
+    for key in touched.flows:
+        flow = desired.flows.get(key) or touched.gone.get(key)
+        if flow is not None:
+            idents.add(ofwire.flow_identity(flow))
+    gids, mids = touched.groups, touched.meters
+    return Changes(
+        meter_adds=[m for m in changes.meter_adds if m.meter_id not in mids],
+        meter_mods=[m for m in changes.meter_mods if m.meter_id not in mids],
+        group_adds=[g for g in changes.group_adds if g.group_id not in gids],
+        group_mods=[g for g in changes.group_mods if g.group_id not in gids],
+        flow_deletes=[i for i in changes.flow_deletes if i not in idents],
+        flow_adds=[f for f in changes.flow_adds if ofwire.flow_identity(f) not in idents],
+        flow_mods=[f for f in changes.flow_mods if ofwire.flow_identity(f) not in idents],
+        group_deletes=[g for g in changes.group_deletes if g not in gids],
+        meter_deletes=[m for m in changes.meter_deletes if m not in mids])
+
+
 _bundle_ids = itertools.count(1)
 
 
@@ -470,7 +492,21 @@ class SwitchProgrammer:
             snapshot = self.desired.snapshot()
             self._touched = Touched()
             version = self.version
-            changes = diff(snapshot, self.actual, pause=_pause)
+            if routine:
+                # the diff of a big switch takes a while too: the controller's own changes made
+                # meanwhile go out at its pauses (against the live state), and the audit leaves
+                # the entries they touched to them
+                during = Touched()
+
+                def pause() -> None:
+                    _pause()
+                    during.update(self._sync_during_audit(channel, epoch))
+
+                changes = diff(snapshot, ActualState(dict(actual.flows), dict(actual.groups), dict(actual.meters)),
+                               pause=pause)
+                changes = _leaving(changes, during, self.desired)
+            else:
+                changes = diff(snapshot, self.actual, pause=_pause)
             if channel is not self.channel or epoch != self._epoch:
                 self._kick.set()
                 return Changes()
@@ -489,7 +525,7 @@ class SwitchProgrammer:
         if channel is not self.channel or epoch != self._epoch:  # (the patch above may yield)
             self._kick.set()
             return changes
-        self.synced_version = version
+        self.synced_version = max(self.synced_version, version)  # (a sync during the audit's diff may be newer)
         self.last_error = None
         now = time.monotonic()
         if audit and changes.empty and self.syncs:  # a clean audit: counted as an audit, not a sync
@@ -516,23 +552,25 @@ class SwitchProgrammer:
                  " (full)" if full else "", {k: v for k, v in self.last_changes.items() if v} or "no changes")
         return changes
 
-    def _sync_during_audit(self, channel: OFChannel, epoch: int) -> None:
-        """An incremental sync in the middle of an audit's read (against what was last written)."""
+    def _sync_during_audit(self, channel: OFChannel, epoch: int) -> Touched:
+        """An incremental sync in the middle of an audit's read or diff (against what was last
+        written); what it was asked to bring in line."""
         if not len(self._touched) or channel is not self.channel or epoch != self._epoch:
-            return
+            return Touched()
         touched, self._touched = self._touched, Touched()
         version = self.version
         changes = diff_touched(self.desired, self.actual, touched)
         if not changes.empty:
             send_changes(channel, changes)
         if channel is not self.channel or epoch != self._epoch:
-            return
+            return touched
         apply_changes(self.actual, changes)
         self.synced_version = version
         self.syncs += 1
         self.last_changes = changes.counts()
         LOG.info("%s: synced v%d during an audit: %s", self.name, version,
                  {k: v for k, v in self.last_changes.items() if v} or "no changes")
+        return touched
 
     def _keep_belief(self, read: ActualState, since: Touched) -> None:
         """In an audit's read, the entries the controller changed while it ran are taken as last

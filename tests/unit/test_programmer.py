@@ -9,7 +9,7 @@ import copy
 import pytest
 
 from ryu_apps.framework import cookies, programmer
-from ryu_apps.framework.state import ActualState, SwitchState, apply_changes, diff
+from ryu_apps.framework.state import PAUSE_EVERY, ActualState, SwitchState, apply_changes, diff
 from ryu_apps.openflow.ofdata import Flow, Match, Output
 
 
@@ -214,6 +214,43 @@ def test_a_change_made_after_the_flows_were_read_is_a_sync_not_a_repair(rig):
     finally:
         programmer.read_actual = real
     assert prog.audit_repairs == 0 and prog.synced and holds_desired(prog, sw), prog.audit_repaired
+
+
+def test_a_change_during_an_audits_diff_goes_out_at_its_pauses_and_is_not_undone(rig, monkeypatch):
+    """The diff of a big switch pauses for the hub: a layer change made then is sent at the
+    next pause, and the audit (diffing the state as read) leaves the entries it touched alone:
+    a flow deleted behind the controller's back and then removed by the controller stays gone."""
+    prog, sw = rig
+    n = 3 * PAUSE_EVERY  # (the diff pauses every PAUSE_EVERY entries)
+    prog.set_layers({("fabric", "*"): layer(n)})
+    assert prog.attempt(prog.channel)
+    drifted = ofwire_identity(layer(1, first=3))
+    del sw.actual.flows[drifted]  # drift on flow 3
+    lost = ofwire_identity(layer(1, first=n - 1))
+    del sw.actual.flows[lost]  # and on the last flow, which stays desired
+    sent_before = len(sw.sent)
+    fired = []
+
+    def pause():
+        if not fired:  # the controller's change, while the audit diffs
+            fired.append(1)
+            prog.set_layers({("fabric", "*"): layer(n - 10, first=10),
+                             ("fenced_clone", "f1"): layer(5, first=10000, port=2)})
+    monkeypatch.setattr(programmer, "_pause", pause)
+    prog.audit()
+    assert prog.attempt(prog.channel) and fired
+    during, repair = sw.sent[sent_before:]
+    assert (during["flow_deletes"], during["flow_adds"]) == (9, 5), during  # flow 3 was already gone
+    assert repair["flow_adds"] == 1 and repair["flow_deletes"] == 0, repair  # only the last flow
+    assert prog.synced and holds_desired(prog, sw)
+    assert prog.audit_repairs == 1
+
+
+def ofwire_identity(st: SwitchState):
+    from ryu_apps.openflow import ofwire
+
+    (flow,) = st.flows.values()
+    return ofwire.flow_identity(flow)
 
 
 # --- read_actual: an audit reads the flows in cookie slices -----------------------------
