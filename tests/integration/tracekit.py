@@ -283,8 +283,9 @@ def desired_states(lab, get, timeout: float = 15) -> dict[str, Any]:
 #: header fields compared at every output and punt (simulator names)
 COMPARED = ("eth_src", "eth_dst", "vlan_vid", "nw_ttl", "ipv4_src", "ipv4_dst", "ipv6_src", "ipv6_dst",
             "arp_op", "arp_spa", "arp_tpa", "arp_sha", "arp_tha", "icmpv6_type", "ipv6_nd_target", "ipv6_nd_tll")
-#: compared too where the output is a tunnel port (what the tunnel carries: its key)
-TUNNEL_COMPARED = ("tunnel_id",)
+#: compared too where the output is a tunnel port: what the far end receives (the key, the underlay
+#: addresses), from the simulator's crossing of the tunnel and from the trace's encapsulation
+TUNNEL_COMPARED = ("tunnel_id", "tun_ipv4_src", "tun_ipv4_dst")
 
 
 def _norm(name: str, v: Any) -> Any:
@@ -310,12 +311,19 @@ def show(verdicts) -> list[str]:
     return out
 
 
-def simulated(one: simulator.Switch, pkt: dict, tunnel_ports=frozenset()) -> tuple[set[tuple], list]:
-    """The simulator's verdicts for ``pkt`` (with ``in_port``) and its outcomes."""
+def simulated(one: simulator.Switch, pkt: dict, tunnel_ports=frozenset(),
+              cross: Callable[[int, dict], tuple | None] | None = None) -> tuple[set[tuple], list]:
+    """The simulator's verdicts for ``pkt`` (with ``in_port``) and its outcomes.  At a tunnel port
+    the tunnel fields are the ones the far end receives (``cross(port, packet)``: the
+    :meth:`simulator.Fabric.cross` of that output)."""
     outs = one.run(pkt)
     got = set()
     for o in outs:
-        if o.kind == "output":
+        if o.kind == "output" and o.port in tunnel_ports and cross is not None:
+            far = cross(o.port, o.packet)
+            arrived = {n: far[2].get(n) for n in TUNNEL_COMPARED} if far is not None else {}
+            got.add(key("output", o.port, {**o.packet, **arrived}, True))
+        elif o.kind == "output":
             got.add(key("output", o.port, o.packet, o.port in tunnel_ports))
         elif o.kind == "controller":
             got.add(key("controller", None, o.packet))
@@ -498,7 +506,8 @@ def _read(switch, tokens, state, ports: Ports, tunnel_ports, recirc, got, whole)
             sw, port = ports.tunnels[tun]
             assert sw == switch, (switch, tok, whole)
             vni = next((_kv(header[t])["vni"] for t in ("vxlan", "geneve") if t in header), None)
-            out = dict(state)
+            outer = _kv(header["ipv4"])
+            out = {**state, "tun_ipv4_src": outer["src"], "tun_ipv4_dst": outer["dst"]}
             if vni is not None:
                 out["tunnel_id"] = int(vni, 0)
             got.add(key("output", port, out, True))
@@ -617,7 +626,8 @@ class Walk:
             steps += 1
             assert steps <= max_hops, f"{what}: more than {max_hops} hops"
             tunnels = self.tracer.tunnels_of(sw)
-            want, outs = simulated(self.fabric.switches[sw], p, tunnels)
+            want, outs = simulated(self.fabric.switches[sw], p, tunnels,
+                                   lambda port, packet, sw=sw: self.fabric.cross(sw, port, packet))
             try:
                 got = self.tracer.verdict(sw, p)
             except Untraceable as why:

@@ -11,6 +11,7 @@ import pytest
 from ryu_apps.fabric import FabricIntent, compute_fabric
 from ryu_apps.framework.app import FabricView
 from ryu_apps.framework.topology import load
+from ryu_apps.openflow import simulator
 from ryu_apps.functions.cloud_router.flows import compute_cloud
 from ryu_apps.functions.cloud_router.intent import CloudRouterIntent
 from ryu_apps.functions.cloud_router.model import derive_roles
@@ -161,11 +162,13 @@ def V(kind, port, tunnel=False, **changes):
     # what follows it is the underlay bridge's
     ("tnl_push(tnl_port(9),header(size=50,type=4,eth(dst=8e:26:de:0d:a8:46,src=c6:29:e4:1a:07:4c,dl_type=0x0800),"
      "ipv4(src=192.168.60.21,dst=192.168.60.32,proto=17,tos=0,ttl=64,frag=0x4000),udp(src=0,dst=4789,csum=0x0),"
-     "vxlan(flags=0x8000000,vni=0x8c30d)),out_port(1)),5", {V("output", 102, True, tunnel_id=0x8C30D)}),
+     "vxlan(flags=0x8000000,vni=0x8c30d)),out_port(1)),5",
+     {V("output", 102, True, tunnel_id=0x8C30D, tun_ipv4_src="192.168.60.21", tun_ipv4_dst="192.168.60.32")}),
     ("clone(tnl_push(tnl_port(9),header(size=58,type=5,eth(dst=9e:d0:11:76:42:47,src=06:3b:c3:b6:f6:4e,"
      "dl_type=0x0800),ipv4(src=192.168.60.21,dst=192.168.60.31,proto=17,tos=0,ttl=64,frag=0x4000),"
      "udp(src=0,dst=6081,csum=0x0),geneve(vni=0x5)),out_port(1)),5),3",
-     {V("output", 101, True, tunnel_id=5), V("output", 12)}),
+     {V("output", 101, True, tunnel_id=5, tun_ipv4_src="192.168.60.21", tun_ipv4_dst="192.168.60.31"),
+      V("output", 12)}),
     # a kernel datapath's: set(tunnel(..)) then the tunnel vport, the OpenFlow port by the tunnel's dst
     ("set(tunnel(tun_id=0x7,dst=192.168.60.31,ttl=64,tp_dst=4789,flags(df|key))),9,set(eth(src=02:00:00:00:00:01)),3",
      {V("output", 101, True, tunnel_id=7, tun_ipv4_dst="192.168.60.31"),
@@ -203,6 +206,12 @@ def test_verdict_keys_and_trace_flows():
         tk.key("output", 1, {"eth_src": 0x02000000000A, "vlan_vid": 0x1005})
     assert tk.key("output", 1, {"tunnel_id": 5}) == ("output", 1)  # a key is compared at tunnel ports only
     assert tk.key("output", 1, {"tunnel_id": 5}, True) == ("output", 1, ("tunnel_id", 5))
+    # the simulator's side of a tunnel output: what the far end receives (Fabric.cross)
+    one = simulator.Switch(simulator.state_of([Flow(table=0, priority=1, match=Match(),
+                                                    actions=(SetField("tunnel_id", 0x1000005), Output(101)))]))
+    far = {"tunnel_id": 5, "tun_ipv4_src": "192.168.60.21", "tun_ipv4_dst": "192.168.60.31"}
+    got, _ = tk.simulated(one, {"in_port": 1}, {101}, lambda port, pkt: ("fc1", 1, far))
+    assert got == {("output", 101, *far.items())}
     text = tk.flow_text({"in_port": 100, "tunnel_id": 0x8C30D, "tun_ipv4_src": "192.168.60.21", "vlan_vid": 0x1003,
                          "vlan_pcp": 2, "eth_type": 0x0800, "ipv4_dst": "10.0.0.1", "metadata": 3})
     assert text == ("in_port=100,metadata=0x3,dl_type=0x0800,vlan_tci=0x5003,nw_dst=10.0.0.1,tun_id=0x8c30d,"
