@@ -1,9 +1,11 @@
 """multicast_standby model: trees, standby requests hop by hop, failover -- where packets go.
 
 Requests travel a simulated wire (each frame the model sends comes back as a
-packet-in at the far end of the link); data packets walk the computed tables
-(the shared table lookup of ``tests/fakeswitch.py`` plus VLAN push/pop and
-ALL / fast-failover groups with port liveness).
+packet-in at the far end of the link); data packets walk the computed tables on
+the switch simulator (``ryu_apps.openflow.simulator``: VLAN push/pop, ALL and
+fast-failover groups with port liveness, the switches joined by the topology's
+links), the one that is cross-checked against ofproto/trace on the real lab
+(``tests/integration/test_simulator_trace_multicast_standby.py``).
 """
 
 from __future__ import annotations
@@ -22,16 +24,8 @@ from ryu_apps.framework.app import FabricView, IntentError
 from ryu_apps.framework.topology import load
 from ryu_apps.functions.multicast_standby import flows, model, wire
 from ryu_apps.functions.multicast_standby.intent import MulticastIntent
-from ryu_apps.openflow.ofdata import (
-    OFPP_CONTROLLER,
-    GroupAction,
-    Output,
-    PopVlan,
-    PushVlan,
-    SetField,
-)
+from ryu_apps.openflow import simulator
 from ryu_apps.packet.parse import BadPacket
-from tests.fakeswitch import lookup
 
 TOPO = load(Path(__file__).resolve().parents[2] / "topologies" / "multicast_standby.yaml")
 S, G = "10.5.0.1", "239.1.1.1"
@@ -109,68 +103,26 @@ class Net:
         ``live_down``: ports the datapath sees down (fast-failover liveness, links that carry
         nothing), default the controller's view ``self.down``.
         """
+        return Counter(h for h, _ in self.copies(host, group, states, live_down))
+
+    def copies(self, host: str = "h1", group: str = G, states=None, live_down=None) -> list[tuple[str, tuple]]:
+        """Where the copies of one packet from ``host`` end: ``(host or "controller", switch path)`` each,
+        on the switch simulator (``live_down`` as for :meth:`send`; a dead switch's links carry nothing)."""
         states = states or self.states()
-        down = self.down if live_down is None else live_down
+        down = set(self.down if live_down is None else live_down)
+        down |= {end for ln in self.topo.links if {ln.a, ln.b} & self.dead for end in ((ln.a, ln.a_port), (ln.b, ln.b_port))}
         h = self.topo.hosts[host]
-        host_at = {(x.switch, x.port): x.name for x in self.topo.hosts.values()}
-        got: Counter = Counter()
         pkt = {"eth_src": h.mac, "eth_type": 0x0800, "vlan_vid": 0, "ipv4_src": str(h.ipv4.ip),
                "ipv4_dst": group, "ip_proto": 17}
-        work = deque([(h.switch, h.port, pkt, 0)])
-        steps = 0
-        while work:
-            sw, port, pkt, hops = work.popleft()
-            steps += 1
-            assert steps < 500 and hops < 20, "forwarding loop"
-            for out_port, out in walk(states[sw], dict(pkt, in_port=port), down, sw):
-                if out_port == OFPP_CONTROLLER:
-                    got["controller"] += 1
-                elif (sw, out_port) in host_at:
-                    assert out["vlan_vid"] == 0, f"tagged copy delivered to {host_at[(sw, out_port)]}"
-                    got[host_at[(sw, out_port)]] += 1
-                elif (sw, out_port) in down:
-                    continue
-                else:
-                    pi = self.topo.ports[(sw, out_port)]
-                    if pi.peer in self.dead:
-                        continue
-                    work.append((pi.peer, pi.peer_port, {k: v for k, v in out.items() if k != "in_port"}, hops + 1))
-        return got
-
-
-def walk(state, pkt: dict, down: set, switch: str, table: int = 0) -> list[tuple[int, dict]]:
-    flow = lookup(state, table, pkt)
-    if flow is None:
-        return []
-    outs = apply(state, flow.actions, dict(pkt), down, switch)
-    if flow.goto is not None:
-        outs += walk(state, pkt, down, switch, flow.goto)
-    return outs
-
-
-def apply(state, actions, pkt: dict, down: set, switch: str) -> list[tuple[int, dict]]:
-    outs = []
-    for a in actions:
-        if isinstance(a, Output):
-            outs.append((a.port, dict(pkt)))
-        elif isinstance(a, PushVlan):
-            assert pkt["vlan_vid"] == 0, "double tag"
-            pkt["vlan_vid"] = 0x1000
-        elif isinstance(a, PopVlan):
-            assert pkt["vlan_vid"] & 0x1000, "pop without a tag"
-            pkt["vlan_vid"] = 0
-        elif isinstance(a, SetField):
-            pkt[a.field] = a.value
-        elif isinstance(a, GroupAction):
-            g = state.groups[a.group_id]
-            if g.type == "ff":
-                live = [b for b in g.buckets if (switch, b.watch_port) not in down]
-                if live:
-                    outs += apply(state, live[0].actions, dict(pkt), down, switch)
-            else:
-                for b in g.buckets:
-                    outs += apply(state, b.actions, dict(pkt), down, switch)
-    return outs
+        out = []
+        for where, o, path in simulator.Fabric(self.topo, states, down).trace(host, pkt):
+            assert where != "loop", f"forwarding loop: {o} along {path}"
+            if where.startswith("host:"):
+                assert o.packet["vlan_vid"] == 0, f"tagged copy delivered to {where}"
+                out.append((where.removeprefix("host:"), tuple(path)))
+            elif where == "controller":
+                out.append(("controller", tuple(path)))
+        return out
 
 
 @pytest.fixture
@@ -197,6 +149,26 @@ def test_tree_delivers_once_everywhere_and_standby_copies_are_discarded(net):
     # replication at branch points with ALL groups: s2 feeds s3 and s5, s3 feeds s6 and h2
     st = net.states()
     assert any(g.type == "all" and {b.actions[0].port for b in g.buckets} == {13, 15} for g in st["s2"].groups.values())
+
+
+def test_copies_follow_the_active_tree_then_the_standby_paths(net):
+    ch = net.st.channels[(S, G)]
+    dest_of = {"h2": "s3", "h3": "s5", "h4": "s6"}
+    copies = sorted(net.copies())
+    assert copies == sorted((h, ch.tree_path(d).devices) for h, d in dest_of.items())
+    assert copies == [("h2", ("s1", "s2", "s3")), ("h3", ("s1", "s2", "s5")), ("h4", ("s1", "s2", "s3", "s6"))]
+    # the link into s3 cut, the switches as programmed before: s3's fast-failover group takes the
+    # standby copy (which it discarded while the active in-port was live); s6 has nothing yet
+    states = net.states()
+    standby_s3 = standby(net, "s3").devices
+    net.cut("s2", "s3")
+    assert sorted(net.copies(states=states)) == [("h2", standby_s3), ("h3", ("s1", "s2", "s5"))]
+    # the controller promotes: every receiver once, s3 and s6 over their (former) standby paths
+    net.reconcile()
+    assert sorted(net.copies()) == [("h2", ("s1", "s4", "s5", "s6", "s3")), ("h3", ("s1", "s2", "s5")),
+                                    ("h4", ("s1", "s4", "s5", "s6"))]
+    assert [ch.active_path(d).devices for d in ("s3", "s6")] == [("s1", "s4", "s5", "s6", "s3"),
+                                                                 ("s1", "s4", "s5", "s6")]
 
 
 def test_every_flow_fits_the_pipeline_and_names_its_object(net):
