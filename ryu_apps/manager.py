@@ -13,8 +13,13 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
-from ryu_apps.framework import config
+# os-ken runs on eventlet, which warns on import that it is deprecated: os-ken's choice, not
+# the user's, and a dozen lines at the top of every controller log
+warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
+
+from ryu_apps.framework import config  # noqa: E402
 
 
 def controller_command(topology_path: str, apps: list[str], *, of_port: int = 6653, rest_port: int = 8080,
@@ -44,12 +49,16 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if "--ofp-tcp-listen-port" not in " ".join(args):
         args = ["--ofp-tcp-listen-port", "6653"] + args
-    from ryu_apps.framework.rest import RestConfigError
-
     try:
         manager.main(args=args, prog="ryu-manager")
-    except RestConfigError as exc:  # REST refused to start: one line naming the option, not a traceback
-        print(f"ryu-manager: {exc}", file=sys.stderr, flush=True)
+    except Exception as exc:
+        # (imported only now: manager.main monkey-patches threads, and eventlet's patcher walks
+        # every live object; pydantic models imported before it made it print a traceback)
+        from ryu_apps.framework.rest import RestConfigError
+
+        if not isinstance(exc, RestConfigError):
+            raise
+        print(f"ryu-manager: {exc}", file=sys.stderr, flush=True)  # one line naming the option
         os._exit(2)  # green threads (OpenFlow listener) must not keep the process alive
 
 
