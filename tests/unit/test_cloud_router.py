@@ -47,6 +47,8 @@ from ryu_apps.functions.cloud_router.model import (
     policy_ids,
 )
 from ryu_apps.functions.cloud_router.wire import client_frame
+from ryu_apps.fabric import FabricIntent, compute_fabric
+from ryu_apps.openflow import simulator
 from ryu_apps.openflow.ofdata import (
     OFPP_CONTROLLER,
     OFPP_IN_PORT,
@@ -418,6 +420,125 @@ def test_flows_per_client_at_scale(topo, intent, roles):
     big = compute_cloud(inputs(topo, intent, roles, n_extra=1000))
     per_client = (sum(len(s.flows) for s in big.values()) - sum(len(s.flows) for s in base.values())) / 1000
     assert per_client == 13  # NACs 2x2, forwarders 2x2 (up + back), TD 2, AP 2, uplink 1
+
+
+# -- where packets go: the tiers and the service switch on the switch simulator -----------------------
+#
+# The cloud router's state merged with the fabric's (as the core layers them on every switch), the
+# switches joined by the topology's links and its VXLAN/Geneve tunnels (``simulator.Fabric``: a
+# tunnel delivers the packet with its key as tun_id), the simulator checked against ofproto/trace on
+# the real lab in tests/integration/test_simulator_trace_cloud_router.py.
+
+RMAC = FabricIntent().router_mac  # the router MAC inputs() gives the cloud router too
+
+
+def network(topo, intent, roles, down=frozenset(), **kw):
+    """(the fabric of switches, the Inputs) for the shipped clients at their topology ports."""
+    inp = inputs(topo, intent, roles, down=frozenset(down), **kw)
+    states = {n: SwitchState() for n in topo.switches}
+    for n, st in compute_fabric(FabricView(topo, frozenset(down)), FabricIntent()).items():
+        states[n].merge(st, "fabric")
+    for n, st in compute_cloud(inp).items():
+        states[n].merge(st, APP)
+    return simulator.Fabric(topo, states, down), inp
+
+
+def probe_packet(h, target: str) -> dict:
+    """What ``traffic probe`` sends for ``proto:dst[:port]`` (the scenario's targets), from ``h``."""
+    proto, dst, *port = target.split(":")
+    pkt = {"eth_src": h.mac, "eth_dst": RMAC, "vlan_vid": 0, "eth_type": 0x0800, "ipv4_src": str(h.ipv4.ip),
+           "ipv4_dst": dst, "nw_ttl": 64}
+    if proto == "tcp":
+        return {**pkt, "ip_proto": 6, "tcp_src": 40000, "tcp_dst": int(port[0])}
+    if proto == "udp":
+        return {**pkt, "ip_proto": 17, "udp_src": 40000, "udp_dst": int(port[0])}
+    return {**pkt, "ip_proto": 1, "icmpv4_type": 8, "icmpv4_code": 0}
+
+
+def nac_of(inp, roles, host, topo):
+    return active_nac(nac_order(topo.hosts[host].mac, roles.nacs), inp.failed_nacs)
+
+
+@pytest.mark.parametrize("client", ["c1", "c2", "c3", "c4"])
+def test_a_client_reaches_exactly_its_policys_targets_through_its_nac(topo, intent, roles, client):
+    from ovs_scripts.scenarios.cloud_router import EXPECTED, TARGETS
+
+    fab, inp = network(topo, intent, roles)
+    h = topo.hosts[client]
+    policy = intent.policy_of(intent.clients.get(h.mac))
+    nac = nac_of(inp, roles, client, topo)
+    td = next(t for _, t, _ in roles.ap_uplinks[h.switch])
+    services = {str(x.ipv4.ip): name for name, x in topo.hosts.items() if x.switch == roles.uplink}
+    reached = set()
+    for t in TARGETS:
+        ends = fab.trace(client, probe_packet(h, t))
+        # the select group at the tunnel device forks over both forwarders; each fork meets the policy
+        assert {tuple(path[:2]) for _, _, path in ends} == {(h.switch, td)}, (t, ends)
+        assert {path[2] for _, _, path in ends} == set(roles.fcs), (t, ends)
+        assert {path[3] for _, _, path in ends} == {nac}, (t, ends)  # the client's NAC, whichever forwarder
+        where = {w for w, _, _ in ends}
+        if where == {f"host:{services[t.split(':')[1]]}"}:
+            reached.add(t)
+            for _, out, path in ends:
+                assert path[4:] == [roles.uplink] and out.packet["eth_src"] == RMAC and out.packet["nw_ttl"] == 63
+        else:
+            assert where == {"drop"}, (t, ends)  # denied: dropped by the policy at the NAC, nowhere else
+            assert {(path[-1], out.table) for _, out, path in ends} == {(nac, 40)}, (t, ends)
+    assert reached == EXPECTED[policy], (client, policy)
+
+
+def test_replies_of_allowed_traffic_come_back_to_the_client_and_nothing_else(topo, intent, roles):
+    fab, inp = network(topo, intent, roles)
+    web, c1 = topo.hosts["web"], topo.hosts["c1"]
+    reply = {"eth_src": web.mac, "eth_dst": RMAC, "vlan_vid": 0, "eth_type": 0x0800, "ipv4_src": str(web.ipv4.ip),
+             "ipv4_dst": str(c1.ipv4.ip), "nw_ttl": 64, "ip_proto": 6, "tcp_src": 5001, "tcp_dst": 40000}
+    ends = fab.trace("web", reply)
+    assert {w for w, _, _ in ends} == {"host:c1"}
+    for _, out, path in ends:
+        assert path[:2] == [roles.uplink, nac_of(inp, roles, "c1", topo)] and path[-2:] == ["td1", "ap1"], path
+        assert (out.packet["eth_dst"], out.packet["eth_src"], out.packet["nw_ttl"]) == (c1.mac, RMAC, 63)
+    # not the reply of an allowed rule (c1 may reach web:5001, not web:5002): dropped at the NAC
+    assert {(w, path[-1]) for w, _, path in fab.trace("web", {**reply, "tcp_src": 5002})} == \
+        {("drop", nac_of(inp, roles, "c1", topo))}
+
+
+def test_the_access_point_answers_arp_and_punts_unknown_clients(topo, intent, roles):
+    fab, _ = network(topo, intent, roles)
+    c1 = topo.hosts["c1"]
+    arp = {"eth_src": c1.mac, "eth_dst": "ff:ff:ff:ff:ff:ff", "vlan_vid": 0, "eth_type": 0x0806, "arp_op": 1,
+           "arp_spa": str(c1.ipv4.ip), "arp_tpa": intent.client_gateway, "arp_sha": c1.mac,
+           "arp_tha": "00:00:00:00:00:00"}
+    ((where, out, path),) = fab.trace("c1", arp)
+    assert (where, path, out.packet["arp_op"], out.packet["arp_sha"], out.packet["eth_dst"]) == \
+        ("host:c1", ["ap1"], 2, RMAC, c1.mac)
+    for pkt in ({**probe_packet(c1, "tcp:10.61.0.1:5001"), "eth_src": "02:00:00:60:00:99"},  # nobody's MAC
+                {**probe_packet(c1, "tcp:10.61.0.1:5001"), "eth_src": topo.hosts["c2"].mac}):  # c2's, on c1's port
+        ((where, out, path),) = fab.trace("c1", pkt)
+        assert (where, path, out.table) == ("controller", ["ap1"], 40)
+
+
+def test_a_dead_nacs_clients_pass_the_other_nac_in_the_datapath_and_after_the_recompute(topo, intent, roles):
+    from ovs_scripts.scenarios.cloud_router import EXPECTED, TARGETS
+
+    fab, inp = network(topo, intent, roles)
+    on_nac1 = [c for c in ("c1", "c2", "c3", "c4") if nac_of(inp, roles, c, topo) == "nac1"]
+    assert on_nac1, "no client ranks nac1 first"
+    # nac1's tunnels stop being LIVE (BFD): the forwarders' fast-failover rank groups skip them at
+    # once, with the flows as they were; then the controller's compute with nac1 failed
+    dead = frozenset((fc, roles.fc_nac[fc]["nac1"]) for fc in roles.fcs)
+    datapath = simulator.Fabric(topo, {n: sw.state for n, sw in fab.switches.items()}, dead)
+    failed = failed_nacs(roles, frozenset(), dead)
+    assert failed == {"nac1"}
+    after, _ = network(topo, intent, roles, down=dead, failed=failed)
+    for c in on_nac1:
+        h = topo.hosts[c]
+        for f in (datapath, after):
+            reached = set()
+            for t in TARGETS:
+                ends = f.trace(c, probe_packet(h, t))
+                assert {path[3] for _, _, path in ends} == {"nac2"}, (c, t, ends)  # nothing around a NAC
+                reached |= {t} if any(w.startswith("host:") for w, _, _ in ends) else set()
+            assert reached == EXPECTED[intent.policy_of(intent.clients.get(h.mac))], c
 
 
 # -- packet parsing ------------------------------------------------------------------------------
