@@ -31,8 +31,8 @@ from tests.integration.test_multicast_standby import (
     SRC,
     all_protected,
     diff_all,
+    get,
     receiver,
-    rest,
     result,
     sender,
     standby_of,
@@ -86,7 +86,7 @@ def sniffer(lab, host, seconds):
 
 def mcast_flows(lab):
     return {sw: sorted(repr(f["match"]) + str(f["actions"])
-                       for f in rest(lab, f"/v1/switches/{sw}/flows?app=multicast_standby"))
+                       for f in get(lab, f"/v1/switches/{sw}/flows?app=multicast_standby"))
             for sw in lab.topology.switches}
 
 
@@ -124,14 +124,14 @@ def test_non_members_receive_nothing_of_the_group(lab, streaming):
 
 
 def test_standby_request_injected_from_a_host_port_is_ignored(lab, streaming):
-    done = [r for r in rest(lab, f"/v1/multicast/requests?group={GROUP}") if r["status"] == "complete"]
-    assert done, rest(lab, "/v1/multicast/requests")
-    real = rest(lab, f"/v1/multicast/requests/{done[-1]['request_id']}")
+    done = [r for r in get(lab, f"/v1/multicast/requests?group={GROUP}") if r["status"] == "complete"]
+    assert done, get(lab, "/v1/multicast/requests")
+    real = get(lab, f"/v1/multicast/requests/{done[-1]['request_id']}")
     dpid = {sw: lab.topology.switches[sw].dpid for sw in lab.topology.switches}
     flows_before = mcast_flows(lab)
-    summary = rest(lab, "/v1/multicast")
-    before = (summary["counters"].get("request_hops", 0), rest(lab, "/v1/health")["packet_ins"],
-              len(rest(lab, "/v1/multicast/requests?limit=1000")))
+    summary = get(lab, "/v1/multicast")
+    before = (summary["counters"].get("request_hops", 0), get(lab, "/v1/health")["packet_ins"],
+              len(get(lab, "/v1/multicast/requests?limit=1000")))
     # from h5 (on s3) and h3 (on s5): copies of a real request, one claiming to come from the
     # switch's fabric neighbour, one for a fresh request id and vid, one tagged, each many times
     frames = []
@@ -149,9 +149,9 @@ def test_standby_request_injected_from_a_host_port_is_ignored(lab, streaming):
         sent += len(frames) * 50
         assert r.returncode == 0, r.stderr
     time.sleep(1.5)
-    summary = rest(lab, "/v1/multicast")
-    after = (summary["counters"].get("request_hops", 0), rest(lab, "/v1/health")["packet_ins"],
-             len(rest(lab, "/v1/multicast/requests?limit=1000")))
+    summary = get(lab, "/v1/multicast")
+    after = (summary["counters"].get("request_hops", 0), get(lab, "/v1/health")["packet_ins"],
+             len(get(lab, "/v1/multicast/requests?limit=1000")))
     print(f"\ninjected {sent} standby-request frames from host ports: request hops handled "
           f"{before[0]} -> {after[0]}, packet-ins {before[1]} -> {after[1]}, audit records {before[2]} -> {after[2]}")
     assert after[0] == before[0], "a request from a host port reached the request handler"
@@ -181,7 +181,7 @@ def test_transit_switch_failure_on_the_active_path_fails_over_to_standby(lab, st
     t_rest = time.monotonic() - t0
     got = {h: result(p) for h, p in rx.items()}
     seen = {h: result(p) for h, p in sniffs.items()}
-    events = [e for e in rest(lab, "/v1/multicast/events") if e["kind"] == "failover"]
+    events = [e for e in get(lab, "/v1/multicast/events") if e["kind"] == "failover"]
     print(f"\ns2's ovs-vswitchd (pid {pid}) killed: REST shows s3/s6 on their standby paths after {t_rest:.2f} s; "
           + ", ".join(f"{h} lost {r['lost']} packets (longest outage {r.get('longest_outage_ms')} ms), "
                       f"{r['duplicates']} duplicates" for h, r in got.items())
@@ -189,7 +189,7 @@ def test_transit_switch_failure_on_the_active_path_fails_over_to_standby(lab, st
           f"non-members got {[(h, x['group_frames']) for h, x in seen.items()]}")
     assert moved, standby_of(lab, GROUP)
     assert moved["s3"]["active"]["devices"] == ["s1", "s4", "s5", "s6", "s3"], moved["s3"]
-    assert "s2" in {sw["name"] for sw in rest(lab, "/v1/switches") if not sw["connected"]}
+    assert "s2" in {sw["name"] for sw in get(lab, "/v1/switches") if not sw["connected"]}
     for h, r in got.items():
         assert r["duplicates"] == 0, (h, r)
         assert r["unique"] > 3000, (h, r)  # flowing again after the failure
