@@ -67,6 +67,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ovs_scripts import etcd as etcd_mod
 from ovs_scripts import netns as nsutil
 from ovs_scripts.lab_apps import LAB_APPS
 from ovs_scripts.netns import CommandError
@@ -295,7 +296,16 @@ class Lab:
             "controller": {"enabled": controller, "of_port": topo.spec.controller.of_port,
                            "rest_port": topo.spec.controller.rest_port,
                            "rest_url": f"http://127.0.0.1:{topo.spec.controller.rest_port}" if controller else None,
-                           "rest_token_file": token_file},
+                           "rest_token_file": token_file,
+                           "replicas": topo.spec.controller.replicas, "store": topo.spec.controller.store,
+                           "instances": [{"member": f"c{i}", "of_port": topo.spec.controller.of_port + i,
+                                          "rest_port": topo.spec.controller.rest_port + i,
+                                          "rest_url": f"http://127.0.0.1:{topo.spec.controller.rest_port + i}",
+                                          "pid": None}
+                                         for i in range(topo.spec.controller.replicas)] if controller else [],
+                           "etcd": {"endpoints": etcd_mod.endpoints(topo.spec.controller.etcd_port,
+                                                                   topo.spec.controller.etcd_members)}
+                           if controller and topo.spec.controller.store == "etcd" else None},
             "switches": {s: {"bridge": sw.bridge, "dpid": sw.dpid, "node": sw.node,
                              "netns": plan.switch_netns[s],
                              "sandbox": str(labdir / plan.switch_sandbox[s])}
@@ -406,15 +416,25 @@ class Lab:
         # ovs-vswitchd only connects to unix sockets inside its own rundir ("Not
         # connecting to socket controller ... due to possibility for remote
         # exploit"), so each sandbox gets its own relay socket.
-        ctl_targets: dict[str, str | None] = {key: None for key in plan.sandboxes}
+        ctl_targets: dict[str, tuple[str, ...] | None] = {key: None for key in plan.sandboxes}
         if controller:
-            of_port = topo.spec.controller.of_port
+            if st.data["controller"].get("etcd"):
+                for i in range(topo.spec.controller.etcd_members):
+                    self.start_etcd(i, state="new")
+                etcd_mod.wait_healthy(st.data["controller"]["etcd"]["endpoints"], timeout=30)
+                say(f"etcd: {topo.spec.controller.etcd_members} members on "
+                    f"{', '.join(st.data['controller']['etcd']['endpoints'])}")
             for key in plan.sandboxes:
-                sock = self.dir / key / "controller.sock"
-                ctl_targets[key] = f"unix:{sock}"
-                self._spawn(f"relay {key}",
-                            ["socat", f"UNIX-LISTEN:{sock},fork,unlink-early", f"TCP:127.0.0.1:{of_port},nodelay"],
-                            marker=str(sock), log=self.dir / f"relay-{key}.log")
+                targets = []
+                for inst in self.instances:  # one relay and one Controller row per instance
+                    i = int(inst["member"][1:])
+                    sock = self.dir / key / ("controller.sock" if i == 0 else f"controller-{i}.sock")
+                    targets.append(f"unix:{sock}")
+                    self._spawn(f"relay {key}" + (f" {inst['member']}" if i else ""),
+                                ["socat", f"UNIX-LISTEN:{sock},fork,unlink-early",
+                                 f"TCP:127.0.0.1:{inst['of_port']},nodelay"],
+                                marker=str(sock), log=self.dir / f"relay-{key}.log")
+                ctl_targets[key] = tuple(targets)
             self._start_controller()
 
         # 7. bridges, one transaction each, then wait for every ofport
@@ -513,21 +533,98 @@ class Lab:
         self.state.save()
         return proc
 
-    def _start_controller(self) -> None:
+    @property
+    def instances(self) -> list[dict]:
+        """The controller instances (one without a cluster): member, of_port, rest_port, rest_url, pid."""
+        ctl = self.state.data.get("controller", {})
+        return ctl.get("instances") or ([{"member": "c0", "of_port": ctl.get("of_port"),
+                                          "rest_port": ctl.get("rest_port"), "rest_url": ctl.get("rest_url"),
+                                          "pid": ctl.get("pid")}] if ctl.get("enabled") else [])
+
+    @property
+    def clustered(self) -> bool:
+        return bool(self.state.data.get("controller", {}).get("etcd"))
+
+    def _start_controller(self, only: int | None = None) -> None:
+        """Start the controller (every instance of a cluster, or instance ``only``)."""
         from ryu_apps.manager import controller_command
 
         spec = self.topology.spec.controller
         apps = [LAB_APPS.get(a, a) for a in self.topology.apps]
-        argv = controller_command(str(self.dir / "topology.yaml"), apps,
-                                  of_port=spec.of_port, rest_port=spec.rest_port,
-                                  state_dir=str(self.dir / "controller-state"),
-                                  rest_token_file=self.state.data["controller"].get("rest_token_file"))
-        self._controller_proc = self._spawn("controller", argv, marker=str(self.dir / "topology.yaml"),
-                                            log=self.dir / "controller.log", cwd=str(self.dir))
-        self.state.data["controller"]["pid"] = self._controller_proc.pid
+        ctl = self.state.data["controller"]
+        for i, inst in enumerate(self.instances):
+            if only is not None and i != only:
+                continue
+            extra = []
+            if ctl.get("etcd"):
+                extra = ["--fabric-store", "etcd", "--fabric-etcd-endpoints", ",".join(ctl["etcd"]["endpoints"]),
+                         "--fabric-cluster-id", self.name, "--fabric-member-id", inst["member"],
+                         "--fabric-lease-ttl", str(spec.lease_ttl)]
+            argv = controller_command(str(self.dir / "topology.yaml"), apps,
+                                      of_port=inst["of_port"], rest_port=inst["rest_port"],
+                                      state_dir=str(self.dir / ("controller-state" if i == 0 else f"controller-state-{i}")),
+                                      rest_token_file=ctl.get("rest_token_file"))
+            argv = argv[:3] + extra + argv[3:]
+            what = "controller" if i == 0 else f"controller {inst['member']}"
+            proc = self._spawn(what, argv, marker=str(self.dir / "topology.yaml"),
+                               log=self.dir / ("controller.log" if i == 0 else f"controller-{inst['member']}.log"),
+                               cwd=str(self.dir))
+            if i == 0:
+                self._controller_proc = proc
+                ctl["pid"] = proc.pid
+            inst["pid"] = proc.pid
         self.state.save()
 
+    def start_etcd(self, i: int, state: str = "existing") -> None:
+        """Start etcd member ``i`` (``state``: new at build, existing when it comes back)."""
+        spec = self.topology.spec.controller
+        data = self.dir / "etcd" / f"m{i}"
+        data.parent.mkdir(exist_ok=True)
+        argv = etcd_mod.member_command(self.name, spec.etcd_port, i, spec.etcd_members, data, f"ovslab-{self.name}",
+                                       state="existing" if data.exists() and state != "new" else state)
+        self._spawn(f"etcd m{i}", argv, marker=str(data), log=self.dir / f"etcd-m{i}.log")
+
+    def _process(self, what: str) -> dict | None:
+        """The newest running process entry named ``what``."""
+        for e in reversed(self.state.objects):
+            if e["kind"] == "process" and e.get("what") == what and not e.get("stopped"):
+                return e
+        return None
+
+    def signal_process(self, what: str, sig: int) -> int:
+        """Send ``sig`` to the process the lab recorded as ``what`` (its pid, checked by start
+        time; never by name); its pid.  SIGKILL/SIGTERM mark it stopped."""
+        import signal as _signal
+
+        e = self._process(what)
+        if e is None or not e.get("pid") or _proc_starttime(e["pid"]) != e.get("starttime"):
+            raise LabError(f"lab {self.name}: no running {what}")
+        os.kill(e["pid"], sig)
+        if sig in (_signal.SIGKILL, _signal.SIGTERM):
+            e["stopped"] = True
+            self.state.save()
+        return e["pid"]
+
+    def instance_process(self, i: int) -> str:
+        return "controller" if i == 0 else f"controller c{i}"
+
+    def kill_instance(self, i: int, sig: int | None = None) -> int:
+        """kill -9 (or ``sig``) controller instance ``i``; its pid."""
+        import signal as _signal
+
+        pid = self.signal_process(self.instance_process(i), _signal.SIGKILL if sig is None else sig)
+        if sig in (None, _signal.SIGKILL, _signal.SIGTERM) and i == 0:
+            self._controller_proc = None
+        return pid
+
+    def start_instance(self, i: int) -> None:
+        """Start controller instance ``i`` again (after :meth:`kill_instance`)."""
+        self._start_controller(only=i)
+
     def _wait_controller(self, timeout: float) -> None:
+        if self.clustered:
+            self.wait_cluster(timeout)
+            return
         url = self.state.data["controller"]["rest_url"] + "/v1/switches"
         deadline = time.monotonic() + timeout
         last = "no answer yet"
@@ -559,6 +656,68 @@ class Lab:
                 last = f"{url}: {getattr(exc, 'reason', exc)}"
             if time.monotonic() > deadline:
                 self._fail_controller(f"controller not ready after {timeout:g} s ({last})")
+            time.sleep(0.25)
+
+    def cluster_status(self) -> dict:
+        """``GET /v1/switches`` of every instance that answers: member -> its list (or the error)."""
+        out = {}
+        for inst in self.instances:
+            try:
+                with urllib.request.urlopen(urllib.request.Request(inst["rest_url"] + "/v1/switches",
+                                                                   headers=self.rest_headers()), timeout=2) as resp:
+                    out[inst["member"]] = json.loads(resp.read().decode())
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                out[inst["member"]] = f"{getattr(exc, 'reason', exc)}"
+        return out
+
+    def _balanced(self, running: list[str], need: list[str]) -> bool:
+        """Does every answering instance count ``need`` among its members and say each switch is
+        mastered by its preferred member?"""
+        for inst in self.instances:
+            if inst["member"] not in running:
+                continue
+            try:
+                with urllib.request.urlopen(urllib.request.Request(inst["rest_url"] + "/v1/cluster",
+                                                                   headers=self.rest_headers()), timeout=2) as resp:
+                    view = json.loads(resp.read().decode())
+                    if not view.get("balanced") or not set(need) <= set(view.get("members", {})):
+                        return False
+            except (urllib.error.URLError, OSError, ValueError):
+                return False
+        return True
+
+    def wait_cluster(self, timeout: float, members: list[str] | None = None) -> dict[str, str]:
+        """Wait until every switch has a master among the instances that run, synced, and every
+        running instance (or ``members``) is connected to every switch; switch -> its master."""
+        deadline = time.monotonic() + timeout
+        want = set(self.topology.switches)
+        while True:
+            status, last = self.cluster_status(), ""
+            running = [m for m, v in status.items() if isinstance(v, list)]
+            need = members if members is not None else [
+                i["member"] for i in self.instances if self._process(self.instance_process(int(i["member"][1:])))]
+            masters: dict[str, str] = {}
+            for m in running:
+                for sw in status[m]:
+                    if sw.get("role") == "master" and sw.get("synced"):
+                        masters[sw["name"]] = m
+            unconnected = [f"{m}:{sw['name']}" for m in running if m in need for sw in status[m] if not sw.get("connected")]
+            missing = [m for m in need if m not in running]
+            balanced = self._balanced(running, need)
+            if want <= set(masters) and not unconnected and not missing and balanced:
+                waiting = self._bfd_links_down()
+                if not waiting:
+                    return masters
+                last = f"BFD not up yet on {', '.join(waiting)}"
+            else:
+                last = (f"masters synced for {sorted(masters)} of {sorted(want)}; not connected: {unconnected[:6]}; "
+                        f"not answering: {missing}; balanced: {balanced}")
+            for inst in self.instances:
+                e = self._process(self.instance_process(int(inst["member"][1:])))
+                if e is not None and e.get("pid") and not pid_alive(e["pid"]):
+                    self._fail_controller(f"controller instance {inst['member']} exited")
+            if time.monotonic() > deadline:
+                self._fail_controller(f"controller cluster not ready after {timeout:g} s ({last})")
             time.sleep(0.25)
 
     def _bfd_links_down(self) -> list[str]:
@@ -698,7 +857,8 @@ class Lab:
         if not self.state.data.get("controller", {}).get("enabled"):
             raise LabError(f"lab {self.name} runs without a controller")
         for e in self.state.objects:
-            if e["kind"] == "process" and e.get("what") == "controller" and not e.get("stopped"):
+            if (e["kind"] == "process" and (e.get("what") == "controller" or e.get("what", "").startswith("controller "))
+                    and not e.get("stopped")):
                 _kill_recorded(e)
                 e["stopped"] = True
         self.state.data["controller"]["pid"] = None
@@ -932,11 +1092,21 @@ def _preflight(topo: Topology, plan: Plan, controller: bool) -> None:
         if shutil.which("socat") is None:
             raise LabError("socat is not installed (it relays the switches' control channel)")
         spec = topo.spec.controller
-        for what, port in (("OpenFlow", spec.of_port), ("REST", spec.rest_port)):
-            if not _port_free(port):
-                raise LabError(f"127.0.0.1:{port} ({what} port) is in use, another lab's controller? "
-                               f"Change controller.{'of_port' if what == 'OpenFlow' else 'rest_port'} "
-                               f"in {topo.source} or take the other lab down")
+        for i in range(spec.replicas):
+            for what, port in (("OpenFlow", spec.of_port + i), ("REST", spec.rest_port + i)):
+                if not _port_free(port):
+                    raise LabError(f"127.0.0.1:{port} ({what} port{f' of instance {i}' if i else ''}) is in use, "
+                                   f"another lab's controller? Change "
+                                   f"controller.{'of_port' if what == 'OpenFlow' else 'rest_port'} "
+                                   f"in {topo.source} or take the other lab down")
+        if spec.store == "etcd":
+            if shutil.which("etcd") is None:
+                raise LabError("etcd is not installed (Debian package etcd-server): store: etcd needs it")
+            for i in range(spec.etcd_members):
+                for port in (etcd_mod.client_port(spec.etcd_port, i), etcd_mod.peer_port(spec.etcd_port, i)):
+                    if not _port_free(port):
+                        raise LabError(f"127.0.0.1:{port} (etcd member {i}) is in use; change controller.etcd_port "
+                                       f"in {topo.source} or take the other lab down")
 
 
 def teardown(labdir: Path) -> list[str]:

@@ -62,7 +62,9 @@ class BridgeConfig:
     dpid: int | None = None
     fail_mode: str = "secure"
     protocols: tuple[str, ...] = ("OpenFlow13",)
-    controller: str | None = None  # target, e.g. unix:/run/ovslab/x/sw/controller.sock
+    # target, e.g. unix:/run/ovslab/x/sw/controller.sock, or several (a controller cluster:
+    # one Controller row per instance)
+    controller: str | tuple[str, ...] | None = None
     controller_rate_limit: int | None = None
     controller_burst_limit: int | None = None
     # ms between reconnection attempts at most (OVS default 8000): the lab's
@@ -125,15 +127,17 @@ class Ovsdb:
         txn.add(api.add_br(br.name, may_exist=True, datapath_type=br.datapath_type))
         txn.add(api.db_set("Bridge", br.name, *cols))
         if br.controller:
-            ctl_cols = {"target": br.controller}
-            if br.controller_rate_limit is not None:
-                ctl_cols["controller_rate_limit"] = br.controller_rate_limit
-            if br.controller_burst_limit is not None:
-                ctl_cols["controller_burst_limit"] = br.controller_burst_limit
-            if br.controller_max_backoff is not None:
-                ctl_cols["max_backoff"] = br.controller_max_backoff
-            ctl = txn.add(api.db_create("Controller", **ctl_cols))
-            txn.add(api.db_set("Bridge", br.name, ("controller", [ctl])))
+            rows = []
+            for target in ((br.controller,) if isinstance(br.controller, str) else br.controller):
+                ctl_cols = {"target": target}
+                if br.controller_rate_limit is not None:
+                    ctl_cols["controller_rate_limit"] = br.controller_rate_limit
+                if br.controller_burst_limit is not None:
+                    ctl_cols["controller_burst_limit"] = br.controller_burst_limit
+                if br.controller_max_backoff is not None:
+                    ctl_cols["max_backoff"] = br.controller_max_backoff
+                rows.append(txn.add(api.db_create("Controller", **ctl_cols)))
+            txn.add(api.db_set("Bridge", br.name, ("controller", rows)))
         for p in br.ports:
             attrs: dict = {}
             if p.type:

@@ -56,6 +56,7 @@ CORE_API = frozenset({
     "load_intent",       # load_intent(name): saved JSON (intent, or an app's runtime state)
     "save_intent",       # save_intent(name, data): JSON data or a pydantic model
     "data_plane",        # data_plane(switch): forwarding | dead | ... (liveness)
+    "masters",           # masters(switch): this instance programs it (always true without a cluster)
     "unregister",        # unregister(app): an app that failed to start leaves
 })
 
@@ -124,6 +125,11 @@ class FabricApp(app_manager.OSKenApp):
 
     def on_stats_reply(self, switch: str, msg) -> None:
         """A reply to this app's ``core.request_stats`` (os-ken's parsed message)."""
+
+    def on_store_change(self, change) -> None:
+        """Another controller instance changed a value in the shared store (cluster mode): a
+        :class:`ryu_apps.framework.store.Change` of runtime state (the app's intent is taken
+        by the core itself).  ``change.name == "*"``: history was lost, re-read everything."""
 
     def add_routes(self, api) -> None:
         """Register REST routes on ``api`` (a :class:`ryu_apps.framework.rest.RestApi`)."""

@@ -30,6 +30,15 @@ OPTS = [
     cfg.FloatOpt("audit-interval", min=0,
                  help="seconds between audits of each switch (re-read, repair drift); 0 disables; "
                       "default: the topology's controller.audit_interval"),
+    cfg.StrOpt("store", default="local", choices=["local", "etcd"],
+               help="where intent and learned state live: local (the state dir) or etcd (a controller "
+                    "cluster; every instance points at the same etcd and cluster id)"),
+    cfg.StrOpt("etcd-endpoints", default="127.0.0.1:2379",
+               help="comma-separated host:port client URLs of the etcd cluster (store=etcd)"),
+    cfg.StrOpt("cluster-id", default="default", help="key prefix of this controller cluster in etcd"),
+    cfg.StrOpt("member-id", help="this instance's name in the cluster (default: host name and pid)"),
+    cfg.IntOpt("lease-ttl", default=2, min=1,
+               help="seconds a dead instance keeps its switches (its etcd lease's TTL)"),
     cfg.IntOpt("packet-in-rate", default=200,
                help="packet-ins per second handled per switch; the rest are dropped and counted"),
 ]

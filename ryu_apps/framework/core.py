@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import socket
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from os_ken.ofproto import ofproto_v1_3
 from pydantic import BaseModel, ValidationError
 
 from ryu_apps.framework import admission, config, cookies, pipeline, programmer
+from ryu_apps.framework.cluster import Cluster
 from ryu_apps.framework.heap import HeapGuard
 from ryu_apps.framework.app import FabricApp
 from ryu_apps.framework.view import WHOLE, FabricView, IntentError, PacketIn, PortChange, SwitchChange
@@ -33,8 +36,9 @@ from ryu_apps.framework.pipeline import PipelineError
 from ryu_apps.framework.programmer import SwitchProgrammer
 from ryu_apps.framework.rest import ApiError, PerParam, RestApi, validation_error
 from ryu_apps.framework.state import StateConflict, SwitchState
+from ryu_apps.framework.store import Change, EtcdStore, LocalStore, StoreError
 from ryu_apps.framework.topology import Topology, TopologyError, load
-from ryu_apps.openflow import ofguard
+from ryu_apps.openflow import ofguard, ofwire
 from ryu_apps.openflow.ofdata import Flow, Match, Meter, MeterBand
 
 LOG = logging.getLogger(__name__)
@@ -155,6 +159,8 @@ class FabricCore(app_manager.OSKenApp):
         self.topology: Topology = load(path)
         state_dir = config.get("state-dir")
         self.state_dir = Path(state_dir) if state_dir else None
+        self.store = self._open_store()
+        self.store_errors = 0
         self.apps: dict[str, FabricApp] = {}
         self.programmers = {name: SwitchProgrammer(name, sw.dpid) for name, sw in self.topology.switches.items()}
         self.datapaths: dict[str, object] = {}
@@ -173,7 +179,7 @@ class FabricCore(app_manager.OSKenApp):
         rate = config.get("packet-in-rate")
         # a backstop behind the switches' meters (the first line of defence)
         self.buckets = {name: TokenBucket(2 * rate, 2 * rate) for name in self.topology.switches}
-        self.packet_ins = {"handled": 0, "rate_limited": 0, "no_owner": 0, "bad": 0}
+        self.packet_ins = {"handled": 0, "rate_limited": 0, "no_owner": 0, "bad": 0, "not_master": 0}
         self.compute_error: str | None = None
         self.last_compute_seconds = 0.0
         self.dirty: dict[str, object] = {}                 # app -> ALL or a set of parts
@@ -200,6 +206,23 @@ class FabricCore(app_manager.OSKenApp):
             self.audit_interval = self.topology.spec.controller.audit_interval
         self.threads += [hub.spawn(self._recompute_loop), hub.spawn(self.hub_lag.run),
                          hub.spawn(self._audit_loop)]
+        self.cluster: Cluster | None = None
+        if isinstance(self.store, EtcdStore):
+            member = config.get("member-id") or f"{socket.gethostname()}-{os.getpid()}"
+            port = config.get("rest-port")
+            self.cluster = Cluster(self.store, member, self.topology.switches, config.get("lease-ttl"),
+                                   on_role=self._on_role, on_master=self._on_master,
+                                   info={"pid": os.getpid(), "rest": f"http://{config.get('rest-host')}:{port}"
+                                         if port else None})
+            for name, prog in self.programmers.items():
+                prog.on_not_master = (lambda why, name=name: self.cluster.fenced(name, why))
+
+    def _open_store(self):
+        """The state dir (default) or etcd (``--fabric-store etcd``: a controller cluster)."""
+        if config.get("store") != "etcd":
+            return LocalStore(self.state_dir)
+        endpoints = [e.strip() for e in str(config.get("etcd-endpoints")).split(",") if e.strip()]
+        return EtcdStore(endpoints, config.get("cluster-id"))
 
     def start(self):
         thread = super().start()
@@ -209,7 +232,21 @@ class FabricCore(app_manager.OSKenApp):
         if port:
             self.threads.append(self.api.serve(config.get("rest-host"), port))
         self.schedule_recompute()
+        if self.cluster is not None:
+            self.store.watch(self._store_changed)
+            self.cluster.start()
+            # a clean stop (SIGTERM: ovslab down, systemd, a rolling upgrade) hands our switches
+            # over at once instead of after the lease's TTL
+            signal.signal(signal.SIGTERM, lambda signum, frame: hub.spawn(self._leave_and_exit))
         return thread
+
+    def _leave_and_exit(self) -> None:
+        LOG.warning("cluster: %s stopping (SIGTERM): giving up its lease", self.cluster.member)
+        try:
+            self.cluster.leave()
+        finally:
+            logging.shutdown()
+            os._exit(0)
 
     def _audit_loop(self) -> None:
         """Every audit interval, re-read each connected switch and repair drift (spread over the interval)."""
@@ -247,33 +284,62 @@ class FabricCore(app_manager.OSKenApp):
             self.dirty.pop(app.APP_NAME, None)
 
     def load_intent(self, app: str):
-        if self.state_dir is None:
-            return None
-        path = self.state_dir / f"{app}.json"
-        if not path.exists():
-            return None
-        return json.loads(path.read_text())
+        """The saved JSON of ``app`` (its intent, or runtime state under another name), or None."""
+        text = self.store.get(app)
+        return None if text is None else json.loads(text)
 
-    def save_intent(self, app: str, data) -> None:
-        """``data`` into ``<state dir>/<app>.json``, replaced atomically (a restart finds old or new).
+    def save_intent(self, app: str, data, expect: int | None = None) -> None:
+        """``data`` into the store under ``app`` (the state dir: ``<app>.json``, replaced atomically).
 
         ``data``: JSON data, or a pydantic model (an intent: its :class:`IntentText`, readable
         and cached per element, so committing one changed fence of 1000 encodes one fence).
+        An app's intent is written only if nobody changed it since this instance read it (or
+        since revision ``expect``; StoreConflict otherwise); runtime state is written as it is.
+        Raises StoreUnavailable when the store cannot take it (nothing was written).
         """
-        if self.state_dir is None:
+        readable = app in self.apps
+        if not self.store.persistent and not readable:
             return
         if isinstance(data, BaseModel):
             text = self.intent_texts.setdefault(app, IntentText()).encode(data)
         else:
             # an app's intent is for people to read; runtime state (10k clients' keys) is written
             # compactly: indenting it costs tens of ms of a hub that nothing else can use meanwhile
-            readable = app in self.apps
             text = json.dumps(data, indent=1 if readable else None, sort_keys=readable,
                               separators=None if readable else (",", ":"))
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_dir / f".{app}.json.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, self.state_dir / f"{app}.json")
+        self.store.put(app, text, expect=expect, force=not readable)
+
+    def _store_changed(self, change: Change) -> None:
+        """Another instance changed something in etcd: an app's intent is taken as if put here."""
+        if change.name == "*":  # the watch lost history: read every intent again
+            for app in list(self.apps.values()):
+                try:
+                    data = self.load_intent(app.APP_NAME)
+                except StoreError:
+                    self.store_errors += 1
+                    continue
+                if data is not None and data != app.intent_json():
+                    self._take_intent(app, data)
+            self._hooks("on_store_change", change)
+            return
+        app = self.apps.get(change.name)
+        if app is not None and change.key is None:
+            if change.text is not None:
+                self._take_intent(app, json.loads(change.text))
+            return
+        self._hooks("on_store_change", change)
+
+    def _take_intent(self, app: FabricApp, data) -> None:
+        try:
+            candidate = app.IntentModel.model_validate(data)
+            result = self.try_intent(app, candidate)
+        except (ValidationError, StateConflict, PipelineError, IntentError) as exc:
+            self.compute_error = f"{app.APP_NAME}: intent from the store refused: {exc}"
+            LOG.error("%s: intent written by another instance refused here: %s", app.APP_NAME, exc)
+            return
+        app.intent = candidate
+        self.apply(result)
+        LOG.info("%s: intent changed by another instance, applied", app.APP_NAME)
 
     def view(self) -> FabricView:
         """The view apps compute on: declared topology, ports down, switches dead, channels up."""
@@ -449,12 +515,23 @@ class FabricCore(app_manager.OSKenApp):
         finally:
             app.intent = old
 
-    def commit_intent(self, app: FabricApp, candidate, result: "Candidate") -> list[str]:
-        """Make ``candidate`` the app's intent, persist it and apply what :meth:`try_intent` computed."""
-        app.intent = candidate
+    def commit_intent(self, app: FabricApp, candidate, result: "Candidate", expect: int | None = None) -> list[str]:
+        """Persist ``candidate``, then make it the app's intent and apply what :meth:`try_intent`
+        computed.  ``expect``: only if the stored intent is still at this revision.  Raises
+        StoreConflict / StoreUnavailable (and then changes nothing)."""
+        old = app.intent
         # the model itself (its cached readable encoding) unless the app encodes its intent its own way
         own = type(app).intent_json is not FabricApp.intent_json
-        self.save_intent(app.APP_NAME, app.intent_json() if own else app.intent)
+        if own:  # (its encoding may read the app's intent)
+            app.intent = candidate
+            try:
+                self.save_intent(app.APP_NAME, app.intent_json(), expect)
+            except StoreError:
+                app.intent = old
+                raise
+        else:
+            self.save_intent(app.APP_NAME, candidate, expect)
+            app.intent = candidate
         return self.apply(result)
 
     # -- OpenFlow events (thin) ------------------------------------------------
@@ -502,7 +579,15 @@ class FabricCore(app_manager.OSKenApp):
             self.lost.pop(name, None)
             parser = dp.ofproto_parser
             dp.send_msg(parser.OFPPortDescStatsRequest(dp, 0))
-            self.programmers[name].connected(dp)
+            if self.cluster is None:
+                self.programmers[name].connected(dp)
+            else:  # program it only as its master (see _on_role); meanwhile a SLAVE if one is known
+                held = self.cluster.master_of(name)
+                if name in self.cluster.mine:
+                    hub.spawn(self._assert_master, name, self.cluster.mine[name])
+                elif held is not None:
+                    hub.spawn(self._be_slave, name, held[1])
+                self.cluster.set_connected(name, True)
             self._view_changed("channels", SwitchChange(name, "connected"))
             self._hooks("on_switch_change", SwitchChange(name, "connected"))
             if name in self.dead:
@@ -514,6 +599,8 @@ class FabricCore(app_manager.OSKenApp):
             del self.datapaths[name]
             self.ports_known.discard(name)
             self.programmers[name].disconnected()
+            if self.cluster is not None:
+                self.cluster.set_connected(name, False)
             self.lost[name] = now
             if not self.datapaths:
                 self.view_since = None
@@ -524,6 +611,66 @@ class FabricCore(app_manager.OSKenApp):
             self._view_changed("channels", SwitchChange(name, "disconnected"))
             self._hooks("on_switch_change", SwitchChange(name, "disconnected"))
             self._judge_soon(self.hold_down)
+
+    # -- the cluster (README, "Controller cluster") ---------------------------------
+    def _on_role(self, switch: str, generation: int | None) -> None:
+        """The cluster made us master of ``switch`` (with ``generation``), or not any more (None)."""
+        prog = self.programmers[switch]
+        if generation is None:
+            old, prog.generation = prog.generation, None
+            prog.disconnected()  # stop programming it (the channel stays: port events, a SLAVE)
+            if switch in self.datapaths and old is not None:
+                # SLAVE with the generation we mastered it with: a switch that has seen a newer
+                # master refuses it as stale (and says so: counted), else we are its SLAVE now
+                hub.spawn(self._be_slave, switch, old)
+            return
+        if switch in self.datapaths:
+            hub.spawn(self._assert_master, switch, generation)
+
+    def _on_master(self, switch: str, member: str, generation: int) -> None:
+        """Another instance masters ``switch`` now: be its SLAVE (no packet-ins, no writes)."""
+        if switch in self.datapaths:
+            hub.spawn(self._be_slave, switch, generation)
+
+    def _assert_master(self, switch: str, generation: int) -> None:
+        """ROLE_REQUEST MASTER with ``generation``; then read the switch and program it."""
+        dp = self.datapaths.get(switch)
+        if dp is None or self.cluster.mine.get(switch) != generation:
+            return
+        try:
+            role, _ = programmer.OFChannel(dp, timeout=5.0).role(ofwire.OFPCR_ROLE_MASTER, generation)
+        except programmer.NotMaster as exc:
+            self.cluster.fenced(switch, str(exc))
+            return
+        except (ConnectionError, TimeoutError, programmer.ProgrammingError) as exc:
+            LOG.warning("%s: MASTER role request failed: %s", switch, exc)
+            return
+        if self.datapaths.get(switch) is not dp or self.cluster.mine.get(switch) != generation:
+            return
+        prog = self.programmers[switch]
+        prog.generation = generation
+        if prog.channel is None or prog.channel.datapath is not dp:
+            prog.connected(dp)  # a full read and diff: nothing is sent when nothing changed
+
+    def _be_slave(self, switch: str, generation: int) -> None:
+        dp = self.datapaths.get(switch)
+        if dp is None or switch in self.cluster.mine:
+            return
+        try:
+            programmer.OFChannel(dp, timeout=5.0).role(ofwire.OFPCR_ROLE_SLAVE, generation)
+        except programmer.NotMaster as exc:  # a newer master took over meanwhile: it demoted us already
+            self.cluster.stale(switch, generation, str(exc))
+        except (programmer.ProgrammingError, ConnectionError, TimeoutError) as exc:
+            LOG.info("%s: SLAVE role request (generation %d) not taken: %s", switch, generation, exc)
+
+    def masters(self, switch: str) -> bool:
+        """Does this instance program ``switch`` (always, without a cluster)?"""
+        return self.cluster is None or switch in self.cluster.mine
+
+    def _cluster_json(self) -> dict:
+        if self.cluster is None:
+            return {"mode": "single", "store": self.store.health()}
+        return {"mode": "cluster", **self.cluster.json(), "store": self.store.health()}
 
     # -- liveness ----------------------------------------------------------------
     def forwards(self, switch: str) -> bool:
@@ -655,6 +802,9 @@ class FabricCore(app_manager.OSKenApp):
         name = self._switch_of(msg.datapath)
         if name is None:
             return
+        if self.cluster is not None and name not in self.cluster.mine:
+            self.packet_ins["not_master"] += 1  # (an EQUAL connection before the roles are set)
+            return
         if not self.buckets[name].take():
             self.packet_ins["rate_limited"] += 1
             return
@@ -678,7 +828,7 @@ class FabricCore(app_manager.OSKenApp):
         """Send ``data`` out of ``port`` (``TABLE``: through the pipeline, as if it came in on
         ``in_port``).  False when the switch has no control channel."""
         dp = self.datapaths.get(switch)
-        if dp is None:
+        if dp is None or not self.masters(switch):
             return False
         parser, ofp = dp.ofproto_parser, dp.ofproto
         dp.send_msg(parser.OFPPacketOut(datapath=dp, buffer_id=ofp.OFP_NO_BUFFER,
@@ -711,7 +861,8 @@ class FabricCore(app_manager.OSKenApp):
         return channel.multipart(build)
 
     def is_connected(self, switch: str) -> bool:
-        return switch in self.datapaths
+        """Can this instance talk to ``switch`` (connected, and its master in a cluster)?"""
+        return switch in self.datapaths and self.masters(switch)
 
     @property
     def settling(self) -> bool:
@@ -730,6 +881,7 @@ class FabricCore(app_manager.OSKenApp):
     def all_synced(self, switches=None) -> bool:
         """Every connected switch (of ``switches``) holds its desired state, none pending."""
         names = self.datapaths if switches is None else [s for s in switches if s in self.datapaths]
+        names = [n for n in names if self.masters(n)]  # (the others are their masters' business)
         return all(self.switch_synced(n) for n in names)
 
     def desired_state(self, switch: str):
@@ -750,8 +902,8 @@ class FabricCore(app_manager.OSKenApp):
 
     @property
     def persistent(self) -> bool:
-        """Does the controller keep state across restarts (a state dir)?"""
-        return self.state_dir is not None
+        """Does the controller keep state across restarts (a state dir, or etcd)?"""
+        return self.store.persistent
 
     @set_ev_cls([ofp_event.EventOFPFlowStatsReply, ofp_event.EventOFPPortStatsReply,
                  ofp_event.EventOFPGroupStatsReply, ofp_event.EventOFPMeterStatsReply,
@@ -791,17 +943,21 @@ class FabricCore(app_manager.OSKenApp):
                 "Desired flows/groups/meters in ovs-ofctl syntax (used by `ovslab flows --diff`)")
         api.add("POST", "/v1/switches/{name}/resync", self._resync,
                 "Re-read the switch and repair any difference from the desired state", status=202)
-        api.add("GET", "/v1/apps", lambda r: {n: {"app_id": a.app_id, "intent": a.intent_json()}
-                                              for n, a in self.apps.items()}, "Loaded apps and their intent")
+        api.add("GET", "/v1/apps", lambda r: {n: {"app_id": a.app_id, "intent": a.intent_json(),
+                                                  "revision": self.store.revision_of(n)}
+                                              for n, a in self.apps.items()},
+                "Loaded apps, their intent and its store revision (for PUT ...?revision=N)")
         api.add("GET", "/v1/apps/{app}/intent", self._intent_json, "One app's intent")
         api.add("PUT", "/v1/apps/{app}/intent", self._put_intent,
                 "Replace an app's intent: validated, applied to every switch at once, persisted "
-                "(202: stored, not yet on every switch)",
+                "(202: stored, not yet on every switch; ?revision=N: only if still at revision N, else 409)",
                 body=PerParam("app", lambda: {n: a.IntentModel for n, a in self.apps.items()}), also=(202,))
         api.add("GET", "/v1/cookies", lambda r: self._cookies_json(), "Object names by cookie")
         api.add("GET", "/v1/pipeline", lambda r: pipeline.describe(), "The table plan and priority bands")
         api.add("GET", "/v1/pipeline/ids", lambda r: pipeline.describe_ids(), "Group and meter id ranges per app")
         api.add("GET", "/v1/health", lambda r: self._health(), "Controller health and packet-in counters")
+        api.add("GET", "/v1/cluster", lambda r: self._cluster_json(),
+                "The controller cluster: members, which switches each masters, generation ids, lease ages, etcd health")
 
     def _health(self) -> dict:
         progs = self.programmers.values()
@@ -842,6 +998,11 @@ class FabricCore(app_manager.OSKenApp):
         sw = self.topology.switches[name]
         status = self.programmers[name].status()
         status["synced"] = status["synced"] and not self.settling
+        if self.cluster is not None:
+            held = self.cluster.master_of(name)
+            status["connected"] = name in self.datapaths
+            status["role"] = "master" if name in self.cluster.mine else "slave"
+            status["master"] = None if held is None else {"member": held[0], "generation": held[1]}
         return {"name": name, "dpid": sw.dpid, "bridge": sw.bridge, **status,
                 "channel": self._channel(name), "data_plane": self.data_plane(name)}
 
@@ -907,7 +1068,13 @@ class FabricCore(app_manager.OSKenApp):
             states = self.try_intent(app, candidate)
         except (StateConflict, PipelineError, IntentError) as exc:
             raise ApiError(409, f"intent refused, nothing changed: {exc}") from None
-        changed = self.commit_intent(app, candidate, states)
+        expect = None
+        if "revision" in r.query:  # compare-and-set: only if nobody changed it since that revision
+            try:
+                expect = int(r.query["revision"])
+            except ValueError:
+                raise ApiError(422, f"revision must be a number, not {r.query['revision']!r}", "revision") from None
+        changed = self.commit_intent(app, candidate, states, expect)
         pending = self.wait_applied(changed, APPLY_WAIT if r.query.get("wait") in ("1", "true", "yes") else 0)
         if pending:  # stored and persisted, but not (yet) on these switches: say so
             return 202, {"applied": False, "pending": pending, "intent": app.intent_json()}

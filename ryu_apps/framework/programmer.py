@@ -53,6 +53,11 @@ class ProgrammingError(RuntimeError):
     """The switch rejected part of a sync (the bundle was rolled back)."""
 
 
+class NotMaster(ProgrammingError):
+    """The switch takes this connection for a SLAVE (IS_SLAVE), or refused our MASTER request
+    as stale: another controller instance masters it now (cluster mode)."""
+
+
 # ---------------------------------------------------------------------------
 # Taking our replies off the wire before os-ken parses them.
 
@@ -76,7 +81,8 @@ class _Waiter:
     failed: str | None = None  # set when the channel died under the waiter
 
 
-_TAKES = {OFPT_MULTIPART_REPLY: "multipart", OFPT_BARRIER_REPLY: "barrier", OFPT_EXPERIMENTER: "bundle"}
+_TAKES = {OFPT_MULTIPART_REPLY: "multipart", OFPT_BARRIER_REPLY: "barrier", OFPT_EXPERIMENTER: "bundle",
+          ofwire.OFPT_ROLE_REPLY: "role"}
 
 
 def waiter_for(datapath, msg_type: int, xid: int) -> _Waiter | None:
@@ -126,7 +132,9 @@ def install_interceptor() -> None:
             mp_type, flags, body = ofwire.parse_multipart_reply(data)
             waiter.bodies.append(bytes(body))
             waiter.done = not flags & OFPMPF_REPLY_MORE
-        else:  # the barrier or bundle reply it waits for
+        else:  # the barrier, bundle or role reply it waits for
+            if waiter.kind == "role":
+                waiter.bodies.append(data)
             waiter.done = True
         if waiter.done:
             waiter.event.set()
@@ -201,6 +209,22 @@ class OFChannel:
             raise ProgrammingError(f"switch refused request: {_fmt_errors(waiter.errors)}")
         return waiter.bodies
 
+    def role(self, role: int, generation: int) -> tuple[int, int]:
+        """Ask for ``role`` (ofwire.OFPCR_ROLE_*) with ``generation``; the switch's (role, generation).
+
+        Raises NotMaster when the switch refuses it as stale (a newer master exists).
+        """
+        xid = self.xid()
+        waiter = self._arm(xid, "role")
+        self.send(ofwire.role_request(xid, role, generation))
+        self._wait(xid, waiter)
+        if waiter.errors:
+            _, err_type, code, _ = waiter.errors[0]
+            if (err_type, code) == (ofwire.OFPET_ROLE_REQUEST_FAILED, ofwire.OFPRRFC_STALE):
+                raise NotMaster(f"role request with generation {generation} refused as stale")
+            raise ProgrammingError(f"role request refused: {_fmt_errors(waiter.errors)}")
+        return ofwire.parse_role_reply(waiter.bodies[0])
+
     def round_trip(self, payload: bytes | bytearray, *, watch: list[int] = (), kind: str = "barrier",
                    final=None) -> list:
         """Send ``payload`` then a barrier (or ``final(xid)``); return errors for ``watch`` xids."""
@@ -217,6 +241,13 @@ class OFChannel:
         for w in waiters.values():
             errors.extend(w.errors)
         return errors
+
+
+def _refused(what: str, errors) -> ProgrammingError:
+    """The error for refusals ``errors``: NotMaster when the switch says we are its SLAVE."""
+    if any((t, c) == (ofwire.OFPET_BAD_REQUEST, ofwire.OFPBRC_IS_SLAVE) for _, t, c, _ in errors):
+        return NotMaster(f"{what}: the switch takes this controller for a SLAVE ({_fmt_errors(errors)})")
+    return ProgrammingError(f"{what}: {_fmt_errors(errors)}")
 
 
 def _fmt_errors(errors) -> str:
@@ -292,7 +323,7 @@ def send_changes(channel: OFChannel, changes: Changes) -> None:
     if buf:
         errors = channel.round_trip(buf, watch=xids)
         if errors:
-            raise ProgrammingError(f"meter/group changes refused: {_fmt_errors(errors)}")
+            raise _refused("meter/group changes refused", errors)
 
     # 2. all flow changes in one atomic, ordered bundle
     n_flow = len(changes.flow_deletes) + len(changes.flow_adds) + len(changes.flow_mods)
@@ -324,11 +355,11 @@ def send_changes(channel: OFChannel, changes: Changes) -> None:
         if errors:
             channel.round_trip(b"", kind="bundle", final=lambda xid: ofwire.bundle_ctrl(
                 bid, ofwire.ONF_BCT_DISCARD_REQUEST, flags, xid))
-            raise ProgrammingError(f"flow bundle discarded: {_fmt_errors(errors)}")
+            raise _refused("flow bundle discarded", errors)
         errors = channel.round_trip(b"", kind="bundle", final=lambda xid: ofwire.bundle_ctrl(
             bid, ofwire.ONF_BCT_COMMIT_REQUEST, flags, xid))
         if errors:
-            raise ProgrammingError(f"flow bundle commit refused, nothing changed: {_fmt_errors(errors)}")
+            raise _refused("flow bundle commit refused, nothing changed", errors)
 
     # 3. groups and meters no flow uses any more
     buf, xids = bytearray(), []
@@ -339,7 +370,7 @@ def send_changes(channel: OFChannel, changes: Changes) -> None:
     if buf:
         errors = channel.round_trip(buf, watch=xids)
         if errors:
-            raise ProgrammingError(f"meter/group deletes refused: {_fmt_errors(errors)}")
+            raise _refused("meter/group deletes refused", errors)
 
 
 def _pause() -> None:
@@ -381,6 +412,12 @@ class SwitchProgrammer:
         # a sync that started under an older epoch must not mark the switch synced
         self._epoch = 0
         self.connect_to_sync_seconds: float | None = None
+        # cluster mode: the generation id this instance masters the switch with; each sync that
+        # sends anything first re-asserts MASTER with it (a round trip), so an instance that lost
+        # mastership without knowing is told so by the switch before it writes
+        self.generation: int | None = None
+        self.on_not_master = None   # called with why, when the switch says we are not its master
+        self.not_master = 0
         self._kick = hub.Event()
         self._thread = hub.spawn(self._loop)
 
@@ -455,6 +492,16 @@ class SwitchProgrammer:
         try:
             self.sync_once(channel)
             return True
+        except NotMaster as exc:  # fenced by the switch: stop programming it, tell the core
+            self.last_error = f"NotMaster: {exc}"
+            self.not_master += 1
+            LOG.warning("%s: %s; not programming it any more", self.name, exc)
+            if self.channel is channel:
+                self.channel = None
+                self._forget()
+            if self.on_not_master is not None:
+                self.on_not_master(str(exc))
+            return True
         except Exception as exc:  # keep the loop alive
             self.last_error = f"{type(exc).__name__}: {exc}"
             LOG.error("%s: sync failed: %s", self.name, self.last_error)
@@ -515,7 +562,7 @@ class SwitchProgrammer:
             version = self.version  # what the diff below is computed from (it does not yield)
             changes = diff_touched(self.desired, self.actual, touched)
         if not changes.empty:
-            send_changes(channel, changes)
+            self._send(channel, changes)
         if channel is not self.channel:
             raise ConnectionError("switch reconnected during sync")
         if epoch != self._epoch:  # a resync was asked for meanwhile: read the switch again
@@ -552,6 +599,13 @@ class SwitchProgrammer:
                  " (full)" if full else "", {k: v for k, v in self.last_changes.items() if v} or "no changes")
         return changes
 
+    def _send(self, channel: OFChannel, changes: Changes) -> None:
+        if self.generation is not None:
+            role, _ = channel.role(ofwire.OFPCR_ROLE_MASTER, self.generation)
+            if role != ofwire.OFPCR_ROLE_MASTER:
+                raise NotMaster(f"the switch answered our MASTER request with role {ofwire.ROLE_NAMES.get(role, role)}")
+        send_changes(channel, changes)
+
     def _sync_during_audit(self, channel: OFChannel, epoch: int) -> Touched:
         """An incremental sync in the middle of an audit's read or diff (against what was last
         written); what it was asked to bring in line."""
@@ -561,7 +615,7 @@ class SwitchProgrammer:
         version = self.version
         changes = diff_touched(self.desired, self.actual, touched)
         if not changes.empty:
-            send_changes(channel, changes)
+            self._send(channel, changes)
         if channel is not self.channel or epoch != self._epoch:
             return touched
         apply_changes(self.actual, changes)
@@ -599,5 +653,7 @@ class SwitchProgrammer:
                 "connect_to_sync_seconds": (None if self.connect_to_sync_seconds is None
                                             else round(self.connect_to_sync_seconds, 4)),
                 "audits": self.audits, "audit_repairs": self.audit_repairs,
+                **({"generation": self.generation, "not_master": self.not_master}
+                   if self.generation is not None or self.not_master else {}),
                 "last_error": self.last_error,
                 **self.desired.summary()}

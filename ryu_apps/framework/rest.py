@@ -41,6 +41,8 @@ from urllib.parse import parse_qs
 
 from pydantic import BaseModel, ValidationError
 
+from ryu_apps.framework.store import StoreConflict, StoreUnavailable
+
 LOG = logging.getLogger(__name__)
 MAX_BODY = 1 << 20
 MAX_DEPTH = 32           # levels of nested objects/arrays in a request body
@@ -325,6 +327,10 @@ class RestApi:
             status, payload = self.dispatch(environ)
         except ApiError as exc:
             status, payload, headers = exc.status, exc.body(), exc.headers
+        except StoreConflict as exc:  # another controller instance wrote first: nothing changed
+            status, payload = 409, {"error": str(exc)}
+        except StoreUnavailable as exc:  # no etcd quorum: nothing changed
+            status, payload = 503, {"error": str(exc)}
         except Exception as exc:  # a bug: say so, keep serving
             LOG.exception("REST handler failed")
             status, payload = 500, {"error": f"{type(exc).__name__}: {exc}"}

@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import networkx as nx
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 IFNAMSIZ = 15
 NAME_RE = r"^[a-z][a-z0-9_]*$"
@@ -66,6 +66,22 @@ class ControllerSpec(_Strict):
     switch_hold_down: float = Field(default=3.0, ge=0.5, le=3600)
     # every switch is re-read this often (spread over the interval) and drift repaired; 0: never
     audit_interval: float = Field(default=30.0, ge=0, le=86400)
+    # a controller cluster (README, "Controller cluster"): this many instances, intent and
+    # learned state in etcd, one master per switch; 1 and local: one controller, the state dir
+    replicas: int = Field(default=1, ge=1, le=7)
+    store: Literal["local", "etcd"] = "local"
+    # seconds a dead instance keeps its switches before another takes them over
+    lease_ttl: int = Field(default=2, ge=1, le=60)
+    # the lab's etcd members (store: etcd) listen on 127.0.0.1:etcd_port + 2i (peers: + 2i + 1);
+    # instance i of the cluster on of_port + i and rest_port + i
+    etcd_port: int = Field(default=23790, ge=1, le=65000)
+    etcd_members: int = Field(default=3, ge=1, le=7)
+
+    @model_validator(mode="after")
+    def _cluster(self):
+        if self.replicas > 1 and self.store != "etcd":
+            raise ValueError(f"replicas: {self.replicas} needs store: etcd (the instances share their state there)")
+        return self
 
 
 class SwitchSpec(_Strict):

@@ -104,6 +104,8 @@ OFPT_MULTIPART_REQUEST = 18
 OFPT_MULTIPART_REPLY = 19
 OFPT_BARRIER_REQUEST = 20
 OFPT_BARRIER_REPLY = 21
+OFPT_ROLE_REQUEST = 24
+OFPT_ROLE_REPLY = 25
 OFPT_METER_MOD = 29
 
 # flow-mod commands
@@ -529,6 +531,30 @@ def delete_all_meters(xid: int) -> bytes:
 
 def barrier_request(xid: int) -> bytes:
     return _pack_header(OFP_VERSION, OFPT_BARRIER_REQUEST, 8, xid)
+
+
+# controller roles (OpenFlow 1.3, 7.3.9): a switch takes writes and sends packet-ins only to
+# MASTER (and EQUAL) connections; it refuses a MASTER/SLAVE request whose generation id is
+# older than the newest it has seen (OFPET_ROLE_REQUEST_FAILED / OFPRRFC_STALE)
+OFPCR_ROLE_NOCHANGE, OFPCR_ROLE_EQUAL, OFPCR_ROLE_MASTER, OFPCR_ROLE_SLAVE = 0, 1, 2, 3
+ROLE_NAMES = {OFPCR_ROLE_NOCHANGE: "nochange", OFPCR_ROLE_EQUAL: "equal", OFPCR_ROLE_MASTER: "master",
+              OFPCR_ROLE_SLAVE: "slave"}
+OFPET_BAD_REQUEST, OFPBRC_IS_SLAVE = 1, 10
+OFPET_ROLE_REQUEST_FAILED, OFPRRFC_STALE, OFPRRFC_UNSUP, OFPRRFC_BAD_ROLE = 11, 0, 1, 2
+_role = struct.Struct("!I4xQ")
+
+
+def role_request(xid: int, role: int, generation_id: int) -> bytes:
+    """OFPT_ROLE_REQUEST: ask for ``role`` with ``generation_id`` (a 64-bit counter, compared
+    by the switch in wrap-around order)."""
+    return _pack_header(OFP_VERSION, OFPT_ROLE_REQUEST, 24, xid) + _role.pack(role, generation_id & (1 << 64) - 1)
+
+
+def parse_role_reply(data: bytes) -> tuple[int, int]:
+    """(role, generation_id) of an OFPT_ROLE_REPLY (whole message, header included)."""
+    if len(data) < 24:
+        raise ValueError(f"role reply of {len(data)} bytes, want 24")
+    return _role.unpack_from(data, 8)
 
 
 def echo_request(xid: int, data: bytes = b"") -> bytes:

@@ -76,6 +76,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_port_range(n: int) -> int:
+    """The first of ``n`` consecutive TCP ports on 127.0.0.1 that are all free now."""
+    import random
+
+    for _ in range(200):
+        base = random.randrange(20000, 60000 - n)
+        if all(labmod._port_free(base + i) for i in range(n)):
+            return base
+    raise RuntimeError(f"no {n} consecutive free ports found")
+
+
 def topology_path(name: str) -> Path:
     p = Path(name)
     return p if p.is_absolute() or p.exists() else REPO / "topologies" / name
@@ -114,11 +125,17 @@ class LabFactory:
         src = topology_path(str(topology))
         data = yaml.safe_load(src.read_text())
         data.setdefault("lab", {})["prefix"] = new_prefix()
-        ctl = dict(data.get("controller") or {})
-        ctl["of_port"], ctl["rest_port"] = free_port(), free_port()
-        data["controller"] = ctl
         for k, v in changes.items():
             data[k] = v
+        ctl = dict(data.get("controller") or {})
+        n = int(ctl.get("replicas", 1))
+        if n > 1:  # instance i listens on of_port + i, rest_port + i
+            ctl["of_port"], ctl["rest_port"] = free_port_range(n), free_port_range(n)
+        else:
+            ctl["of_port"], ctl["rest_port"] = free_port(), free_port()
+        if ctl.get("store") == "etcd":
+            ctl["etcd_port"] = free_port_range(2 * int(ctl.get("etcd_members", 3)))
+        data["controller"] = ctl
         path = self.tmp_path / f"{data['lab']['prefix']}-{src.name}"
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         self.labs.append(data["lab"]["name"])

@@ -612,6 +612,7 @@ class FakeCore:
     try_intent, commit_intent, recompute_now = FabricCore.try_intent, FabricCore.commit_intent, FabricCore.recompute_now
     app_intent, compute_seconds = FabricCore.app_intent, FabricCore.compute_seconds
     settling, switch_synced, all_synced = FabricCore.settling, FabricCore.switch_synced, FabricCore.all_synced
+    masters, cluster = FabricCore.masters, None  # one controller: it masters every switch
 
     def __init__(self, topo, saved=None):
         self.topology = topo
@@ -634,7 +635,7 @@ class FakeCore:
     def load_intent(self, name):
         return copy.deepcopy(self.saved.get(name))
 
-    def save_intent(self, name, data):
+    def save_intent(self, name, data, expect=None):
         self.saved[name] = copy.deepcopy(data)
 
     def is_connected(self, switch):

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from ryu_apps.framework.core import FabricCore, IntentText
+from ryu_apps.framework.store import LocalStore
 from ryu_apps.functions.cloud_router.intent import CloudRouterIntent
 from ryu_apps.functions.fabric.intent import FabricIntent
 from ryu_apps.functions.fenced_clone.intent import FencedCloneIntent, FenceSpec
@@ -63,7 +64,7 @@ def test_a_change_of_one_element_encodes_only_that_element(monkeypatch):
 
 
 def test_save_intent_writes_a_model_readably_and_atomically(tmp_path):
-    core = SimpleNamespace(state_dir=tmp_path / "state", intent_texts={}, apps={"fenced_clone": object()})
+    core = SimpleNamespace(store=LocalStore(tmp_path / "state"), intent_texts={}, apps={"fenced_clone": object()})
     intent = _fences(3)
     FabricCore.save_intent(core, "fenced_clone", intent)
     FabricCore.save_intent(core, "fenced_clone", intent.model_copy(update={"fences": intent.fences[:2]}))
