@@ -663,7 +663,7 @@ class Lab:
         out = {}
         for inst in self.instances:
             try:
-                with urllib.request.urlopen(urllib.request.Request(inst["rest_url"] + "/v1/switches",
+                with urllib.request.urlopen(urllib.request.Request(inst["rest_url"] + "/v1/switches?local=1",
                                                                    headers=self.rest_headers()), timeout=2) as resp:
                     out[inst["member"]] = json.loads(resp.read().decode())
             except (urllib.error.URLError, OSError, ValueError) as exc:

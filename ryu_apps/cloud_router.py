@@ -37,6 +37,7 @@ client or a registration dirties only that client's part.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter, deque
@@ -48,6 +49,7 @@ from ryu_apps.framework.app import WHOLE, FabricApp, FabricView, IntentError, Pa
 from ryu_apps.framework.core import FabricCore
 from ryu_apps.framework.rest import ApiError, validation_error
 from ryu_apps.framework.state import StateConflict, SwitchState
+from ryu_apps.framework.store import StoreConflict, StoreError
 from ryu_apps.functions.cloud_router.flows import (
     K_PUNT,
     KIND_NAMES,
@@ -86,6 +88,8 @@ from ryu_apps.packet.parse import BadPacket
 LOG = logging.getLogger(__name__)
 DEFAULT_ROUTER_MAC = "0e:fa:b0:00:00:01"
 RUNTIME = f"{APP}.runtime"  # <state-dir>/cloud_router.runtime.json: keys, learned clients, locations
+# a controller cluster keeps the same per client, one item each: {"key", "learned", "at"}
+CLIENTS = f"{APP}.clients"
 #: the part that is not per client: tier flows and groups, rank groups, policies, service steering
 SHARED = "shared"
 
@@ -150,6 +154,7 @@ class CloudRouter(FabricApp):
         self.counters: Counter = Counter()
         self.failed: frozenset = frozenset()  # NACs failed in the view (tracked by the hooks, for REST/events)
         self.failed_since: dict[str, float] = {}
+        self._written: dict[str, dict] = {}  # (cluster) mac -> the item as last written or read
         self._load_runtime()
         self._ready = True
 
@@ -367,7 +372,7 @@ class CloudRouter(FabricApp):
                 self._event("detached", client=mac, at=f"{sw}:{port}")
             if detached:
                 self.core.invalidate(self, set(detached))
-                self._save_runtime()
+                self._save_detached(sw, detached)
         if change.changed or live_changed:
             self._track_nacs()
 
@@ -428,16 +433,30 @@ class CloudRouter(FabricApp):
             learned = True
             self._event("learned", client=mac, ipv4=ipv4, at=f"{switch}:{port}",
                         policy=self.intent.default_policy)
-        verdict = self.locations.claim(mac, switch, port, reported=source == "report", alive=self.core.is_connected)
+        before = self.locations.save_one(mac) if self.core.clustered else None
+        # (a client's switch is alive while any controller instance has a channel to it)
+        verdict = self.locations.claim(mac, switch, port, reported=source == "report",
+                                       alive=lambda sw: self.core.data_plane(sw) == "forwarding")
         self.counters[f"claim_{verdict.kind}"] += 1
         if verdict.kind == "conflict":
             self._flag_conflict(mac, switch, port, verdict.reason, source)
         elif verdict.kind != "same":
             self._event(verdict.kind, client=mac, at=f"{switch}:{port}", reason=verdict.reason, source=source)
         if verdict.changed or learned:
-            self.core.invalidate(self, {mac})  # this client's part only
-            if save:
+            if self.core.clustered:  # the shared store first: what it does not take did not happen
+                try:
+                    self._save_runtime({mac})
+                except StoreError as exc:
+                    self.locations.undo_one(mac, before)
+                    if learned:
+                        self.learned.pop(mac, None)
+                        self.keys.pop(mac, None)
+                    self.counters["store_refused"] += 1
+                    LOG.warning("cloud router: %s at %s:%d not taken: %s", mac, switch, port, exc)
+                    return "unsaved"
+            elif save:
                 self._save_runtime()
+            self.core.invalidate(self, {mac})  # this client's part only
         return verdict.kind
 
     def _flag_conflict(self, mac: str, switch: str, port: int, reason: str, source: str) -> None:
@@ -454,12 +473,101 @@ class CloudRouter(FabricApp):
         LOG.warning("cloud router: refused %s at %s:%d: %s", mac, switch, port, reason)
 
     # -- runtime persistence -----------------------------------------------------------
-    def _save_runtime(self) -> None:
-        self.core.save_intent(RUNTIME, {"keys": self.keys, "learned": self.learned,
-                                        "locations": self.locations.dump()})
+    def _record(self, mac: str) -> dict | None:
+        loc = self.locations.where(mac)
+        rec = {"key": self.keys.get(mac), "learned": self.learned.get(mac),
+               "at": [loc.switch, loc.port] if loc else None}
+        return None if rec == {"key": None, "learned": None, "at": None} else rec
+
+    def _save_runtime(self, macs=None) -> None:
+        """Persist the clients' keys, learned addresses and locations.  A cluster writes one item per
+        client that changed (``macs``: only these; raises StoreUnavailable), a single controller
+        its state file."""
+        if not self.core.clustered:
+            self.core.save_intent(RUNTIME, {"keys": self.keys, "learned": self.learned,
+                                            "locations": self.locations.dump()})
+            return
+        if macs is None:
+            macs = set(self.keys) | set(self.learned) | set(self.locations.current) | set(self._written)
+        items = {}
+        for mac in macs:
+            rec = self._record(mac)
+            if rec != self._written.get(mac):
+                items[mac] = rec
+        if items:
+            self.core.save_items(CLIENTS, items)
+            for mac, rec in items.items():
+                if rec is None:
+                    self._written.pop(mac, None)
+                else:
+                    self._written[mac] = rec
+
+    def _save_detached(self, switch: str, macs: list[str]) -> None:
+        """Clients detached by a port event.  In a cluster every instance sees the event; the
+        switch's master writes it, each client only if the store still has it at that port
+        (another instance may have seen it arrive elsewhere meanwhile)."""
+        if not self.core.clustered:
+            self._save_runtime()
+            return
+        if not self.core.masters(switch):
+            return
+        for mac in macs:
+            old = self._written.get(mac)
+            if old is None:
+                continue
+            try:
+                rec = self._record(mac)
+                self.core.save_items(CLIENTS, {mac: rec}, expect={mac: old})
+                if rec is None:
+                    self._written.pop(mac, None)
+                else:
+                    self._written[mac] = rec
+            except StoreConflict:
+                pass  # it moved meanwhile: the watch brings where
+            except StoreError as exc:
+                self.counters["store_refused"] += 1
+                LOG.warning("cloud router: detaching %s not saved: %s", mac, exc)
+
+    def on_store_change(self, change) -> None:
+        """Another instance learned, moved or forgot a client (cluster): take it, recompute its part."""
+        if change.name == "*":
+            self._written = {}
+            for mac, rec in self.core.load_items(CLIENTS).items():
+                self._take_record(mac, rec)
+            self.core.invalidate(self)
+            return
+        if change.name != CLIENTS or change.key is None:
+            return
+        self._take_record(change.key, None if change.text is None else json.loads(change.text))
+        self.core.invalidate(self, {change.key})
+
+    def _take_record(self, mac: str, rec: dict | None) -> None:
+        if rec is None:
+            self.learned.pop(mac, None)
+            self.keys.pop(mac, None)
+            self.locations.place(mac, None)
+            self._written.pop(mac, None)
+            return
+        if rec.get("key") is not None:
+            self.keys[mac] = int(rec["key"])
+        if rec.get("learned") is not None:
+            self.learned[mac] = dict(rec["learned"])
+        else:
+            self.learned.pop(mac, None)
+        if self.locations.place(mac, rec.get("at")):
+            self._event("moved" if rec.get("at") else "detached", client=mac,
+                        at=":".join(map(str, rec["at"])) if rec.get("at") else None, source="cluster")
+        self._written[mac] = rec
 
     def _load_runtime(self) -> None:
-        data = self.core.load_intent(RUNTIME) or {}
+        if self.core.clustered:
+            items = self.core.load_items(CLIENTS)
+            data = {"keys": {m: r["key"] for m, r in items.items() if r.get("key") is not None},
+                    "learned": {m: r["learned"] for m, r in items.items() if r.get("learned")},
+                    "locations": {m: r["at"] for m, r in items.items() if r.get("at")}}
+            self._written = dict(items)
+        else:
+            data = self.core.load_intent(RUNTIME) or {}
         keys: dict[str, int] = {}
         for m, k in sorted(data.get("keys", {}).items()):
             if int(k) not in keys:  # one client per key (a file written before that rule may repeat one)

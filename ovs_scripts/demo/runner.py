@@ -38,17 +38,36 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _prepared_topology(sc: Scenario, tmp: Path, prefix: str | None, free_ports: bool) -> Path:
-    """The topology file to bring up: the original, or a copy with another prefix / free controller ports."""
-    if not prefix and not free_ports:
+def _free_range(n: int) -> int:
+    """The first of ``n`` consecutive free TCP ports on 127.0.0.1."""
+    import random
+
+    from ovs_scripts.lab import _port_free
+
+    for _ in range(200):
+        base = random.randrange(20000, 60000 - n)
+        if all(_port_free(base + i) for i in range(n)):
+            return base
+    raise LabError(f"no {n} consecutive free ports on 127.0.0.1")
+
+
+def _prepared_topology(sc: Scenario, tmp: Path, prefix: str | None, free_ports: bool, replicas: int = 1) -> Path:
+    """The topology file to bring up: the original, or a copy with another prefix / free controller
+    ports / a controller cluster of ``replicas`` instances on etcd."""
+    if not prefix and not free_ports and replicas == 1:
         return sc.path
     data = yaml.safe_load(sc.path.read_text())
     if prefix:
         data.setdefault("lab", {})["prefix"] = prefix
-    if free_ports:
-        ctl = dict(data.get("controller") or {})
+    ctl = dict(data.get("controller") or {})
+    if replicas > 1:
+        ctl.update(replicas=replicas, store="etcd")
+        if free_ports:
+            ctl["of_port"], ctl["rest_port"] = _free_range(replicas), _free_range(replicas)
+            ctl["etcd_port"] = _free_range(2 * int(ctl.get("etcd_members", 3)))
+    elif free_ports:
         ctl["of_port"], ctl["rest_port"] = _free_port(), _free_port()
-        data["controller"] = ctl
+    data["controller"] = ctl
     path = tmp / f"{sc.name}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -102,7 +121,7 @@ def _teardown(lab: Lab, check: Check, out: TextIO) -> None:
 
 def run(scenarios: Iterable[str] | None = None, *, rundir: str | os.PathLike | None = None,
         prefix: str | None = None, free_ports: bool = False, out: TextIO | None = None,
-        rows: list[Row] | None = None) -> tuple[list[Row], bool]:
+        rows: list[Row] | None = None, replicas: int = 1) -> tuple[list[Row], bool]:
     """Run scenarios (all by default) one lab at a time; returns ``(rows, ok)``.
 
     ``rundir`` is the labs' base directory (default $OVSLAB_RUNDIR or /run/ovslab).
@@ -121,7 +140,7 @@ def run(scenarios: Iterable[str] | None = None, *, rundir: str | os.PathLike | N
             say(out, f"== {sc.name}: {sc.summary}  [{sc.path.relative_to(REPO) if sc.path.is_relative_to(REPO) else sc.path}]")
             lab = None
             try:
-                path = _prepared_topology(sc, Path(tmpdir), prefix, free_ports)
+                path = _prepared_topology(sc, Path(tmpdir), prefix, free_ports, replicas)
                 existing = base_dir(rundir) / yaml.safe_load(path.read_text())["lab"]["name"]
                 if existing.exists():
                     env = "" if base_dir(rundir) == base_dir(None) else f"OVSLAB_RUNDIR={base_dir(rundir)} "
@@ -131,7 +150,7 @@ def run(scenarios: Iterable[str] | None = None, *, rundir: str | os.PathLike | N
                     continue
                 t0 = time.monotonic()
                 try:
-                    lab = Lab.up(path, controller=True, rundir=rundir, timeout=60)
+                    lab = Lab.up(path, controller=True, rundir=rundir, timeout=60 if replicas == 1 else 120)
                 except LabError as exc:  # another lab's namespaces/ports, missing tools, not root...
                     check("bring the lab up", False, f"{exc}" + (f" [{exc.details.splitlines()[-1]}]"
                                                                  if exc.details else ""))
@@ -158,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rundir", help="base run directory of the labs (default $OVSLAB_RUNDIR or /run/ovslab)")
     ap.add_argument("--prefix", help="namespace prefix for every lab instead of the topology's")
     ap.add_argument("--free-ports", action="store_true", help="pick free controller ports instead of the topology's")
+    ap.add_argument("--replicas", type=int, default=1, choices=range(1, 8), metavar="N",
+                    help="run each lab's controller as a cluster of N instances on etcd (README, \"Controller cluster\")")
     args = ap.parse_args(argv)
     if args.list:
         for sc in SCENARIOS:
@@ -176,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     interrupted = False
     try:
-        _, ok = run(args.scenarios, rundir=args.rundir, prefix=args.prefix, free_ports=args.free_ports, rows=rows)
+        _, ok = run(args.scenarios, rundir=args.rundir, prefix=args.prefix, free_ports=args.free_ports, rows=rows,
+                    replicas=args.replicas)
     except KeyboardInterrupt:
         interrupted, ok = True, False
     elapsed = time.monotonic() - t0

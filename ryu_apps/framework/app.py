@@ -57,6 +57,9 @@ CORE_API = frozenset({
     "save_intent",       # save_intent(name, data): JSON data or a pydantic model
     "data_plane",        # data_plane(switch): forwarding | dead | ... (liveness)
     "masters",           # masters(switch): this instance programs it (always true without a cluster)
+    "clustered",         # the state is shared with other controller instances (etcd)
+    "load_items",        # load_items(name): a collection of learned state, key -> JSON data
+    "save_items",        # save_items(name, {key: data or None}): written before it is acted on
     "unregister",        # unregister(app): an app that failed to start leaves
 })
 

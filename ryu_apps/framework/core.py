@@ -309,6 +309,28 @@ class FabricCore(app_manager.OSKenApp):
                               separators=None if readable else (",", ":"))
         self.store.put(app, text, expect=expect, force=not readable)
 
+    @property
+    def clustered(self) -> bool:
+        """Is the state shared with other controller instances (etcd)?  Apps then keep learned
+        state as items (:meth:`save_items`), written before it is acted on, and follow the
+        other instances' writes through ``on_store_change``."""
+        return self.cluster is not None
+
+    def load_items(self, name: str) -> dict:
+        """The collection ``name`` (key -> JSON data) from the store."""
+        return {k: json.loads(v) for k, v in self.store.items(name).items()}
+
+    @staticmethod
+    def _item_text(data) -> str:
+        return json.dumps(data, separators=(",", ":"), sort_keys=True)
+
+    def save_items(self, name: str, items: dict, expect: dict | None = None) -> None:
+        """Write items of the collection ``name`` (key -> JSON data, None deletes); raises
+        StoreUnavailable when the store cannot take them (nothing of a batch up to 128 is written).
+        ``expect``: key -> the data the item must still hold (else StoreConflict, nothing written)."""
+        self.store.put_items(name, {k: None if v is None else self._item_text(v) for k, v in items.items()},
+                             expect=None if expect is None else {k: self._item_text(v) for k, v in expect.items()})
+
     def _store_changed(self, change: Change) -> None:
         """Another instance changed something in etcd: an app's intent is taken as if put here."""
         if change.name == "*":  # the watch lost history: read every intent again
@@ -933,9 +955,11 @@ class FabricCore(app_manager.OSKenApp):
         api.param_values("/v1/switches/{name}", lambda: sorted(self.topology.switches))
         api.param_values("/v1/apps/{app}", lambda: sorted(self.apps))
         api.add("GET", "/v1/topology", lambda r: self._topology_json(), "The declared topology and live link state")
-        api.add("GET", "/v1/switches", lambda r: [self._switch_json(n) for n in self.topology.switches],
-                "Switches: connection, sync state, entry counts")
-        api.add("GET", "/v1/switches/{name}", lambda r: self._switch_json(self._switch_or_404(r.params["name"])),
+        api.add("GET", "/v1/switches", lambda r: self._switches_json(list(self.topology.switches), r),
+                "Switches: connection, sync state, entry counts (in a cluster each switch as its master "
+                "reports it; ?local=1: as this instance sees it)")
+        api.add("GET", "/v1/switches/{name}", lambda r: self._switches_json([self._switch_or_404(r.params["name"])],
+                                                                           r)[0],
                 "One switch")
         api.add("GET", "/v1/switches/{name}/flows", self._flows_json,
                 "Desired flows of a switch (?app=NAME filters by owner)")
@@ -976,7 +1000,8 @@ class FabricCore(app_manager.OSKenApp):
                 "switches_lost": {n: round(time.monotonic() - t, 1) for n, t in sorted(self.lost.items())},
                 "switches_dead": sorted(self.dead),
                 "switches_silent": sorted(n for n in self.datapaths if self._channel(n)["state"] == "silent"),
-                "all_synced": not self.settling and all(p.synced for p in self.programmers.values()),
+                "all_synced": (not self.settling and all(p.synced for p in self.programmers.values()))
+                if self.cluster is None else all(e["synced"] for e in self._switches_json(list(self.topology.switches))),
                 "refused_connections": self.refusals.json(),
                 "openflow_guard": ofguard.stats()}
 
@@ -994,6 +1019,47 @@ class FabricCore(app_manager.OSKenApp):
             "down_ports": [f"{s}:{p}" for s, p in sorted(self.down_ports)],
         }
 
+    def _switches_json(self, names: list[str], r=None) -> list[dict]:
+        """The switches as this instance sees them; in a cluster, a switch another instance masters
+        as that instance reports it (its sync state is only known there)."""
+        local = [self._switch_json(n) for n in names]
+        if self.cluster is None or (r is not None and r.query.get("local") in ("1", "true", "yes")):
+            return local
+        remote = self._remote_switches([n for n in names if n not in self.cluster.mine])
+        return [remote.get(e["name"], e) for e in local]
+
+    def _remote_switches(self, names: list[str]) -> dict[str, dict]:
+        """``/v1/switches?local=1`` of the masters of ``names`` (one request per master, 1 s each)."""
+        import urllib.request
+
+        by_master: dict[str, list[str]] = {}
+        for n in names:
+            held = self.cluster.master_of(n)
+            if held is not None and held[0] != self.cluster.member:
+                by_master.setdefault(held[0], []).append(n)
+        out = {}
+        token_file = config.get("rest-token-file")
+        headers = {"Authorization": f"Bearer {Path(token_file).read_text().strip()}"} if token_file else {}
+        for member, sws in by_master.items():
+            url = (self.cluster.members.get(member) or {}).get("rest")
+            if not url:
+                continue
+            try:
+                req = urllib.request.Request(f"{url}/v1/switches?local=1", headers=headers)
+                with urllib.request.urlopen(req, timeout=1.0) as resp:
+                    entries = json.loads(resp.read().decode())
+            except (OSError, ValueError) as exc:
+                for n in sws:
+                    e = self._switch_json(n)
+                    e["synced"] = False
+                    e["note"] = f"its master {member} did not answer: {exc}"
+                    out[n] = e
+                continue
+            for e in entries:
+                if isinstance(e, dict) and e.get("name") in sws:
+                    out[e["name"]] = dict(e, answered_by=member)
+        return out
+
     def _switch_json(self, name: str) -> dict:
         sw = self.topology.switches[name]
         status = self.programmers[name].status()
@@ -1003,6 +1069,7 @@ class FabricCore(app_manager.OSKenApp):
             status["connected"] = name in self.datapaths
             status["role"] = "master" if name in self.cluster.mine else "slave"
             status["master"] = None if held is None else {"member": held[0], "generation": held[1]}
+            status["store_revision"] = self.store.revision
         return {"name": name, "dpid": sw.dpid, "bridge": sw.bridge, **status,
                 "channel": self._channel(name), "data_plane": self.data_plane(name)}
 

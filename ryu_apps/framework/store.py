@@ -109,8 +109,11 @@ class LocalStore:
             self._items[name] = data
         return dict(self._items[name])
 
-    def put_items(self, name: str, items: dict[str, str | None]) -> int:
+    def put_items(self, name: str, items: dict[str, str | None], expect: dict[str, str] | None = None) -> int:
         current = self._items.setdefault(name, self.items(name))
+        for key, text in (expect or {}).items():
+            if current.get(key) != text:
+                raise StoreConflict(f"{name}: {key} changed meanwhile")
         for key, text in items.items():
             if text is None:
                 current.pop(key, None)
@@ -262,17 +265,27 @@ class EtcdStore:
                 return out
             start = _unb64(kvs[-1]["key"]) + "\0"
 
-    def put_items(self, name: str, items: dict[str, str | None]) -> int:
-        """Write (text) and delete (None) items of ``name``; atomic up to MAX_TXN_OPS items."""
+    def put_items(self, name: str, items: dict[str, str | None], expect: dict[str, str] | None = None) -> int:
+        """Write (text) and delete (None) items of ``name``; atomic up to MAX_TXN_OPS items.
+
+        ``expect``: key -> the text that item must still have (compare-and-set; StoreConflict
+        when another writer changed it; only for batches of one transaction).
+        """
         prefix, rev = self._item_prefix(name), 0
         pairs = sorted(items.items())
+        if expect and len(pairs) > MAX_TXN_OPS:
+            raise StoreError(f"a conditional write of {len(pairs)} items is more than one transaction")
         for i in range(0, len(pairs), MAX_TXN_OPS):
             ops = []
             for key, text in pairs[i:i + MAX_TXN_OPS]:
                 full = _b64(prefix + key)
                 ops.append({"request_delete_range": {"key": full}} if text is None
                            else {"request_put": {"key": full, "value": _b64(text)}})
-            out = self.call("kv/txn", {"compare": [], "success": ops})
+            compare = [{"key": _b64(prefix + k), "target": "VALUE", "result": "EQUAL", "value": _b64(v)}
+                       for k, v in sorted((expect or {}).items())]
+            out = self.call("kv/txn", {"compare": compare, "success": ops})
+            if compare and not out.get("succeeded"):
+                raise StoreConflict(f"{name}: {', '.join(sorted(expect))} changed meanwhile (another instance wrote it)")
             rev = int(out["header"]["revision"])
             for key, _ in pairs[i:i + MAX_TXN_OPS]:
                 self._own[prefix + key] = self._revs[prefix + key] = rev

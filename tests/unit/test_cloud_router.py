@@ -612,7 +612,7 @@ class FakeCore:
     try_intent, commit_intent, recompute_now = FabricCore.try_intent, FabricCore.commit_intent, FabricCore.recompute_now
     app_intent, compute_seconds = FabricCore.app_intent, FabricCore.compute_seconds
     settling, switch_synced, all_synced = FabricCore.settling, FabricCore.switch_synced, FabricCore.all_synced
-    masters, cluster = FabricCore.masters, None  # one controller: it masters every switch
+    masters, cluster, clustered = FabricCore.masters, None, False  # one controller: it masters every switch
 
     def __init__(self, topo, saved=None):
         self.topology = topo
@@ -642,7 +642,9 @@ class FakeCore:
         return switch in self.connected
 
     def data_plane(self, switch):
-        return "dead" if switch in self.dead else "forwarding"
+        if switch in self.connected:
+            return "forwarding"
+        return "dead" if switch in self.dead else "presumed forwarding (hold-down)"
 
     def run(self):
         """One pass of the core's recompute loop."""

@@ -434,6 +434,43 @@ class Locations:
         kind = "moved" if cur is not None or mac in self.last else "new"
         return Verdict(kind, f"from {cur.switch}:{cur.port}" if cur else "")
 
+    def place(self, mac: str, at: tuple[str, int] | None) -> bool:
+        """Another controller instance decided where ``mac`` is (its claim, from the shared store):
+        take it as such, the old location counting as left (hold-down).  True if it moved."""
+        cur = self.current.get(mac)
+        if at is None:
+            if cur is None:
+                return False
+            self.left.setdefault(mac, {})[(cur.switch, cur.port)] = (cur.gen, self.clock())
+            self.last[mac] = cur
+            del self.current[mac]
+            return True
+        sw, port = at[0], int(at[1])
+        if cur is not None and (cur.switch, cur.port) == (sw, port):
+            return False
+        if cur is not None:
+            self.left.setdefault(mac, {})[(cur.switch, cur.port)] = (cur.gen, self.clock())
+            self.last[mac] = cur
+        self.epoch += 1
+        self.current[mac] = Location(sw, port, self.port_gen.get((sw, port), 0), self.epoch, self.wall())
+        return True
+
+    def save_one(self, mac: str) -> tuple:
+        """What :meth:`claim` may change for ``mac`` (to put back with :meth:`undo_one`)."""
+        left = self.left.get(mac)
+        return (self.current.get(mac), self.last.get(mac), dict(left) if left is not None else None, self.epoch,
+                {k: v for k, v in self.port_state.items() if v == "fresh"})
+
+    def undo_one(self, mac: str, saved: tuple) -> None:
+        cur, last, left, epoch, fresh = saved
+        for d, v in ((self.current, cur), (self.last, last), (self.left, left)):
+            if v is None:
+                d.pop(mac, None)
+            else:
+                d[mac] = v
+        self.epoch = epoch
+        self.port_state.update(fresh)
+
     def forget(self, mac: str) -> None:
         self.current.pop(mac, None)
         self.last.pop(mac, None)
