@@ -838,8 +838,14 @@ class Lab:
 
     @property
     def rest_url(self) -> str | None:
-        """``http://127.0.0.1:<rest_port>`` of the lab's controller, or None without a controller."""
-        return self.state.data.get("controller", {}).get("rest_url")
+        """``http://127.0.0.1:<rest_port>`` of the lab's controller, or None without a controller;
+        of a cluster, the first instance the lab has running (any instance answers for all)."""
+        ctl = self.state.data.get("controller", {})
+        if ctl.get("etcd"):
+            for inst in ctl.get("instances", []):
+                if self._process(self.instance_process(int(inst["member"][1:]))):
+                    return inst["rest_url"]
+        return ctl.get("rest_url")
 
     @property
     def rest_token(self) -> str | None:
