@@ -396,13 +396,16 @@ def ident_get(host: str, port: int, udp: bool, nbytes: int, timeout: float) -> d
     return out
 
 
-def send_frames(frames: list[str], repeat: int, iface: str = "eth0") -> dict:
-    """Send raw Ethernet frames (hex) out of ``iface``, each ``repeat`` times (at most 1000)."""
+def send_frames(frames: list[str], repeat: int, iface: str = "eth0", interval: float = 0.0) -> dict:
+    """Send raw Ethernet frames (hex) out of ``iface``, each ``repeat`` times (at most 1000),
+    ``interval`` seconds apart (at most 1 s)."""
     data = [bytes.fromhex(f) for f in frames]
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
     sock.bind((iface, 0))
     sent = 0
-    for _ in range(max(1, min(repeat, 1000))):
+    for i in range(max(1, min(repeat, 1000))):
+        if i and interval > 0:
+            time.sleep(min(interval, 1.0))
         for d in data:
             sock.send(d)
             sent += 1
@@ -794,6 +797,7 @@ def main(argv=None) -> int:
     sf.add_argument("frames", nargs="+", help="Ethernet frames in hex")
     sf.add_argument("--repeat", type=int, default=1)
     sf.add_argument("--iface", default="eth0")
+    sf.add_argument("--interval", type=float, default=0.0, help="seconds between repeats")
     sp = sub.add_parser("serve-ports", help="TCP and UDP echo on several ports")
     sp.add_argument("ports", type=int, nargs="+")
     us = sub.add_parser("udp-stream", help="a paced sequenced UDP stream")
@@ -861,7 +865,7 @@ def main(argv=None) -> int:
         print(json.dumps(res))
         return 0 if res["ok"] else 1
     if args.cmd == "send-frames":
-        print(json.dumps(send_frames(args.frames, args.repeat, args.iface)))
+        print(json.dumps(send_frames(args.frames, args.repeat, args.iface, args.interval)))
         return 0
     if args.cmd == "mcast-send":
         print(json.dumps(mcast_send(args.group, args.port, args.rate, args.seconds, args.groups, args.ttl,

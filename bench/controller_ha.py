@@ -1,0 +1,225 @@
+"""Controller cluster benchmarks (issue 11): failover, the cluster's cost on the hot path, intent writes.
+
+Run: ``.venv/bin/python bench/controller_ha.py [--runs 10] [--ttl 2] [--only failover,hotpath,writes]``
+
+On ``topologies/cloud_router.yaml`` (its access points learn clients from packet-ins):
+
+* **failover**: kill -9 the instance that masters ap3, then send a frame from a client
+  nobody knows at ap3 every 10 ms.  Per run: the time until a survivor masters ap3 (polled on
+  ``/v1/cluster`` every 10 ms) and until that client's location flows are on ap3 (the new
+  master learned it from a packet-in, wrote it to etcd and programmed it); the killed instance
+  is restarted before the next run.  etcd's lease TTL (``--ttl``) is the floor.
+* **hotpath**: packet-in -> learned -> flows committed, a single controller (state dir) against
+  a 3-instance cluster (etcd first): a frame from a new client at ap3, then ap3's flow table
+  polled until its location flows are there.
+* **writes**: ``PUT /v1/apps/fabric/intent`` back to back (writes per second) and, in the
+  cluster, the time until every instance answers with the new intent.
+
+Traffic runs only inside the labs' namespaces and to loopback; the labs are torn down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ovs_scripts import kit  # noqa: E402
+from ovs_scripts.lab import Lab, _port_free  # noqa: E402
+from ovs_scripts.scenarios.cloud_router import CloudLab  # noqa: E402
+
+TOPO = ROOT / "topologies" / "cloud_router.yaml"
+APP = "cloud_router"
+AP, AP_PORT = "ap3", 10   # c4's port on ap3 (topologies/cloud_router.yaml): new clients appear there
+
+
+def free_range(n: int, start: int) -> int:
+    base = start
+    while not all(_port_free(base + i) for i in range(n)):
+        base += n + 7
+    return base
+
+
+def prepared(workdir: Path, name: str, prefix: str, cluster: bool, ttl: int) -> Path:
+    data = yaml.safe_load(TOPO.read_text())
+    data["lab"] = {**data["lab"], "name": name, "prefix": prefix}
+    ctl = {"of_port": free_range(3, 16700), "rest_port": free_range(3, 18700)}
+    if cluster:
+        ctl.update(replicas=3, store="etcd", lease_ttl=ttl, etcd_port=free_range(6, 23990))
+    data["controller"] = ctl
+    path = workdir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def stats(xs: list[float]) -> str:
+    if not xs:
+        return "-"
+    return f"median {statistics.median(xs) * 1000:.0f} ms, max {max(xs) * 1000:.0f} ms (n={len(xs)})"
+
+
+def get(lab: Lab, member: str, path: str):
+    inst = next(i for i in lab.instances if i["member"] == member)
+    return kit.request("GET", inst["rest_url"] + path, headers=lab.rest_headers(), timeout=5).body
+
+
+def running(lab: Lab) -> list[str]:
+    return [i["member"] for i in lab.instances if lab._process(lab.instance_process(int(i["member"][1:])))]
+
+
+def learn_time(cl: CloudLab, mac: str, ip: str, timeout: float = 10.0) -> float | None:
+    """One frame from a new client entering ap3 at c4's port (ovs-ofctl packet-out into the
+    pipeline: no process start in the measurement); seconds until ap3 holds its location flows."""
+    t0 = time.monotonic()
+    cl.inject_from(AP, AP_PORT, mac, ip)
+    while time.monotonic() - t0 < timeout:
+        if cl.client_location_flows(AP, mac):
+            return time.monotonic() - t0
+        time.sleep(0.005)
+    return None
+
+
+def forget(cl: CloudLab, mac: str) -> None:
+    try:
+        cl.rest(f"/v1/{APP}/clients/{mac}", "DELETE")
+    except kit.RestError:
+        pass
+
+
+def bench_failover(cl: CloudLab, runs: int) -> dict:
+    lab = cl.lab
+    to_master, to_learned = [], []
+    for n in range(runs):
+        victim = get(lab, running(lab)[0], "/v1/cluster")["masters"][AP]["member"]
+        survivor = next(m for m in running(lab) if m != victim)
+        mac, ip = f"02:00:00:61:{n // 256:02x}:{n % 256:02x}", f"10.60.1.{n + 10}"
+        t0 = time.monotonic()
+        lab.kill_instance(int(victim[1:]))
+        master = learned = None
+        while time.monotonic() - t0 < 15 and (master is None or learned is None):
+            if learned is None:
+                cl.inject_from(AP, AP_PORT, mac, ip)  # the new client keeps sending
+            if master is None:
+                held = get(lab, survivor, "/v1/cluster")["masters"].get(AP, {}).get("member")
+                if held not in (None, victim):
+                    master = time.monotonic() - t0
+            if learned is None and cl.client_location_flows(AP, mac):
+                learned = time.monotonic() - t0
+            time.sleep(0.005)
+        print(f"  run {n + 1}: killed {victim}; new master of {AP} after "
+              f"{'-' if master is None else f'{master * 1000:.0f} ms'}, a new client's flows on {AP} after "
+              f"{'-' if learned is None else f'{learned * 1000:.0f} ms'}", flush=True)
+        if master is not None:
+            to_master.append(master)
+        if learned is not None:
+            to_learned.append(learned)
+        lab.start_instance(int(victim[1:]))
+        lab.wait_cluster(120)
+        forget(cl, mac)
+    return {"to_master": to_master, "to_learned": to_learned}
+
+
+def bench_hotpath(cl: CloudLab, runs: int, tag: str) -> list[float]:
+    out = []
+    for n in range(runs):
+        mac, ip = f"02:00:00:62:{tag}:{n:02x}", f"10.60.2.{n + 10 + (100 if tag == 'c1' else 0)}"
+        t = learn_time(cl, mac, ip)
+        if t is not None:
+            out.append(t)
+        forget(cl, mac)
+        time.sleep(0.3)
+    return out
+
+
+def bench_writes(lab: Lab, n: int, cluster: bool) -> dict:
+    base = kit.rest(lab, "GET", "/v1/apps/fabric/intent").expect(200)
+    seen = []
+    t0 = time.monotonic()
+    for i in range(n):
+        body = dict(base, nd_rate_per_host=20 + i % 50)
+        kit.rest(lab, "PUT", "/v1/apps/fabric/intent", body).expect(200, 202)
+    rate = n / (time.monotonic() - t0)
+    if cluster:
+        for i in range(min(n, 20)):
+            body = dict(base, nd_rate_per_host=100 + i)
+            t1 = time.monotonic()
+            kit.rest(lab, "PUT", "/v1/apps/fabric/intent", body).expect(200, 202)
+            while time.monotonic() - t1 < 5:
+                if all(get(lab, m, "/v1/apps/fabric/intent") == body for m in running(lab)):
+                    seen.append(time.monotonic() - t1)
+                    break
+                time.sleep(0.002)
+    kit.rest(lab, "PUT", "/v1/apps/fabric/intent", base).expect(200, 202)
+    return {"writes_per_s": rate, "all_instances": seen}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--ttl", type=int, default=2, help="the etcd lease TTL (s) of the cluster")
+    ap.add_argument("--only", default="failover,hotpath,writes")
+    args = ap.parse_args(argv)
+    only = set(args.only.split(","))
+    results: dict = {}
+    with tempfile.TemporaryDirectory(prefix="bench-ha-") as tmp:
+        rundir = Path(tmp) / "run"
+        if "hotpath" in only or "writes" in only:
+            lab = Lab.up(prepared(Path(tmp), "bench_ha_single", "bh1", False, args.ttl), rundir=rundir, timeout=120)
+            try:
+                cl = CloudLab(lab)
+                cl.start_services(iperf=False)
+                assert cl.wait_ready(30)
+                if "hotpath" in only:
+                    results["hot_single"] = bench_hotpath(cl, 2 * args.runs, "c0")
+                    print(f"hot path, single controller: {stats(results['hot_single'])}", flush=True)
+                if "writes" in only:
+                    results["writes_single"] = bench_writes(lab, 50, False)
+                    print(f"intent writes, single controller: {results['writes_single']['writes_per_s']:.0f}/s",
+                          flush=True)
+            finally:
+                lab.down()
+        lab = Lab.up(prepared(Path(tmp), "bench_ha_cluster", "bh3", True, args.ttl), rundir=rundir, timeout=180)
+        try:
+            cl = CloudLab(lab)
+            cl.start_services(iperf=False)
+            assert cl.wait_ready(30)
+            if "hotpath" in only:
+                results["hot_cluster"] = bench_hotpath(cl, 2 * args.runs, "c1")
+                print(f"hot path, 3-instance cluster: {stats(results['hot_cluster'])}", flush=True)
+            if "writes" in only:
+                results["writes_cluster"] = bench_writes(lab, 50, True)
+                w = results["writes_cluster"]
+                print(f"intent writes, cluster: {w['writes_per_s']:.0f}/s; every instance has a write after "
+                      f"{stats(w['all_instances'])}", flush=True)
+            if "failover" in only:
+                print(f"failover (lease TTL {args.ttl} s), {args.runs} runs:", flush=True)
+                results["failover"] = bench_failover(cl, args.runs)
+        finally:
+            lab.down()
+    print("\nsummary")
+    if "failover" in results:
+        f = results["failover"]
+        print(f"  kill -9 of ap3's master -> new master:        {stats(f['to_master'])}   (target < 1 s)")
+        print(f"  kill -9 of ap3's master -> new client's flows: {stats(f['to_learned'])}   (target < 1.5 s)")
+    if "hot_single" in results:
+        hs, hc = results["hot_single"], results.get("hot_cluster", [])
+        extra = (statistics.median(hc) - statistics.median(hs)) * 1000 if hs and hc else float("nan")
+        print(f"  packet-in -> flows on the switch: single {stats(hs)}; cluster {stats(hc)}; "
+              f"the cluster adds {extra:.1f} ms median   (target < 10 ms)")
+    if "writes_single" in results:
+        print(f"  intent writes/s: single {results['writes_single']['writes_per_s']:.0f}, "
+              f"cluster {results['writes_cluster']['writes_per_s']:.0f}; all 3 instances hold a write after "
+              f"{stats(results['writes_cluster']['all_instances'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
