@@ -85,7 +85,15 @@ def cmd_up(ns: argparse.Namespace) -> int:
     print(f"lab {lab.name} is up: {len(t.switches)} switches, {len(t.hosts)} hosts, {len(t.nodes)} nodes "
           f"(run directory {lab.dir})")
     ctl = lab.state.data["controller"]
-    if ctl["enabled"]:
+    if ctl["enabled"] and ctl.get("etcd"):
+        print(f"controller cluster of {len(ctl['instances'])} on etcd {', '.join(ctl['etcd']['endpoints'])}:")
+        for inst in ctl["instances"]:
+            log = "controller.log" if inst["member"] == "c0" else f"controller-{inst['member']}.log"
+            print(f"  {inst['member']}: pid {inst['pid']}, REST {inst['rest_url']}, OpenFlow {inst['of_port']}, "
+                  f"log {lab.dir / log}")
+        if ctl.get("rest_token_file"):
+            print(f"REST writes need 'Authorization: Bearer <token>'; the token is in {ctl['rest_token_file']}")
+    elif ctl["enabled"]:
         print(f"controller pid {ctl.get('pid')}, REST {ctl['rest_url']}, log {lab.dir / 'controller.log'}")
         if ctl.get("rest_token_file"):
             print(f"REST writes need 'Authorization: Bearer <token>'; the token is in {ctl['rest_token_file']}")
@@ -131,6 +139,11 @@ def cmd_status(ns: argparse.Namespace) -> int:
                  if ctl.get("enabled") else "no controller")
         if ctl.get("rest_token_file"):
             ctl_s += f" (REST token in {ctl['rest_token_file']})"
+        if ctl.get("enabled") and ctl.get("etcd"):
+            ctl_s = "controller cluster " + ", ".join(
+                f"{i['member']} pid {i['pid']} {'alive' if i['alive'] else 'NOT RUNNING'} {i['rest_url']}"
+                for i in ctl["instances"]) + "; etcd " + ", ".join(
+                f"{m['endpoint']} {'alive' if m['alive'] else 'NOT RUNNING'}" for m in ctl["etcd"]["members"])
         print(f"lab {st['name']}: {st['status']}, {st['datapath']} datapath, {ctl_s}, run directory {st['rundir']}")
         for key, sb in st["sandboxes"].items():
             ok = "running" if sb["ovs_vswitchd"] and sb["ovsdb_server"] else "NOT RUNNING"

@@ -1036,6 +1036,13 @@ class Lab:
         if ctl.get("enabled"):
             ctl["alive"] = any(p["alive"] for p in procs.get("controller", []))
             ctl["log"] = str(self.dir / "controller.log")
+            if ctl.get("etcd"):
+                ctl["instances"] = [dict(inst, alive=any(p["alive"] for p in procs.get(
+                    self.instance_process(int(inst["member"][1:])), []))) for inst in ctl.get("instances", [])]
+                ctl["alive"] = any(i["alive"] for i in ctl["instances"])
+                ctl["etcd"] = dict(ctl["etcd"], members=[
+                    {"endpoint": ep, "alive": any(p["alive"] for p in procs.get(f"etcd m{j}", []))}
+                    for j, ep in enumerate(ctl["etcd"]["endpoints"])])
         switches = {}
         for s, sw in topo.switches.items():
             ns = plan.switch_netns[s]
