@@ -122,6 +122,7 @@ class Cluster:
         self.store.watch_range(root, prefix_end(root), self._changed)
         hub.spawn(self._keepalive_loop)
         hub.spawn(self._reconcile_loop)
+        hub.spawn(self._probe_loop)
         self._kick.set()
 
     def _join(self) -> None:
@@ -134,7 +135,7 @@ class Cluster:
         self._event("joined", lease=f"{self.lease:x}")
 
     def _put_member(self) -> None:
-        value = json.dumps({**self.info, "connected": sorted(self.connected)}, sort_keys=True)
+        value = json.dumps({**self.info, "connected": sorted(self.connected), "lease": self.lease}, sort_keys=True)
         self.store.call("kv/put", {"key": _b64(self._mkey), "value": _b64(value), "lease": self.lease})
         self.members[self.member] = json.loads(value)
 
@@ -208,6 +209,46 @@ class Cluster:
                 self.lease_renewed = time.monotonic()
             except StoreError:
                 self.counters["store_errors"] += 1
+
+    #: seconds between probes of the other members' REST ports
+    PROBE_EVERY = 0.1
+
+    def _probe_loop(self) -> None:
+        """A member whose process is gone (its REST port refuses connections, twice in a row:
+        kill -9, a crash) need not hold its switches until its lease runs out: revoke its lease
+        now and its switches move at once.  A member that is only slow or frozen accepts the
+        connection (the kernel does) and keeps its lease until the TTL; and should a revoke hit
+        a live instance, the switches refuse its stale generation and it steps down (fencing)."""
+        import socket as _socket
+        from urllib.parse import urlsplit
+
+        from os_ken.lib import hub
+
+        refused: dict[str, int] = {}
+        while True:
+            hub.sleep(self.PROBE_EVERY)
+            for member, info in list(self.members.items()):
+                if member == self.member or not info.get("rest") or not info.get("lease"):
+                    continue
+                url = urlsplit(info["rest"])
+                try:
+                    with _socket.create_connection((url.hostname, url.port), timeout=0.5):
+                        refused.pop(member, None)
+                except ConnectionRefusedError:
+                    refused[member] = refused.get(member, 0) + 1
+                except OSError:
+                    refused.pop(member, None)  # slow or unreachable: the lease decides
+                    continue
+                if refused.get(member, 0) >= 2:
+                    refused.pop(member, None)
+                    LOG.warning("cluster: %s's REST port refuses connections (its process is gone): "
+                                "revoking its lease %x", member, int(info["lease"]))
+                    self._event("revoked", member=member, why="its REST port refuses connections")
+                    self.counters["revoked"] = self.counters.get("revoked", 0) + 1
+                    try:
+                        self.store.call("kv/lease/revoke", {"ID": int(info["lease"])})
+                    except StoreError:
+                        self.counters["store_errors"] += 1
 
     def _lost_lease(self, why: str) -> None:
         """Our lease is gone (we were frozen or cut off longer than its TTL): we master nothing."""
