@@ -10,8 +10,8 @@ On ``topologies/cloud_router.yaml`` (its access points learn clients from packet
   master learned it from a packet-in, wrote it to etcd and programmed it); the killed instance
   is restarted before the next run.  etcd's lease TTL (``--ttl``) is the floor.
 * **hotpath**: packet-in -> learned -> flows committed, a single controller (state dir) against
-  a 3-instance cluster (etcd first): a frame from a new client at ap3, then ap3's flow table
-  polled until its location flows are there.
+  a 3-instance cluster (etcd first): a frame from a new client enters ap3, and ``ovs-ofctl
+  monitor`` says when its location flow is added.
 * **writes**: ``PUT /v1/apps/fabric/intent`` back to back (writes per second) and, in the
   cluster, the time until every instance answers with the new intent.
 
@@ -21,8 +21,12 @@ Traffic runs only inside the labs' namespaces and to loopback; the labs are torn
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import statistics
+import subprocess
 import sys
+import threading
 import tempfile
 import time
 from pathlib import Path
@@ -33,8 +37,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ovs_scripts import kit  # noqa: E402
+from ovs_scripts.flowdump import mgmt_target  # noqa: E402
 from ovs_scripts.lab import Lab, _port_free  # noqa: E402
-from ovs_scripts.scenarios.cloud_router import CloudLab  # noqa: E402
+from ovs_scripts.scenarios.cloud_router import K_LOC, CloudLab  # noqa: E402
+from ryu_apps.framework import cookies  # noqa: E402
 
 TOPO = ROOT / "topologies" / "cloud_router.yaml"
 APP = "cloud_router"
@@ -75,15 +81,46 @@ def running(lab: Lab) -> list[str]:
     return [i["member"] for i in lab.instances if lab._process(lab.instance_process(int(i["member"][1:])))]
 
 
-def learn_time(cl: CloudLab, mac: str, ip: str, timeout: float = 10.0) -> float | None:
+class FlowWatch:
+    """``ovs-ofctl monitor SWITCH watch:!initial``: the moment each flow is added, as the switch reports it."""
+
+    def __init__(self, lab: Lab, switch: str):
+        bridge, rundir = lab.switch_target(switch)
+        # (its control socket in the switch's run dir: /var/run/openvswitch need not exist)
+        self.proc = subprocess.Popen(["stdbuf", "-oL", "ovs-ofctl", "-O", "OpenFlow13",
+                                      f"--unixctl={rundir}/ofctl-monitor-{os.getpid()}.ctl", "monitor",
+                                      mgmt_target(bridge, rundir), "watch:!initial"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True)
+        self.seen: dict[str, float] = {}
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+        time.sleep(0.3)
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            m = re.search(r"event=ADDED .*cookie=(0x[0-9a-f]+)", line)
+            if m:
+                self.seen.setdefault(m.group(1), time.monotonic())
+
+    def added(self, cookie: int) -> float | None:
+        return self.seen.get(f"{cookie:#x}")
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def learn_time(cl: CloudLab, watch: FlowWatch, mac: str, ip: str, timeout: float = 10.0) -> float | None:
     """One frame from a new client entering ap3 at c4's port (ovs-ofctl packet-out into the
-    pipeline: no process start in the measurement); seconds until ap3 holds its location flows."""
+    pipeline); seconds until ap3 reports its location flow added (ovs-ofctl monitor)."""
+    cookie = cookies.make(APP, K_LOC, mac)
     t0 = time.monotonic()
     cl.inject_from(AP, AP_PORT, mac, ip)
     while time.monotonic() - t0 < timeout:
-        if cl.client_location_flows(AP, mac):
-            return time.monotonic() - t0
-        time.sleep(0.005)
+        at = watch.added(cookie)
+        if at is not None:
+            return at - t0
+        time.sleep(0.001)
     return None
 
 
@@ -129,13 +166,17 @@ def bench_failover(cl: CloudLab, runs: int) -> dict:
 
 def bench_hotpath(cl: CloudLab, runs: int, tag: str) -> list[float]:
     out = []
-    for n in range(runs):
-        mac, ip = f"02:00:00:62:{tag}:{n:02x}", f"10.60.2.{n + 10 + (100 if tag == 'c1' else 0)}"
-        t = learn_time(cl, mac, ip)
-        if t is not None:
-            out.append(t)
-        forget(cl, mac)
-        time.sleep(0.3)
+    watch = FlowWatch(cl.lab, AP)
+    try:
+        for n in range(runs):
+            mac, ip = f"02:00:00:62:{tag}:{n:02x}", f"10.60.2.{n + 10 + (100 if tag == 'c1' else 0)}"
+            t = learn_time(cl, watch, mac, ip)
+            if t is not None:
+                out.append(t)
+            forget(cl, mac)
+            time.sleep(0.3)
+    finally:
+        watch.close()
     return out
 
 
