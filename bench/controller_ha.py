@@ -21,6 +21,7 @@ Traffic runs only inside the labs' namespaces and to loopback; the labs are torn
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import statistics
@@ -77,9 +78,6 @@ def get(lab: Lab, member: str, path: str):
     return kit.request("GET", inst["rest_url"] + path, headers=lab.rest_headers(), timeout=5).body
 
 
-def running(lab: Lab) -> list[str]:
-    return [i["member"] for i in lab.instances if lab._process(lab.instance_process(int(i["member"][1:])))]
-
 
 class FlowWatch:
     """``ovs-ofctl monitor SWITCH watch:!initial``: the moment each flow is added, as the switch reports it."""
@@ -135,8 +133,8 @@ def bench_failover(cl: CloudLab, runs: int) -> dict:
     lab = cl.lab
     to_master, to_learned = [], []
     for n in range(runs):
-        victim = get(lab, running(lab)[0], "/v1/cluster")["masters"][AP]["member"]
-        survivor = next(m for m in running(lab) if m != victim)
+        victim = get(lab, lab.running_members()[0], "/v1/cluster")["masters"][AP]["member"]
+        survivor = next(m for m in lab.running_members() if m != victim)
         mac, ip = f"02:00:00:61:{n // 256:02x}:{n % 256:02x}", f"10.60.1.{n + 10}"
         t0 = time.monotonic()
         lab.kill_instance(int(victim[1:]))
@@ -194,12 +192,38 @@ def bench_writes(lab: Lab, n: int, cluster: bool) -> dict:
             t1 = time.monotonic()
             kit.rest(lab, "PUT", "/v1/apps/fabric/intent", body).expect(200, 202)
             while time.monotonic() - t1 < 5:
-                if all(get(lab, m, "/v1/apps/fabric/intent") == body for m in running(lab)):
+                if all(get(lab, m, "/v1/apps/fabric/intent") == body for m in lab.running_members()):
                     seen.append(time.monotonic() - t1)
                     break
                 time.sleep(0.002)
     kit.rest(lab, "PUT", "/v1/apps/fabric/intent", base).expect(200, 202)
     return {"writes_per_s": rate, "all_instances": seen}
+
+
+@contextlib.contextmanager
+def cloud_lab(workdir: Path, name: str, prefix: str, cluster: bool, ttl: int):
+    """A cloud_router lab (single controller or 3-instance cluster) with its services, torn down after."""
+    lab = Lab.up(prepared(workdir, name, prefix, cluster, ttl), rundir=workdir / "run",
+                 timeout=180 if cluster else 120)
+    try:
+        cl = CloudLab(lab)
+        cl.start_services(iperf=False)
+        assert cl.wait_ready(30)
+        yield cl
+    finally:
+        lab.down()
+
+
+def measure(results: dict, cl: CloudLab, label: str, key: str, only: set, runs: int) -> None:
+    """The hot path and intent writes on one lab, into ``results[hot_<key>]``/``[writes_<key>]``."""
+    cluster = key == "cluster"
+    if "hotpath" in only:
+        results[f"hot_{key}"] = bench_hotpath(cl, 2 * runs, "c1" if cluster else "c0")
+        print(f"hot path, {label}: {stats(results[f'hot_{key}'])}", flush=True)
+    if "writes" in only:
+        w = results[f"writes_{key}"] = bench_writes(cl.lab, 50, cluster)
+        print(f"intent writes, {label}: {w['writes_per_s']:.0f}/s"
+              + (f"; every instance has a write after {stats(w['all_instances'])}" if cluster else ""), flush=True)
 
 
 def main(argv=None) -> int:
@@ -211,40 +235,14 @@ def main(argv=None) -> int:
     only = set(args.only.split(","))
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="bench-ha-") as tmp:
-        rundir = Path(tmp) / "run"
         if "hotpath" in only or "writes" in only:
-            lab = Lab.up(prepared(Path(tmp), "bench_ha_single", "bh1", False, args.ttl), rundir=rundir, timeout=120)
-            try:
-                cl = CloudLab(lab)
-                cl.start_services(iperf=False)
-                assert cl.wait_ready(30)
-                if "hotpath" in only:
-                    results["hot_single"] = bench_hotpath(cl, 2 * args.runs, "c0")
-                    print(f"hot path, single controller: {stats(results['hot_single'])}", flush=True)
-                if "writes" in only:
-                    results["writes_single"] = bench_writes(lab, 50, False)
-                    print(f"intent writes, single controller: {results['writes_single']['writes_per_s']:.0f}/s",
-                          flush=True)
-            finally:
-                lab.down()
-        lab = Lab.up(prepared(Path(tmp), "bench_ha_cluster", "bh3", True, args.ttl), rundir=rundir, timeout=180)
-        try:
-            cl = CloudLab(lab)
-            cl.start_services(iperf=False)
-            assert cl.wait_ready(30)
-            if "hotpath" in only:
-                results["hot_cluster"] = bench_hotpath(cl, 2 * args.runs, "c1")
-                print(f"hot path, 3-instance cluster: {stats(results['hot_cluster'])}", flush=True)
-            if "writes" in only:
-                results["writes_cluster"] = bench_writes(lab, 50, True)
-                w = results["writes_cluster"]
-                print(f"intent writes, cluster: {w['writes_per_s']:.0f}/s; every instance has a write after "
-                      f"{stats(w['all_instances'])}", flush=True)
+            with cloud_lab(Path(tmp), "bench_ha_single", "bh1", False, args.ttl) as cl:
+                measure(results, cl, "single controller", "single", only, args.runs)
+        with cloud_lab(Path(tmp), "bench_ha_cluster", "bh3", True, args.ttl) as cl:
+            measure(results, cl, "3-instance cluster", "cluster", only, args.runs)
             if "failover" in only:
                 print(f"failover (lease TTL {args.ttl} s), {args.runs} runs:", flush=True)
                 results["failover"] = bench_failover(cl, args.runs)
-        finally:
-            lab.down()
     print("\nsummary")
     if "failover" in results:
         f = results["failover"]

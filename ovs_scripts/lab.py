@@ -608,6 +608,10 @@ class Lab:
     def instance_process(self, i: int) -> str:
         return "controller" if i == 0 else f"controller c{i}"
 
+    def running_members(self) -> list[str]:
+        """The controller instances the lab has running (started and not killed by it)."""
+        return [i["member"] for i in self.instances if self._process(self.instance_process(int(i["member"][1:])))]
+
     def kill_instance(self, i: int, sig: int | None = None) -> int:
         """kill -9 (or ``sig``) controller instance ``i``; its pid."""
         import signal as _signal
@@ -694,8 +698,7 @@ class Lab:
         while True:
             status, last = self.cluster_status(), ""
             running = [m for m, v in status.items() if isinstance(v, list)]
-            need = members if members is not None else [
-                i["member"] for i in self.instances if self._process(self.instance_process(int(i["member"][1:])))]
+            need = members if members is not None else self.running_members()
             masters: dict[str, str] = {}
             for m in running:
                 for sw in status[m]:

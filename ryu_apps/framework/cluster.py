@@ -37,7 +37,7 @@ import logging
 import time
 from typing import Callable, Iterable
 
-from ryu_apps.framework.store import EtcdStore, StoreError, _b64, prefix_end
+from ryu_apps.framework.store import EtcdStore, StoreError, _b64, _unb64, prefix_end
 
 LOG = logging.getLogger(__name__)
 
@@ -430,12 +430,8 @@ class Cluster:
 
 
 def kv_key(kv: dict) -> str:
-    import base64
-
-    return base64.b64decode(kv["key"]).decode()
+    return _unb64(kv["key"])
 
 
 def kv_value(kv: dict) -> str:
-    import base64
-
-    return base64.b64decode(kv.get("value", "")).decode()
+    return _unb64(kv.get("value", ""))

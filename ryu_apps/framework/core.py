@@ -1038,8 +1038,7 @@ class FabricCore(app_manager.OSKenApp):
             if held is not None and held[0] != self.cluster.member:
                 by_master.setdefault(held[0], []).append(n)
         out = {}
-        token_file = config.get("rest-token-file")
-        headers = {"Authorization": f"Bearer {Path(token_file).read_text().strip()}"} if token_file else {}
+        headers = {"Authorization": f"Bearer {self.api.security.token}"} if self.api.security.token else {}
         for member, sws in by_master.items():
             url = (self.cluster.members.get(member) or {}).get("rest")
             if not url:

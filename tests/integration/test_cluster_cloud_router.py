@@ -40,11 +40,8 @@ def at(lab, member: str, path: str) -> dict:
 
 
 def master_of(lab, switch: str) -> str:
-    return at(lab, running(lab)[0], "/v1/cluster")["masters"][switch]["member"]
+    return at(lab, lab.running_members()[0], "/v1/cluster")["masters"][switch]["member"]
 
-
-def running(lab) -> list[str]:
-    return [i["member"] for i in lab.instances if lab._process(lab.instance_process(int(i["member"][1:])))]
 
 
 def client_on(lab, member: str, mac: str) -> dict | None:
@@ -61,15 +58,15 @@ def test_a_client_learned_by_one_instance_is_known_to_all(cl):
              + "1770177100080000")
     lab.exec("c4", [sys.executable, "-m", "ovs_scripts.traffic", "send-frames", frame])  # from ap3
     learner = master_of(lab, "ap3")
-    for m in running(lab):
+    for m in lab.running_members():
         assert wait_for(lambda m=m: (client_on(lab, m, mac) or {}).get("location") is not None, 5), m
         c = client_on(lab, m, mac)
         assert (c["source"], c["policy"], c["ipv4"], c["location"]["switch"]) == ("learned", "quarantine", ip, "ap3")
-    keys = {m: client_on(lab, m, mac)["key"] for m in running(lab)}
+    keys = {m: client_on(lab, m, mac)["key"] for m in lab.running_members()}
     print(f"\nlearned by {learner} (master of ap3), seen by every instance with key {keys}")
     assert len(set(keys.values())) == 1
     cl.rest(f"/v1/{APP}/clients/{mac}", "DELETE")
-    for m in running(lab):
+    for m in lab.running_members():
         assert wait_for(lambda m=m: client_on(lab, m, mac) is None, 5), m
 
 
@@ -80,7 +77,7 @@ def test_roams_after_the_access_points_master_is_killed(cl):
     sw0 = before["location"]["switch"]
     victim = master_of(lab, sw0)
     vi = int(victim[1:])
-    survivor = next(m for m in running(lab) if m != victim)
+    survivor = next(m for m in lab.running_members() if m != victim)
     lab.kill_instance(vi)
     try:
         assert wait_for(lambda: at(lab, survivor, "/v1/cluster")["masters"].get(sw0, {}).get("member")
@@ -93,7 +90,7 @@ def test_roams_after_the_access_points_master_is_killed(cl):
         target = ("ap2", 10) if sw0 != "ap2" else ("ap3", 10)
         t0 = time.monotonic()
         cl.move("c1", *target)
-        for m in running(lab):
+        for m in lab.running_members():
             assert wait_for(lambda m=m: (at(lab, m, f"/v1/{APP}/clients/{mac}")["location"] or {}).get("switch")
                             == target[0], 10), (m, at(lab, m, f"/v1/{APP}/clients/{mac}"))
         took = time.monotonic() - t0

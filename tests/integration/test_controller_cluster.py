@@ -60,9 +60,6 @@ def dumps(lab) -> dict[str, str]:
             for sw in SWITCHES}
 
 
-def running(lab) -> list[str]:
-    return [i["member"] for i in lab.instances if lab._process(lab.instance_process(int(i["member"][1:])))]
-
 
 def udp_stream(lab, seconds: float, port: int = 7001):
     """A 1000 pps sequenced UDP stream h1 -> h3 (and its sink)."""
@@ -99,7 +96,7 @@ def tcp_result(server, client) -> dict:
 def _agreement(lab) -> list[str]:
     """What is not (yet) as it should be: one master per switch that every instance names, OVS
     holding one MASTER and two SLAVE rows, each instance's own role, the merged view."""
-    views = {m: masters(lab, m) for m in running(lab)}
+    views = {m: masters(lab, m) for m in lab.running_members()}
     if len(views) != 3 or len({json.dumps(v, sort_keys=True) for v in views.values()}) != 1:
         return [f"instances disagree: {views}"]
     view, bad = views["c0"], []
@@ -108,7 +105,7 @@ def _agreement(lab) -> list[str]:
     for sw in SWITCHES:
         if ovs_roles(lab, sw) != ["master", "slave", "slave"]:
             bad.append(f"{sw}: OVS roles {ovs_roles(lab, sw)}")
-        for m in running(lab):
+        for m in lab.running_members():
             st = at(lab, m, f"/v1/switches/{sw}?local=1").body
             if not st["connected"] or st["role"] != ("master" if view.get(sw) == m else "slave"):
                 bad.append(f"{m} sees {sw} as {st.get('role')} (connected {st['connected']})")
@@ -153,7 +150,7 @@ def test_intent_written_through_one_instance_is_seen_by_the_others_and_outlives_
 def test_kill_9_of_a_master_loses_no_packet_and_its_successor_sends_nothing(lab):
     before = dumps(lab)
     victim = masters(lab, "c0")["s2"]
-    survivors = [m for m in running(lab) if m != victim]
+    survivors = [m for m in lab.running_members() if m != victim]
     src, sink = udp_stream(lab, 9)
     server, client = tcp_stream(lab, 9)
     pings = start_ping(lab, "h1", "fd00:1::3", 9)
@@ -187,7 +184,7 @@ def test_a_frozen_master_is_fenced_by_the_switch_and_comes_back_as_slave(lab):
     before = dumps(lab)
     view = masters(lab, "c0")
     victim = view["s1"]
-    other = next(m for m in running(lab) if m != victim)
+    other = next(m for m in lab.running_members() if m != victim)
     lab.signal_process(lab.instance_process(int(victim[1:])), signal.SIGSTOP)
     try:
         assert wait_for(lambda: masters(lab, other).get("s1") not in (None, victim), 15), masters(lab, other)
