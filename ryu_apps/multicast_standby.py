@@ -35,11 +35,22 @@ timers, REST):
 
 REST under ``/v1/multicast``; the audit of every request under
 ``/v1/multicast/requests``.
+
+In a controller cluster the app runs on one leader (``CLUSTER = "leader"``): every
+switch's master relays the app's packet-ins (IGMP, sources, standby requests) to it,
+its queries and requests go out through the switches' masters, and after each change
+it publishes the snapshot (members, trees, paths) to etcd; every other instance
+restores it and recomputes the channels that changed, so each master programs the
+same trees and paths.  A failure's fast flip needs no leader: each master computes it
+from the port-status it receives itself.  A new leader starts from the last snapshot
+and sends a general query at once, so memberships the old one had not published yet
+are learned again.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import time
 from collections import defaultdict, deque
@@ -60,6 +71,7 @@ from ryu_apps.framework.core import FabricCore
 from ryu_apps.framework.pipeline import MCAST
 from ryu_apps.framework.rest import ApiError
 from ryu_apps.framework.state import SwitchState
+from ryu_apps.framework.store import StoreError
 from ryu_apps.functions.multicast_standby import flows, model, wire
 from ryu_apps.functions.multicast_standby.intent import MulticastIntent, StaticMember  # noqa: F401 - re-exported
 
@@ -69,6 +81,8 @@ SNAPSHOT = f"{APP}.state"  # <state dir>/multicast_standby.state.json: members, 
 RECOMPUTE_PACE = 4  # recomputes asked for at most every RECOMPUTE_PACE x the last compute time
 FULL_EVERY = 0.5    # seconds between reconciles of every channel (timers, expiry, retries)
 JOIN_HOLD = 0.1     # seconds the join state of a request in flight may wait for its completion
+SAVE_PAUSE = 0.2    # seconds a burst of changes is coalesced into one save (state dir)
+PUBLISH_PAUSE = 0.02  # ...into one publication (a cluster: the other masters wait for it)
 
 
 class MulticastStandby(FabricApp):
@@ -81,6 +95,8 @@ class MulticastStandby(FabricApp):
     PACKET_IN_BYTES = flows.IGMP_PUNT_BYTES
     #: the flows read the health of the channels' paths (ports, dead switches), not the channels
     INPUTS = frozenset({"ports", "switches"})
+    #: a standby request crosses many switches: one instance learns, the others follow its snapshot
+    CLUSTER = "leader"
 
     def __init__(self, *args, **kwargs):
         core = kwargs["fabric_core"]
@@ -110,6 +126,8 @@ class MulticastStandby(FabricApp):
         self._history: dict[tuple, deque] = defaultdict(lambda: deque(maxlen=64))
         self.stats_polls = 0
         self.port_events: deque = deque(maxlen=32)
+        self.followed = {"snapshots": 0, "refused": 0, "parts": 0}  # snapshots taken from the leader
+        self._followed: tuple[dict, dict] | None = None
         self.threads.append(hub.spawn(self._maintain_loop))
         self.threads.append(hub.spawn(self._recompute_pacer))
         self.threads.append(hub.spawn(self._saver))
@@ -184,6 +202,8 @@ class MulticastStandby(FabricApp):
         while True:
             self._kick.wait(timeout=max(0.0, self._last_full + FULL_EVERY - time.monotonic()))
             self._kick.clear()
+            if not self.core.leads(self):
+                continue  # the leader reconciles; this instance follows its snapshots
             try:
                 self.maintain(time.monotonic())
             except Exception:  # keep the loop; the state is left as it was before the failing step
@@ -270,16 +290,20 @@ class MulticastStandby(FabricApp):
         took = 0.0
         while True:
             fired = self._save_kick.wait(timeout=10.0)
-            if fired:
-                hub.sleep(max(0.2, 10 * took))  # coalesce a burst of changes
+            if fired:  # coalesce a burst of changes
+                hub.sleep(max(PUBLISH_PAUSE if self.core.clustered else SAVE_PAUSE, 10 * took))
             elif not self.state.members:
                 continue  # (membership refreshes move expiry times: saved every 10 s)
             self._save_kick.clear()
-            if not self.core.persistent:
+            if not self.core.persistent or not self.core.leads(self):
                 continue
             t0 = time.monotonic()
             try:
                 self.core.save_intent(SNAPSHOT, self.state.snapshot(t0, time.time(), pause=_pause))
+            except StoreError as exc:  # etcd without quorum: the switches keep what they have; retry
+                LOG.warning("cannot publish the multicast state: %s", exc)
+                hub.sleep(1.0)
+                self._save_kick.set()
             except OSError:
                 LOG.exception("cannot save the multicast state")
             took = time.monotonic() - t0
@@ -288,7 +312,7 @@ class MulticastStandby(FabricApp):
         hub.sleep(1.0)
         while True:
             interval = self.intent.query_interval
-            if interval > 0:
+            if interval > 0 and self.core.leads(self):
                 self.query_all()
             hub.sleep(interval if interval > 0 else 5.0)
 
@@ -311,6 +335,8 @@ class MulticastStandby(FabricApp):
         last_sources = 0.0
         while True:
             hub.sleep(self.intent.poll_ms / 1000.0)
+            if not self.core.leads(self):
+                continue
             now = time.monotonic()
             wanted = set()
             if self.intent.silence_ms > 0 and self.intent.protection == "standby":
@@ -415,9 +441,69 @@ class MulticastStandby(FabricApp):
     def _query_later(self, switch: str) -> None:
         hub.sleep(1.0)  # the IGMP punt flows are in place by then
         self.state.topology_improved(time.monotonic())
-        if self.intent.query_interval > 0:
+        if self.intent.query_interval > 0 and self.core.leads(self):
             self.query_all({switch})
         self.kick()
+
+    # -- a controller cluster -----------------------------------------------------------
+    def on_leadership(self, leading: bool) -> None:
+        """Leader now: reconcile everything, and query every host at once (memberships the old
+        leader learned but had not published yet are reported again); publish soon."""
+        LOG.info("multicast: %s", "leading: reconcile, query every host" if leading else "following the leader")
+        if leading:
+            self.state.counters["leaderships"] += 1
+            hub.spawn_after(0.3, self._lead)  # (the switches' masters know of us by then)
+
+    def _lead(self) -> None:
+        if not self.core.leads(self):
+            return
+        if self.intent.query_interval > 0:
+            self.query_all()
+        self.kick()
+        self.save_soon()
+
+    def on_store_change(self, change) -> None:
+        """The leader published its snapshot: take it (a follower) and recompute what changed."""
+        if change.name == "*":
+            try:
+                text = self.core.load_intent(SNAPSHOT)
+            except StoreError:
+                return
+            if text is not None:
+                self._follow(text)
+            return
+        if change.name != SNAPSHOT or change.key is not None or change.text is None:
+            return
+        self._follow(json.loads(change.text))
+
+    def _follow(self, data: dict) -> None:
+        if self.core.leads(self):
+            return  # (an old leader's last write: ours is newer)
+        now, wall = time.monotonic(), time.time()
+        try:
+            self.state.restore(data, now, wall)
+        except (ValueError, KeyError, TypeError) as exc:
+            self.followed["refused"] += 1
+            LOG.warning("multicast: the leader's snapshot does not fit here, ignored: %s", exc)
+            return
+        chans = {(c["source"], c["group"]): c for c in data["channels"]}
+        groups: dict[str, list] = {}
+        for m in data["members"]:
+            groups.setdefault(m["group"], []).append((m["switch"], m["port"], m["mode"], m["sources"], m["version"]))
+        groups = {g: sorted(v) for g, v in groups.items()}
+        old = self._followed
+        self._followed = (chans, groups)
+        self.followed["snapshots"] += 1
+        if old is None:
+            self.core.invalidate(self)
+            return
+        old_chans, old_groups = old
+        moved = {g for g in set(groups) | set(old_groups) if groups.get(g) != old_groups.get(g)}
+        parts = {flows.part_of(k) for k in set(chans) | set(old_chans)
+                 if chans.get(k) != old_chans.get(k) or k[1] in moved}
+        if parts:
+            self.followed["parts"] += len(parts)
+            self.core.invalidate(self, parts)
 
     def on_stats_reply(self, switch: str, msg) -> None:
         """Flow counters of this app's mcast-table flows (``_poll_loop`` asked for them)."""
@@ -498,6 +584,7 @@ class MulticastStandby(FabricApp):
                 "memberships": sum(len(g) for g in self.state.members.values()),
                 "member_timeout_s": self.intent.member_timeout(),
                 "counters": dict(sorted(self.state.counters.items())), "stats_polls": self.stats_polls,
+                "leading": self.core.leads(self), "followed": dict(self.followed),
                 "port_events": list(self.port_events),
                 "foreign_queriers": sorted(self.state.foreign_queriers)}
 

@@ -32,10 +32,21 @@ copies then travel the real links, and every switch reports each copy, so the
 controller rebuilds the paths the probe actually took and compares them with
 the ECMP set the topology implies (:mod:`ryu_apps.functions.oam_ecmp.model`
 documents the encoding and the analysis; ``docs/oam_ecmp.md`` the design).
+
+In a controller cluster a verification runs on the app's leader (``CLUSTER =
+"leader"``; the REST call is forwarded to it): it reads every switch (a SLAVE
+connection may read), publishes what it read to etcd (``oam_ecmp.tables``, one item
+per switch: the raw flow and group dump replies), from which every switch's master
+computes the same probe twins; it waits until each master holds them, launches the
+probes through the sources' masters and gets every report relayed.  Reports are kept
+in etcd too (``oam_ecmp.reports``), so any instance shows them and a new leader
+numbers on.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import random
 import time
@@ -50,6 +61,7 @@ from ryu_apps.framework.core import FabricCore
 from ryu_apps.framework.pipeline import FORWARD
 from ryu_apps.framework.rest import ApiError
 from ryu_apps.framework.state import SwitchState
+from ryu_apps.framework.store import StoreError
 from ryu_apps.functions.oam_ecmp import model
 from ryu_apps.functions.oam_ecmp.flows import (
     APP,
@@ -67,7 +79,8 @@ from ryu_apps.openflow.ofdata import (
 )
 
 LOG = logging.getLogger(__name__)
-
+TABLES = f"{APP}.tables"    # a cluster: what the leader read, one item per switch
+REPORTS = f"{APP}.reports"  # a cluster: the reports, one item per id
 
 
 class Busy(Exception):
@@ -80,6 +93,8 @@ class OamEcmp(FabricApp):
     _CONTEXTS = {"fabric_core": FabricCore}
     APP_NAME = APP
     IntentModel = OamIntent
+    #: one verification reads and probes every switch: it runs on one instance
+    CLUSTER = "leader"
 
     def __init__(self, *args, **kwargs):
         self._planned: tuple | None = None
@@ -91,9 +106,68 @@ class OamEcmp(FabricApp):
         self.next_report = 1
         self.next_probe = random.randrange(1, 1 << 31)
         self.running = False
+        self._raw: dict[str, dict] = {}
         self.counters = {"reports": 0, "stale": 0, "capped": 0, "bad": 0, "verifications": 0}
+        core = kwargs["fabric_core"]
+        if core.clustered:  # before the first compute: the twins the cluster's switches hold now
+            self._load_shared(core)
         super().__init__(*args, **kwargs)  # registers with the core (which may compute from now on)
         self._plan_of(self.intent)  # refuse a bad intent at start, naming the key
+
+    # -- a controller cluster: what the leader read and reported, shared through etcd --------
+    def _load_shared(self, core) -> None:
+        try:
+            tables = {sw: _decode_tables(data) for sw, data in core.load_items(TABLES).items()}
+            reports = [data for _, data in sorted(core.load_items(REPORTS).items())]
+        except (StoreError, ValueError, KeyError) as exc:
+            LOG.warning("oam: cannot read the shared tables and reports: %s", exc)
+            return
+        self.tables = tables or None
+        self.reports.extend(reports[-HISTORY:])
+        if reports:
+            self.next_report = max(r["id"] for r in reports) + 1
+
+    def on_store_change(self, change) -> None:
+        """The leader published what it read (the probe twins follow) or a report."""
+        if change.name == "*":
+            self.reports.clear()
+            self._load_shared(self.core)
+            self.core.invalidate(self)
+            return
+        if change.key is None or change.name not in (TABLES, REPORTS):
+            return
+        if change.name == REPORTS:
+            if change.text is not None:
+                rep = json.loads(change.text)
+                self.reports.append(rep)
+                self.next_report = max(self.next_report, rep["id"] + 1)
+            return
+        tables = dict(self.tables or {})
+        if change.text is None:
+            tables.pop(change.key, None)
+        else:
+            try:
+                tables[change.key] = _decode_tables(json.loads(change.text))
+            except (ValueError, KeyError, ofwire.DecodeError) as exc:
+                LOG.warning("oam: the leader's tables of %s do not decode here: %s", change.key, exc)
+                return
+        self.tables = tables or None
+        self.core.invalidate(self)
+
+    def _publish_tables(self, raw: dict[str, dict]) -> int:
+        """What the leader read, for every other master (one item per switch); the store revision."""
+        items = {sw: raw.get(sw) for sw in self.core.topology.switches}
+        rev = 0
+        for sw, data in items.items():  # one write each: a big switch's dump stays within etcd's limits
+            rev = max(rev, self.core.save_items(TABLES, {sw: data}))
+        return rev
+
+    def _publish_report(self, report: dict) -> None:
+        gone = [f"{i:012d}" for i in range(max(0, report["id"] - HISTORY - 8), report["id"] - HISTORY + 1) if i > 0]
+        try:
+            self.core.save_items(REPORTS, {f"{report['id']:012d}": report} | {k: None for k in gone})
+        except StoreError as exc:
+            LOG.warning("oam: report %d not shared (%s): only this instance has it", report["id"], exc)
 
     # -- intent --------------------------------------------------------------------
     @property
@@ -172,6 +246,7 @@ class OamEcmp(FabricApp):
                    for d in self.leaves for fam, ep in model.endpoints(topo, d).items()}
         out: dict[str, dict[str, model.Route]] = {}
         tables: dict[str, ReadTables] = {}
+        raw: dict[str, dict] = {}
         notes: list[str] = []
 
         def read(sw: str) -> None:
@@ -179,27 +254,13 @@ class OamEcmp(FabricApp):
                 notes.append(f"{sw} is not connected: its routes are unknown and probes through it vanish")
                 return
             try:
-                flows = []
-                for body in self.core.multipart(sw, ofwire.flow_stats_request):  # every table
-                    for fs in ofwire.parse_flow_stats(body):
-                        if fs.cookie >> cookies.APP_SHIFT == self.app_id:
-                            continue  # our own probe twins
-                        try:
-                            flows.append(fs.to_flow())
-                        except ofwire.DecodeError:
-                            continue
-                groups = {}
-                for body in self.core.multipart(sw, ofwire.group_desc_request):
-                    for gs in ofwire.parse_group_desc(body):
-                        if gs.group_id >> 24 == self.app_id:
-                            continue  # our own mirror groups
-                        try:
-                            groups[gs.group_id] = gs.to_group()
-                        except ofwire.DecodeError:
-                            continue
+                bodies = {"flows": [_b64(b) for b in self.core.multipart(sw, ofwire.flow_stats_request)],
+                          "groups": [_b64(b) for b in self.core.multipart(sw, ofwire.group_desc_request)]}
+                flows, groups = _decode(bodies)
             except Exception as exc:  # noqa: BLE001 - a switch that cannot be read is a note, not a crash
                 notes.append(f"{sw}: reading its tables failed: {exc}")
                 return
+            raw[sw] = bodies
             tables[sw] = ReadTables(tuple(f for f in flows if f.table in TWIN_TABLES), groups)
             table = model.Table(flows, FORWARD)
             out[sw] = {key: model.resolve_route(sw, d, addr, pkt, table, groups, FORWARD, down)
@@ -207,13 +268,19 @@ class OamEcmp(FabricApp):
 
         hub.joinall([hub.spawn(read, sw) for sw in topo.switches])
         self.tables = tables
+        self._raw = raw
         return out, sorted(notes)
 
-    def _wait_programmed(self, since_generation: int, timeout: float) -> bool:
+    def _wait_programmed(self, since_generation: int, timeout: float, revision: int = 0) -> bool:
+        """This instance recomputed since ``since_generation`` and every switch holds its state (in a
+        cluster: at its master, which has taken the store up to ``revision``, the tables just read)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.core.generation > since_generation and self.core.all_synced():
-                return True
+                if not self.core.clustered or not self.core.cluster_synced(revision=revision):
+                    return True
+                hub.sleep(0.05)
+                continue
             hub.sleep(0.02)
         return False
 
@@ -270,8 +337,11 @@ class OamEcmp(FabricApp):
         t1 = time.monotonic()
         gen = self.core.generation
         self.snapshot, self.snapshot_at = routes, time.time()
+        revision = 0
+        if self.core.clustered:  # every other master programs the twins of its switches from it
+            revision = self._publish_tables(self._raw)  # (no etcd quorum: StoreUnavailable, a 503)
         self.core.invalidate(self)  # the twins follow the tables just read
-        if not self._wait_programmed(gen, timeout=15):
+        if not self._wait_programmed(gen, timeout=15, revision=revision):
             notes.append("the probe twins were not programmed on every switch in time"
                          + (f" ({self.core.compute_error})" if self.core.compute_error else ""))
         t2 = time.monotonic()
@@ -330,6 +400,8 @@ class OamEcmp(FabricApp):
         self.next_report += 1
         self.counters["verifications"] += 1
         self.reports.append(report)
+        if self.core.clustered:
+            self._publish_report(report)
         return report
 
     def _probe_round(self, probes: list[model.ProbeResult], routes, wiring, rate: int, timeout: float,
@@ -474,3 +546,36 @@ class OamEcmp(FabricApp):
             routes, _ = intended_routes(self.core.view(), self.leaves, self._fabric_intent())
         return {"read_at": self.snapshot_at,
                 "routes": {sw: {d: rt.to_json() for d, rt in sorted(per.items())} for sw, per in sorted(routes.items())}}
+
+
+def _b64(body: bytes) -> str:
+    return base64.b64encode(body).decode("ascii")
+
+
+def _decode(bodies: dict) -> tuple[list, dict]:
+    """Flows and groups (not this app's own) from raw flow-stats and group-desc reply bodies."""
+    app_id = cookies.app_id(APP)
+    flows = []
+    for body in bodies["flows"]:
+        for fs in ofwire.parse_flow_stats(base64.b64decode(body)):
+            if fs.cookie >> cookies.APP_SHIFT == app_id:
+                continue  # our own probe twins
+            try:
+                flows.append(fs.to_flow())
+            except ofwire.DecodeError:
+                continue
+    groups = {}
+    for body in bodies["groups"]:
+        for gs in ofwire.parse_group_desc(base64.b64decode(body)):
+            if gs.group_id >> 24 == app_id:
+                continue  # our own mirror groups
+            try:
+                groups[gs.group_id] = gs.to_group()
+            except ofwire.DecodeError:
+                continue
+    return flows, groups
+
+
+def _decode_tables(bodies: dict) -> ReadTables:
+    flows, groups = _decode(bodies)
+    return ReadTables(tuple(f for f in flows if f.table in TWIN_TABLES), groups)

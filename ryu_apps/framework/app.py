@@ -46,6 +46,7 @@ CORE_API = frozenset({
     "multipart",         # multipart(switch, build): an ofwire dump, bodies returned
     "is_connected",      # is_connected(switch)
     "all_synced",        # all_synced(switches=None): the switches hold their desired state
+    "cluster_synced",    # cluster_synced(switches=None, revision=0): which do not yet, at their masters
     "desired_state",     # desired_state(switch): merged desired state (read only)
     "app_intent",        # app_intent(name): another app's intent, or None
     "compute_seconds",   # compute_seconds(app): its last recompute's duration
@@ -57,6 +58,7 @@ CORE_API = frozenset({
     "save_intent",       # save_intent(name, data): JSON data or a pydantic model
     "data_plane",        # data_plane(switch): forwarding | dead | ... (liveness)
     "masters",           # masters(switch): this instance programs it (always true without a cluster)
+    "leads",             # leads(app): this instance runs the app's learning and loops (CLUSTER = "leader")
     "clustered",         # the state is shared with other controller instances (etcd)
     "load_items",        # load_items(name): a collection of learned state, key -> JSON data
     "save_items",        # save_items(name, {key: data or None}): written before it is acted on
@@ -77,6 +79,12 @@ class FabricApp(app_manager.OSKenApp):
     INPUTS: frozenset = frozenset({"ports", "switches"})
     #: set by the framework: an app whose compute(view) reads self.intent (the v1 contract)
     LEGACY = False
+    #: in a controller cluster: ``"replicated"`` (every instance learns what its switches
+    #: punt, and shares it through the store) or ``"leader"`` (one instance, the app's leader,
+    #: gets every switch's packet-ins relayed to it, runs the app's loops and REST calls, and
+    #: publishes what it learned; every instance computes flows from that).  See
+    #: ``core.leads(app)`` and :meth:`on_leadership`.
+    CLUSTER = "replicated"
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -128,6 +136,9 @@ class FabricApp(app_manager.OSKenApp):
 
     def on_stats_reply(self, switch: str, msg) -> None:
         """A reply to this app's ``core.request_stats`` (os-ken's parsed message)."""
+
+    def on_leadership(self, leading: bool) -> None:
+        """A ``CLUSTER = "leader"`` app: this instance became (True) or stopped being its leader."""
 
     def on_store_change(self, change) -> None:
         """Another controller instance changed a value in the shared store (cluster mode): a

@@ -24,9 +24,19 @@ dead one is replaced within its lease's TTL:
   its writes are refused (``IS_SLAVE``), its re-assertion is refused (``STALE``); it
   steps down and follows etcd again as a SLAVE.
 
+* **App leaders.**  An app whose learning cannot be split per switch (multicast: a
+  standby-path request crosses many switches; OAM: one verification reads and probes
+  them all) has one leader among the live members, ``c/a/<app>``, chosen and claimed
+  like a switch master (rendezvous hash over the live members, create-revision
+  transaction, a move to a new member only after the hold-down).  The other instances
+  relay that app's packet-ins to the leader, the leader's packet-outs to a switch go
+  through its master, and the leader publishes what the app learned to etcd, from which
+  every instance computes the same flows (:mod:`ryu_apps.framework.relay`).
+
 This module only decides; the core (:mod:`ryu_apps.framework.core`) talks to the
 switches through ``on_role(switch, generation)`` (None: not master any more) and
-``on_master(switch, member, generation)`` (another instance masters it: be its SLAVE).
+``on_master(switch, member, generation)`` (another instance masters it: be its SLAVE),
+and to the apps through ``on_leader(app, generation)`` (None: not leader any more).
 """
 
 from __future__ import annotations
@@ -59,6 +69,11 @@ def assignment(connected: dict[str, Iterable[str]], switches: Iterable[str]) -> 
     return out
 
 
+def leader_of(app: str, members: Iterable[str]) -> str | None:
+    """The rendezvous-hash choice of leader for ``app`` among the live ``members``."""
+    return preferred(f"app\0{app}", members)
+
+
 class Cluster:
     """This instance's membership and the switches it masters (see the module docstring)."""
 
@@ -70,7 +85,8 @@ class Cluster:
     def __init__(self, store: EtcdStore, member: str, switches: Iterable[str], ttl: int,
                  on_role: Callable[[str, int | None], None],
                  on_master: Callable[[str, str, int], None] = lambda sw, member, gen: None,
-                 info: dict | None = None):
+                 info: dict | None = None, apps: Iterable[str] = (),
+                 on_leader: Callable[[str, int | None], None] = lambda app, gen: None):
         self.store = store
         self.member = member
         self.switches = sorted(switches)
@@ -82,6 +98,10 @@ class Cluster:
         self.members: dict[str, dict] = {}        # live member -> its key's value
         self.masters: dict[str, tuple[str, int]] = {}   # switch -> (member, generation)
         self.mine: dict[str, int] = {}            # switches this instance masters -> generation
+        self.apps = sorted(apps)                  # apps that run on one leader (the core sets them)
+        self.on_leader = on_leader                # (app, generation): we lead it now; (app, None): not any more
+        self.leaders: dict[str, tuple[str, int]] = {}   # app -> (member, generation)
+        self.leading: dict[str, int] = {}         # apps this instance leads -> generation
         self.first_seen: dict[str, float] = {}    # member -> when this instance first saw it live
         self.lease: int | None = None
         self.lease_renewed: float | None = None   # monotonic time of the last successful keepalive
@@ -95,8 +115,14 @@ class Cluster:
     def _mkey(self) -> str:
         return f"{self.store.root}c/m/{self.member}"
 
-    def _skey(self, switch: str) -> str:
-        return f"{self.store.root}c/s/{switch}"
+    def _skey(self, switch: str, kind: str = "s") -> str:
+        return f"{self.store.root}c/{kind}/{switch}"
+
+    def _holders(self, kind: str) -> dict[str, tuple[str, int]]:
+        return self.masters if kind == "s" else self.leaders
+
+    def _held(self, kind: str) -> dict[str, int]:
+        return self.mine if kind == "s" else self.leading
 
     def _event(self, kind: str, **info) -> None:
         self.events.append({"time": round(time.time(), 3), "kind": kind, **info})
@@ -142,16 +168,20 @@ class Cluster:
     def _read_all(self) -> None:
         root = self.store.root + "c/"
         got = self.store.call("kv/range", {"key": _b64(root), "range_end": _b64(prefix_end(root))})
-        members, masters = {}, {}
+        members, masters, leaders = {}, {}, {}
         for kv in got.get("kvs", []):
             self._parse(kv_key(kv), kv_value(kv), int(kv.get("mod_revision", 0)),
-                        int(kv.get("create_revision", 0)), members, masters)
-        self.members, self.masters = members, masters
+                        int(kv.get("create_revision", 0)), members, masters, leaders)
+        self.members, self.masters, self.leaders = members, masters, leaders
         for sw in list(self.mine):
             if self.masters.get(sw, ("", 0))[0] != self.member:
                 self._lost(sw, "etcd says another instance masters it")
+        for app in list(self.leading):
+            if self.leaders.get(app, ("", 0))[0] != self.member:
+                self._lost(app, "etcd says another instance leads it", "a")
 
-    def _parse(self, key: str, value: str | None, mod_rev: int, create_rev: int, members: dict, masters: dict) -> None:
+    def _parse(self, key: str, value: str | None, mod_rev: int, create_rev: int, members: dict, masters: dict,
+               leaders: dict) -> None:
         rest = key[len(self.store.root) + 2:]
         if rest.startswith("m/"):
             name = rest[2:]
@@ -164,22 +194,27 @@ class Cluster:
                     members[name] = json.loads(value)
                 except ValueError:
                     members[name] = {}
-        elif rest.startswith("s/"):
-            sw = rest[2:]
+        elif rest.startswith(("s/", "a/")):
+            holders = masters if rest[0] == "s" else leaders
+            name = rest[2:]
             if value is None:
-                masters.pop(sw, None)
+                holders.pop(name, None)
             else:
                 # the generation is the claim's revision (a put on the key by its holder keeps it)
-                masters[sw] = (value, create_rev or mod_rev)
+                holders[name] = (value, create_rev or mod_rev)
 
     def _changed(self, key: str, value: str | None, rev: int, create_rev: int) -> None:
         """A watch event under ``c/``."""
         if key == "*":
             self._kick.set()
             return
-        self._parse(key, value, rev, create_rev, self.members, self.masters)
+        self._parse(key, value, rev, create_rev, self.members, self.masters, self.leaders)
         sw = key.rsplit("/", 1)[-1]
-        if key.startswith(self.store.root + "c/s/"):
+        if key.startswith(self.store.root + "c/a/"):
+            holder = self.leaders.get(sw)
+            if sw in self.leading and (holder is None or holder[0] != self.member):
+                self._lost(sw, "etcd says another instance leads it" if holder else "its etcd key is gone", "a")
+        elif key.startswith(self.store.root + "c/s/"):
             holder = self.masters.get(sw)
             if sw in self.mine and (holder is None or holder[0] != self.member):
                 self._lost(sw, "etcd says another instance masters it" if holder else "its etcd key is gone")
@@ -261,13 +296,20 @@ class Cluster:
         self.members.pop(self.member, None)
         for sw in list(self.mine):
             self._lost(sw, "lease lost")
+        for app in list(self.leading):
+            self._lost(app, "lease lost", "a")
 
-    def _lost(self, switch: str, why: str) -> None:
-        if self.mine.pop(switch, None) is None:
+    def _lost(self, switch: str, why: str, kind: str = "s") -> None:
+        if self._held(kind).pop(switch, None) is None:
             return
-        LOG.warning("cluster: %s is no longer master of %s: %s", self.member, switch, why)
-        self._event("stepped_down", switch=switch, why=why)
-        self.on_role(switch, None)
+        if kind == "s":
+            LOG.warning("cluster: %s is no longer master of %s: %s", self.member, switch, why)
+            self._event("stepped_down", switch=switch, why=why)
+            self.on_role(switch, None)
+        else:
+            LOG.warning("cluster: %s is no longer leader of %s: %s", self.member, switch, why)
+            self._event("stepped_down", app=switch, why=why)
+            self.on_leader(switch, None)
 
     def stale(self, switch: str, generation: int, why: str) -> None:
         """The switch refused our generation as stale: a newer master exists (we are its SLAVE)."""
@@ -340,9 +382,24 @@ class Cluster:
                     self._release(sw, f"{move_to[sw]} is preferred and connected")
             elif holder[0] not in self.members and want[sw] == self.member:
                 pass  # its lease will expire: etcd deletes the key and we claim it then
+        # app leaders: among every live member (each has a channel to the switches it needs
+        # or reaches them through their masters)
+        alive = list(live)
+        for app in self.apps:
+            holder = self.leaders.get(app)
+            if holder is None:
+                if leader_of(app, alive) == self.member:
+                    self._claim(app, "a")
+            elif holder[0] == self.member:
+                if app not in self.leading:
+                    self._adopt(app, holder[1], "a")
+                else:
+                    best = leader_of(app, list(settled))
+                    if best not in (None, self.member):
+                        self._release(app, f"{best} is preferred", "a")
 
-    def _claim(self, switch: str) -> None:
-        key = _b64(self._skey(switch))
+    def _claim(self, switch: str, kind: str = "s") -> None:
+        key = _b64(self._skey(switch, kind))
         out = self.store.call("kv/txn", {
             "compare": [{"key": key, "target": "CREATE", "result": "EQUAL", "create_revision": 0}],
             "success": [{"request_put": {"key": key, "value": _b64(self.member), "lease": self.lease}}],
@@ -351,35 +408,41 @@ class Cluster:
         if not out.get("succeeded"):
             rng = out.get("responses", [{}])[0].get("response_range", {}).get("kvs", [])
             if rng:
-                self.masters[switch] = (kv_value(rng[0]), int(rng[0].get("create_revision", 0)))
+                self._holders(kind)[switch] = (kv_value(rng[0]), int(rng[0].get("create_revision", 0)))
             return
         generation = int(out["header"]["revision"])
-        self.masters[switch] = (self.member, generation)
+        self._holders(kind)[switch] = (self.member, generation)
         self.counters["claims"] += 1
-        self._take(switch, generation, "claimed")
+        self._take(switch, generation, "claimed", kind)
 
-    def _adopt(self, switch: str, generation: int) -> None:
-        key = _b64(self._skey(switch))
+    def _adopt(self, switch: str, generation: int, kind: str = "s") -> None:
+        key = _b64(self._skey(switch, kind))
         out = self.store.call("kv/txn", {
             "compare": [{"key": key, "target": "CREATE", "result": "EQUAL", "create_revision": generation},
                         {"key": key, "target": "VALUE", "result": "EQUAL", "value": _b64(self.member)}],
             "success": [{"request_put": {"key": key, "value": _b64(self.member), "lease": self.lease}}]})
         if out.get("succeeded"):
-            self._take(switch, generation, "its etcd key was ours (a restart within the lease)")
+            self._take(switch, generation, "its etcd key was ours (a restart within the lease)", kind)
 
-    def _take(self, switch: str, generation: int, why: str) -> None:
-        self.mine[switch] = generation
+    def _take(self, switch: str, generation: int, why: str, kind: str = "s") -> None:
+        self._held(kind)[switch] = generation
+        if kind == "a":
+            self.counters["leaderships"] = self.counters.get("leaderships", 0) + 1
+            LOG.info("cluster: %s leads %s (generation %d, %s)", self.member, switch, generation, why)
+            self._event("leader", app=switch, generation=generation, why=why)
+            self.on_leader(switch, generation)
+            return
         self.counters["takeovers"] += 1
         LOG.info("cluster: %s masters %s (generation %d, %s)", self.member, switch, generation, why)
         self._event("master", switch=switch, generation=generation, why=why)
         self.on_role(switch, generation)
 
-    def _release(self, switch: str, why: str) -> None:
-        gen = self.mine.get(switch)
-        self._lost(switch, why)
+    def _release(self, switch: str, why: str, kind: str = "s") -> None:
+        gen = self._held(kind).get(switch)
+        self._lost(switch, why, kind)
         if gen is None or self.lease is None:
             return
-        key = _b64(self._skey(switch))
+        key = _b64(self._skey(switch, kind))
         try:  # only our own claim (a newer one is someone else's)
             self.store.call("kv/txn", {
                 "compare": [{"key": key, "target": "CREATE", "result": "EQUAL", "create_revision": gen}],
@@ -401,6 +464,15 @@ class Cluster:
     def master_of(self, switch: str) -> tuple[str, int] | None:
         return self.masters.get(switch)
 
+    def leader(self, app: str) -> str | None:
+        """The member that leads ``app`` now (None: nobody, e.g. between a death and the claim)."""
+        holder = self.leaders.get(app)
+        return None if holder is None else holder[0]
+
+    def rest_of(self, member: str) -> str | None:
+        """A live member's REST base URL."""
+        return (self.members.get(member) or {}).get("rest")
+
     def preferred_masters(self) -> dict[str, str | None]:
         """The master each switch should have among the live members connected to it."""
         live = {m: info.get("connected", ()) for m, info in self.members.items()}
@@ -421,6 +493,8 @@ class Cluster:
                             for m, info in sorted(self.members.items())},
                 "masters": {sw: {"member": h, "generation": g} for sw, (h, g) in sorted(self.masters.items())},
                 "mine": dict(sorted(self.mine.items())), "counters": dict(self.counters),
+                "leaders": {a: {"member": h, "generation": g} for a, (h, g) in sorted(self.leaders.items())},
+                "leading": dict(sorted(self.leading.items())),
                 "preferred": want,
                 # every switch is mastered by its preferred member (after a join, the move waits
                 # JOIN_HOLD seconds)

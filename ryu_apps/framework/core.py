@@ -34,6 +34,8 @@ from ryu_apps.framework.app import FabricApp
 from ryu_apps.framework.view import WHOLE, FabricView, IntentError, PacketIn, PortChange, SwitchChange
 from ryu_apps.framework.pipeline import PipelineError
 from ryu_apps.framework.programmer import SwitchProgrammer
+from ryu_apps.framework.relay import Relay, RelayBatch
+from ryu_apps.framework import relay as relays
 from ryu_apps.framework.rest import ApiError, PerParam, RestApi, validation_error
 from ryu_apps.framework.state import StateConflict, SwitchState
 from ryu_apps.framework.store import Change, EtcdStore, LocalStore, StoreError
@@ -216,6 +218,9 @@ class FabricCore(app_manager.OSKenApp):
                                          if port else None})
             for name, prog in self.programmers.items():
                 prog.on_not_master = (lambda why, name=name: self.cluster.fenced(name, why))
+        self.relay: Relay | None = None
+        if self.cluster is not None:
+            self.relay = Relay(self.cluster.member, self.cluster.rest_of, lambda: self.api.security.token)
 
     def _open_store(self):
         """The state dir (default) or etcd (``--fabric-store etcd``: a controller cluster)."""
@@ -227,13 +232,17 @@ class FabricCore(app_manager.OSKenApp):
     def start(self):
         thread = super().start()
         for app in self.apps.values():
-            app.add_routes(self.api)
+            # a leader app's REST calls are answered by its leader (they start its work or read
+            # what it learned); ?local=1 asks this instance
+            app.add_routes(self.api if self.cluster is None or app.CLUSTER != "leader" else _LeaderRoutes(self, app))
         port = config.get("rest-port")
         if port:
             self.threads.append(self.api.serve(config.get("rest-host"), port))
         self.schedule_recompute()
         if self.cluster is not None:
             self.store.watch(self._store_changed)
+            self.cluster.apps = sorted(n for n, a in self.apps.items() if a.CLUSTER == "leader")
+            self.cluster.on_leader = self._on_leader
             self.cluster.start()
             # a clean stop (SIGTERM: ovslab down, systemd, a rolling upgrade) hands our switches
             # over at once instead of after the lease's TTL
@@ -324,12 +333,14 @@ class FabricCore(app_manager.OSKenApp):
     def _item_text(data) -> str:
         return json.dumps(data, separators=(",", ":"), sort_keys=True)
 
-    def save_items(self, name: str, items: dict, expect: dict | None = None) -> None:
+    def save_items(self, name: str, items: dict, expect: dict | None = None) -> int:
         """Write items of the collection ``name`` (key -> JSON data, None deletes); raises
         StoreUnavailable when the store cannot take them (nothing of a batch up to 128 is written).
-        ``expect``: key -> the data the item must still hold (else StoreConflict, nothing written)."""
-        self.store.put_items(name, {k: None if v is None else self._item_text(v) for k, v in items.items()},
-                             expect=None if expect is None else {k: self._item_text(v) for k, v in expect.items()})
+        ``expect``: key -> the data the item must still hold (else StoreConflict, nothing written).
+        Returns the store revision of the write (etcd; 0 in the state dir)."""
+        return self.store.put_items(name, {k: None if v is None else self._item_text(v) for k, v in items.items()},
+                                    expect=None if expect is None else {k: self._item_text(v)
+                                                                        for k, v in expect.items()})
 
     def _store_changed(self, change: Change) -> None:
         """Another instance changed something in etcd: an app's intent is taken as if put here."""
@@ -689,10 +700,74 @@ class FabricCore(app_manager.OSKenApp):
         """Does this instance program ``switch`` (always, without a cluster)?"""
         return self.cluster is None or switch in self.cluster.mine
 
+    def leads(self, app: FabricApp) -> bool:
+        """Does this instance run ``app``'s learning and loops (always, without a cluster or for
+        an app that is not ``CLUSTER = "leader"``)?"""
+        return self.cluster is None or app.CLUSTER != "leader" or app.APP_NAME in self.cluster.leading
+
+    def _on_leader(self, name: str, generation: int | None) -> None:
+        app = self.apps.get(name)
+        if app is None:
+            return
+        try:
+            app.on_leadership(generation is not None)
+        except Exception:  # noqa: BLE001
+            LOG.exception("%s.on_leadership failed", name)
+
+    def _relay_in(self, r) -> dict:
+        """``POST /v1/cluster/relay``: packet-ins for apps we lead, packet-outs for switches we master."""
+        if self.relay is None:
+            raise ApiError(404, "not a controller cluster: nothing is relayed")
+        batch: RelayBatch = r.body
+        done = {"packet_ins": 0, "packet_outs": 0, "refused": [], "bad": []}
+        for i, p in enumerate(batch.packet_ins):
+            app = self.apps.get(p.app)
+            where = f"packet_ins[{i}]"
+            if app is None or p.switch not in self.topology.switches:
+                done["bad"].append(f"{where}: no app {p.app!r}" if app is None else f"{where}: no switch {p.switch!r}")
+                continue
+            try:
+                data = relays.decode(p.data)
+            except ValueError as exc:
+                done["bad"].append(f"{where}.data: {exc}")
+                continue
+            if not self.leads(app):  # leadership moved while it travelled: dropped (like a lost packet-in)
+                done["refused"].append(f"{where}: {self.cluster.member} does not lead {p.app}")
+                continue
+            pkt = PacketIn(p.switch, p.in_port, p.table, p.cookie, data[:getattr(app, "PACKET_IN_BYTES",
+                                                                                  PACKET_IN_BYTES)])
+            self.relay.counters["packet_ins_received"] += 1
+            try:
+                app.on_packet_in(pkt)
+                self.packet_ins["handled"] += 1
+                done["packet_ins"] += 1
+            except ValueError as exc:
+                self.packet_ins["bad"] += 1
+                LOG.debug("%s: bad relayed packet-in from %s:%d: %s", p.app, p.switch, p.in_port, exc)
+        for i, p in enumerate(batch.packet_outs):
+            where = f"packet_outs[{i}]"
+            if p.switch not in self.topology.switches:
+                done["bad"].append(f"{where}: no switch {p.switch!r}")
+                continue
+            try:
+                data = relays.decode(p.data)
+            except ValueError as exc:
+                done["bad"].append(f"{where}.data: {exc}")
+                continue
+            if not self.masters(p.switch) or not self._send_packet(p.switch, p.port, data, p.in_port):
+                done["refused"].append(f"{where}: {self.cluster.member} does not master {p.switch} now")
+                continue
+            self.relay.counters["packet_outs_received"] += 1
+            done["packet_outs"] += 1
+        self.relay.counters["refused"] += len(done["refused"])
+        self.relay.counters["bad"] += len(done["bad"])
+        done["refused"], done["bad"] = done["refused"][:20], done["bad"][:20]
+        return done
+
     def _cluster_json(self) -> dict:
         if self.cluster is None:
             return {"mode": "single", "store": self.store.health()}
-        return {"mode": "cluster", **self.cluster.json(), "store": self.store.health()}
+        return {"mode": "cluster", **self.cluster.json(), "relay": self.relay.json(), "store": self.store.health()}
 
     # -- liveness ----------------------------------------------------------------
     def forwards(self, switch: str) -> bool:
@@ -838,6 +913,14 @@ class FabricCore(app_manager.OSKenApp):
         limit = getattr(app, "PACKET_IN_BYTES", PACKET_IN_BYTES)
         pkt = PacketIn(name, msg.match.get("in_port", 0), msg.table_id, msg.cookie,
                        bytes(msg.data[:limit]))
+        if not self.leads(app):  # one instance leads this app: hand the packet-in to it
+            leader = self.cluster.leader(app.APP_NAME)
+            if leader is None or leader == self.cluster.member or not self.relay.packet_in(
+                    leader, app.APP_NAME, name, pkt.in_port, pkt.table, pkt.cookie, pkt.data):
+                self.packet_ins["no_leader"] = self.packet_ins.get("no_leader", 0) + 1
+            else:
+                self.packet_ins["relayed"] = self.packet_ins.get("relayed", 0) + 1
+            return
         try:
             app.on_packet_in(pkt)
             self.packet_ins["handled"] += 1
@@ -850,7 +933,16 @@ class FabricCore(app_manager.OSKenApp):
         """Send ``data`` out of ``port`` (``TABLE``: through the pipeline, as if it came in on
         ``in_port``).  False when the switch has no control channel."""
         dp = self.datapaths.get(switch)
-        if dp is None or not self.masters(switch):
+        if dp is None:
+            return False
+        if not self.masters(switch):  # a cluster: the switch's master sends it
+            held = self.cluster.master_of(switch)
+            return held is not None and self.relay.packet_out(held[0], switch, port, data, in_port)
+        return self._send_packet(switch, port, data, in_port)
+
+    def _send_packet(self, switch: str, port: int, data: bytes, in_port: int | None) -> bool:
+        dp = self.datapaths.get(switch)
+        if dp is None:
             return False
         parser, ofp = dp.ofproto_parser, dp.ofproto
         dp.send_msg(parser.OFPPacketOut(datapath=dp, buffer_id=ofp.OFP_NO_BUFFER,
@@ -879,12 +971,19 @@ class FabricCore(app_manager.OSKenApp):
         """
         channel = self.programmers[switch].channel
         if channel is None:
-            raise ConnectionError(f"{switch} is not connected")
+            dp = self.datapaths.get(switch)
+            if dp is None:
+                raise ConnectionError(f"{switch} is not connected")
+            # a SLAVE connection (a cluster, another instance masters it) may read
+            channel = programmer.OFChannel(dp, timeout=30.0)
         return channel.multipart(build)
 
     def is_connected(self, switch: str) -> bool:
-        """Can this instance talk to ``switch`` (connected, and its master in a cluster)?"""
-        return switch in self.datapaths and self.masters(switch)
+        """Can this instance talk to ``switch``: read it, and send to it (in a cluster: as its
+        master, or through its master)?"""
+        if switch not in self.datapaths:
+            return False
+        return self.masters(switch) or self.cluster.master_of(switch) is not None
 
     @property
     def settling(self) -> bool:
@@ -905,6 +1004,29 @@ class FabricCore(app_manager.OSKenApp):
         names = self.datapaths if switches is None else [s for s in switches if s in self.datapaths]
         names = [n for n in names if self.masters(n)]  # (the others are their masters' business)
         return all(self.switch_synced(n) for n in names)
+
+    def cluster_synced(self, switches=None, revision: int = 0) -> dict[str, str]:
+        """Which connected switches (of ``switches``) do not yet hold their desired state, and
+        why; in a cluster as their masters report it, each having handled the store up to
+        ``revision`` (a write this instance made).  Empty: all of them do.  Without a cluster
+        the same as :meth:`all_synced`."""
+        names = [n for n in (self.topology.switches if switches is None else switches) if n in self.datapaths]
+        out = {n: "not synced" for n in names if self.masters(n) and not self.switch_synced(n)}
+        if self.cluster is None:
+            return out
+        others = [n for n in names if not self.masters(n)]
+        remote = self._remote_switches(others)
+        for n in others:
+            e = remote.get(n)
+            if e is None:
+                out[n] = "no master"
+            elif e.get("note"):
+                out[n] = e["note"]
+            elif not e.get("synced") or e.get("role") != "master":
+                out[n] = f"not synced at {e.get('answered_by')}"
+            elif int(e.get("store_applied") or 0) < revision:
+                out[n] = f"{e.get('answered_by')} has not handled store revision {revision} yet"
+        return out
 
     def desired_state(self, switch: str):
         """The merged desired state of ``switch`` (read only)."""
@@ -982,6 +1104,9 @@ class FabricCore(app_manager.OSKenApp):
         api.add("GET", "/v1/health", lambda r: self._health(), "Controller health and packet-in counters")
         api.add("GET", "/v1/cluster", lambda r: self._cluster_json(),
                 "The controller cluster: members, which switches each masters, generation ids, lease ages, etcd health")
+        api.add("POST", "/v1/cluster/relay", self._relay_in,
+                "Between cluster instances: packet-ins for an app this instance leads, packet-outs for a switch it "
+                "masters", body=RelayBatch)
 
     def _health(self) -> dict:
         progs = self.programmers.values()
@@ -1069,6 +1194,7 @@ class FabricCore(app_manager.OSKenApp):
             status["role"] = "master" if name in self.cluster.mine else "slave"
             status["master"] = None if held is None else {"member": held[0], "generation": held[1]}
             status["store_revision"] = self.store.revision
+            status["store_applied"] = self.store.applied
         return {"name": name, "dpid": sw.dpid, "bridge": sw.bridge, **status,
                 "channel": self._channel(name), "data_plane": self.data_plane(name)}
 
@@ -1112,6 +1238,19 @@ class FabricCore(app_manager.OSKenApp):
 
     def _resync(self, r):
         name = self._switch_or_404(r.params["name"])
+        if not self.masters(name):  # a cluster: only the switch's master programs it
+            held = self.cluster.master_of(name)
+            url = self.cluster.rest_of(held[0]) if held else None
+            if not url or "forwarded" in r.query:
+                raise ApiError(503, f"{name} has no master now (mastership is moving); retry in a moment")
+            try:
+                status, payload = relays.forward(url, "POST", r.path, {"forwarded": self.cluster.member}, None,
+                                                 self.api.security.token, 10.0)
+            except OSError as exc:
+                raise ApiError(503, f"{name}'s master {held[0]} did not answer: {exc}") from None
+            if status >= 400:
+                raise ApiError(status, str((payload or {}).get("error", payload)))
+            return status, dict(payload, master=held[0])
         self.programmers[name].resync()
         return 202, {"resync": name}
 
@@ -1180,3 +1319,53 @@ class FabricCore(app_manager.OSKenApp):
 
 
 
+
+
+class _LeaderRoutes:
+    """What a ``CLUSTER = "leader"`` app registers its REST routes on: a request to an instance
+    that does not lead the app is forwarded to the leader (``?local=1``: answered here)."""
+
+    FORWARD_TIMEOUT = 300.0  # an OAM verification takes as long as its probes
+
+    def __init__(self, core: FabricCore, app: FabricApp):
+        self.core, self.app = core, app
+
+    def add(self, method: str, path: str, handler, summary: str, tag: str = "core", body=None,
+            status: int = 200, also: tuple[int, ...] = ()) -> None:
+        def routed(r):
+            if self.core.leads(self.app) or r.query.get("local") in ("1", "true", "yes"):
+                return handler(r)
+            return self._forward(r, handler)
+
+        self.core.api.add(method, path, routed, summary, tag, body=body, status=status, also=also)
+
+    def param_values(self, prefix: str, values) -> None:
+        self.core.api.param_values(prefix, values)
+
+    def _forward(self, r, handler):
+        cluster, name = self.core.cluster, self.app.APP_NAME
+        leader = cluster.leader(name)
+        url = cluster.rest_of(leader) if leader else None
+        if "forwarded" in r.query or not url:
+            if r.method in ("GET", "HEAD"):  # this instance's copy of the app's state
+                return handler(r)
+            why = "leadership is moving" if "forwarded" in r.query else "no instance leads it now"
+            raise ApiError(503, f"{name}: {why} (leader {leader or 'none'}); retry in a moment")
+        if r.body is None:
+            data = None
+        elif isinstance(r.body, BaseModel):
+            data = r.body.model_dump_json(exclude_unset=True).encode()
+        else:
+            data = json.dumps(r.body).encode()
+        query = {k: v for k, v in r.query.items()} | {"forwarded": cluster.member}
+        try:
+            status, payload = relays.forward(url, r.method, r.path, query, data, self.core.api.security.token,
+                                             self.FORWARD_TIMEOUT if r.method not in ("GET", "HEAD") else 10.0)
+        except OSError as exc:
+            if r.method in ("GET", "HEAD"):
+                return handler(r)
+            raise ApiError(503, f"{name}: its leader {leader} did not answer: {exc}") from None
+        if status >= 400:
+            err = payload if isinstance(payload, dict) else {}
+            raise ApiError(status, str(err.get("error", payload)), err.get("field"))
+        return status, payload

@@ -179,6 +179,7 @@ class EtcdStore:
         self._own: dict[str, int] = {}        # key -> mod revision of our own last write of it
         self._revs: dict[str, int] = {}       # key -> last mod revision seen (read, written or watched)
         self.revision = 0                     # newest store revision seen
+        self.applied = 0                      # every change up to this revision has been handled here
         self.errors = 0
         self.last_error: str | None = None
         self.watch_restarts = 0
@@ -350,6 +351,12 @@ class EtcdStore:
             hub.sleep(0.05)
 
     def _seen(self, key: str, text: str | None, rev: int, create_rev: int = 0) -> None:
+        try:
+            self._handle(key, text, rev)
+        finally:
+            self.applied = max(self.applied, rev)
+
+    def _handle(self, key: str, text: str | None, rev: int) -> None:
         if key == "*":
             self._emit(Change("*", None, None, rev))
             return

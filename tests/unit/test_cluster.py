@@ -57,3 +57,37 @@ def test_replicas_need_the_etcd_store():
         ControllerSpec(replicas=3)
     assert ControllerSpec(replicas=3, store="etcd").lease_ttl == 2
     assert ControllerSpec().replicas == 1 and ControllerSpec().store == "local"
+
+
+def test_an_apps_leader_is_one_live_member_and_moves_only_when_it_dies():
+    from ryu_apps.framework.cluster import leader_of
+
+    apps = [f"app{i}" for i in range(30)]
+    first = {a: leader_of(a, MEMBERS) for a in apps}
+    assert first == {a: leader_of(a, list(reversed(MEMBERS))) for a in apps}  # every instance agrees
+    assert len(set(first.values())) > 1  # apps are spread, not all on one instance
+    after = {a: leader_of(a, ["c0", "c2"]) for a in apps}
+    assert {a for a in apps if first[a] != after[a]} == {a for a in apps if first[a] == "c1"}
+    assert leader_of("x", []) is None
+
+
+def test_relayed_batches_are_validated_before_anything_is_handled():
+    from pydantic import ValidationError
+
+    from ryu_apps.framework import relay
+
+    pin = {"app": "multicast_standby", "switch": "s1", "in_port": 1, "table": 0, "cookie": 5,
+           "data": relay.encode(b"\x01\x02")}
+    ok = relay.RelayBatch.model_validate_json(
+        '{"sender": "c0", "packet_ins": [%s]}' % __import__("json").dumps(pin), strict=True)
+    assert relay.decode(ok.packet_ins[0].data) == b"\x01\x02"
+    for bad in ({"sender": "c0", "packet_ins": [dict(pin, in_port=-1)]},
+                {"sender": "c0", "packet_ins": [dict(pin, cookie=1 << 64)]},
+                {"sender": "c0", "packet_ins": [dict(pin, data="A" * (relay.MAX_DATA_CHARS + 1))]},
+                {"sender": "c0", "packet_ins": [pin] * (relay.BATCH_ENTRIES + 1)},
+                {"sender": "c0", "packet_outs": [{"switch": "s1", "port": 1, "data": "", "extra": 1}]},
+                {"packet_ins": []}):
+        with pytest.raises(ValidationError):
+            relay.RelayBatch.model_validate(bad, strict=True)
+    with pytest.raises(ValueError, match="not base64"):
+        relay.decode("not base64!")
