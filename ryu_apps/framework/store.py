@@ -180,6 +180,7 @@ class EtcdStore:
         self._revs: dict[str, int] = {}       # key -> last mod revision seen (read, written or watched)
         self.revision = 0                     # newest store revision seen
         self.applied = 0                      # every change up to this revision has been handled here
+        self.last_write = 0                   # the revision of this instance's last write
         self.errors = 0
         self.last_error: str | None = None
         self.watch_restarts = 0
@@ -248,6 +249,7 @@ class EtcdStore:
                                 f"(revision {rev}); read it again and retry")
         new = int(out["header"]["revision"])
         self._revs[key] = self._own[key] = new
+        self.last_write = max(self.last_write, new)
         return new
 
     # -- collections ------------------------------------------------------------
@@ -290,6 +292,7 @@ class EtcdStore:
             rev = int(out["header"]["revision"])
             for key, _ in pairs[i:i + MAX_TXN_OPS]:
                 self._own[prefix + key] = self._revs[prefix + key] = rev
+            self.last_write = max(self.last_write, rev)
         return rev
 
     # -- watching ---------------------------------------------------------------
