@@ -1,0 +1,120 @@
+"""Proxy clusters: checks against the topology, and the resolved view a proxy's agent fetches.
+
+:func:`validate` checks what the intent models cannot: hosts exist, no host
+has two roles in a cluster or is a proxy of two clusters, a VIP is nobody's
+address and belongs to one cluster only, servers have an address of a VIP's
+family.  :func:`resolve` turns one cluster into plain data with every host's
+addresses and site, stable server ids (HAProxy peers replicate stick-table
+entries by server id, so every proxy must number the servers alike), which is
+what ``GET /v1/proxy-clusters/<name>/config`` serves and what
+:mod:`~ryu_apps.functions.proxy_cluster.haproxy` renders.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+from ryu_apps.framework.topology import Topology
+from ryu_apps.framework.view import IntentError
+from ryu_apps.functions.proxy_cluster.intent import ClusterSpec, ProxyClusterIntent
+
+#: the TCP port HAProxy peers talk on (on each proxy's own address, never the VIP)
+PEERS_PORT = 10000
+#: the site of a host whose switch is in the lab's root OVS (not on a node)
+MAIN_SITE = "main"
+
+
+def _err(field: str, msg: str) -> IntentError:
+    return IntentError(f"{field}: {msg}", field)
+
+
+def site_of(topology: Topology, host: str) -> str:
+    """The site (node) a host's switch lives on: a datacenter of the lab."""
+    sw = topology.switches[topology.hosts[host].switch]
+    return sw.node or MAIN_SITE
+
+
+def server_id(pool: str, server: str) -> int:
+    """HAProxy's numeric id of a server: stable, from its names, the same on every proxy."""
+    return zlib.crc32(f"{pool}/{server}".encode()) % 1_000_000 + 1
+
+
+def validate(topology: Topology, intent: ProxyClusterIntent) -> None:
+    """Raise IntentError naming the field unless every cluster fits the topology."""
+    hosts = topology.hosts
+    taken = {str(a): h.name for h in hosts.values() for a in h.addresses}
+    vips: dict[str, str] = {}
+    proxy_of: dict[str, str] = {}
+    for ci, c in enumerate(intent.clusters):
+        base = f"clusters[{ci}]"
+        for fam in ("vip4", "vip6"):
+            vip = getattr(c, fam)
+            if vip is None:
+                continue
+            if vip in taken:
+                raise _err(f"{base}.{fam}", f"{vip} is host {taken[vip]}'s address")
+            if vip in vips:
+                raise _err(f"{base}.{fam}", f"{vip} is already the VIP of cluster {vips[vip]}")
+            vips[vip] = c.name
+        roles: dict[str, str] = {}
+
+        def role(field: str, host: str, what: str) -> None:
+            if host not in hosts:
+                raise _err(field, f"unknown host {host!r}")
+            if host in roles and roles[host] != what:
+                raise _err(field, f"host {host} is already a {roles[host]} of this cluster")
+            roles[host] = what
+
+        for pi, p in enumerate(c.proxies):
+            f = f"{base}.proxies[{pi}].host"
+            role(f, p.host, "proxy")
+            h = hosts[p.host]
+            if p.host in proxy_of:
+                raise _err(f, f"host {p.host} is already a proxy of cluster {proxy_of[p.host]}")
+            proxy_of[p.host] = c.name
+            if h.ipv4 is None:
+                raise _err(f, f"proxy {p.host} needs an IPv4 address (HAProxy peers and health checks use it)")
+            if c.vip6 is not None and h.ipv6 is None:
+                raise _err(f, f"proxy {p.host} has no IPv6 address but the cluster has vip6")
+        for pi, pool in enumerate(c.pools):
+            for si, s in enumerate(pool.servers):
+                f = f"{base}.pools[{pi}].servers[{si}].host"
+                role(f, s.host, "server")
+                if hosts[s.host].ipv4 is None:
+                    raise _err(f, f"server {s.host} needs an IPv4 address (proxies connect to it)")
+            ids: dict[int, str] = {}
+            for si, s in enumerate(pool.servers):
+                sid = server_id(pool.name, s.name)
+                if sid in ids:
+                    raise _err(f"{base}.pools[{pi}].servers[{si}].name",
+                               f"server names {ids[sid]!r} and {s.name!r} hash to the same id; rename one")
+                ids[sid] = s.name
+        if c.capture is not None:
+            role(f"{base}.capture.host", c.capture.host, "capture collector")
+
+
+def resolve(topology: Topology, c: ClusterSpec) -> dict[str, Any]:
+    """One cluster as plain data, every host with its addresses and site (see module doc)."""
+    hosts = topology.hosts
+
+    def addr(h: str) -> dict[str, Any]:
+        x = hosts[h]
+        return {"host": h, "ipv4": str(x.ipv4.ip) if x.ipv4 else None,
+                "ipv6": str(x.ipv6.ip) if x.ipv6 else None, "site": site_of(topology, h)}
+
+    return {
+        "name": c.name, "vip4": c.vip4, "vip6": c.vip6, "ports": list(c.ports),
+        "peers_port": PEERS_PORT,
+        "proxies": [{**addr(p.host), "state": p.state} for p in c.proxies],
+        "pools": [{"name": pool.name, "balance": pool.balance, "check_path": pool.check_path,
+                   "servers": [{**addr(s.host), "name": s.name, "port": s.port, "weight": s.weight,
+                                "state": s.state, "id": server_id(pool.name, s.name)}
+                               for s in pool.servers]}
+                  for pool in c.pools],
+        "routes": [r.model_dump() for r in c.routes],
+        "default_pool": c.fallback_pool,
+        "affinity": c.affinity.model_dump(),
+        "health": c.health.model_dump(),
+        "drain_timeout_s": c.drain_timeout_s,
+    }
