@@ -231,7 +231,8 @@ _FIELD_LIST = [
     _spec("ct_state", _N1, 105, 4, "int", True, "ct_state", writable=False, hex_=True, max_value=0xFF,
           full_mask=0xFF, clip_mask=True, always_mask=True),
     _spec("ct_zone", _N1, 106, 2, "int", False, "ct_zone", writable=False),
-    # ct_mark is writable only inside ct(exec(...)), which this model lacks.
+    # ct_mark is not writable by a plain set_field (OVS rejects it): only inside
+    # ct(commit,exec(set_field:V->ct_mark)), which this model spells Ct(mark=V).
     _spec("ct_mark", _N1, 107, 4, "int", True, "ct_mark", writable=False, hex_=True),
 ]
 
@@ -900,17 +901,22 @@ def parse_nat(nat: str) -> NatSpec:
 
 @dataclass(frozen=True, slots=True)
 class Ct:
-    """Nicira NXAST_CT: ``ct(commit,zone=Z,table=T,nat(...))``.
+    """Nicira NXAST_CT: ``ct(commit,table=T,zone=Z,nat(...),exec(set_field:M->ct_mark))``.
 
     ``zone`` is an immediate 16-bit zone, ``table`` the recirculation table
     (``None``: no recirculation), ``nat`` ``None`` (no nat), ``''`` (plain
     ``nat``) or the ovs-ofctl nat argument, e.g. ``'src=10.0.0.1-10.0.0.9'``.
+    ``mark`` (``None``: untouched) is the 32-bit ct_mark the committed
+    connection gets, OVS's ``exec(set_field:M->ct_mark)`` (a full-mask set;
+    needs ``commit``).  Nested actions go out as OVS itself encodes this text:
+    the NAT action first, then the set_field.
     """
 
     commit: bool = False
     zone: int = 0
     table: int | None = None
     nat: str | None = None
+    mark: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.commit, bool):
@@ -927,21 +933,30 @@ class Ct:
                 # NAT without arguments are specified."
                 raise ValueError("Ct: nat with arguments requires commit=True")
             object.__setattr__(self, "nat", str(spec))
+        if self.mark is not None:
+            _check_u("Ct.mark", self.mark, 32)
+            if not self.commit:
+                # the same OVS rule: exec(...) other than a plain nat needs commit
+                raise ValueError("Ct: mark (exec(set_field:..->ct_mark)) requires commit=True")
 
     @property
     def nat_spec(self) -> NatSpec | None:
         return None if self.nat is None else parse_nat(self.nat)
 
     def __str__(self) -> str:
+        # OVS's format_CT order: commit, table, zone, a leading nat, exec(...)
         args = []
         if self.commit:
             args.append("commit")
-        if self.zone:
-            args.append(f"zone={self.zone}")
         if self.table is not None:
             args.append(f"table={self.table}")
+        if self.zone:
+            args.append(f"zone={self.zone}")
         if self.nat is not None:
             args.append(f"nat({self.nat})" if self.nat else "nat")
+        if self.mark is not None:
+            # ovs-ofctl prints ct_mark in hex, but a zero as plain 0
+            args.append(f"exec(set_field:{self.mark:#x}->ct_mark)" if self.mark else "exec(set_field:0->ct_mark)")
         return f"ct({','.join(args)})"
 
 

@@ -338,8 +338,17 @@ def _enc_nat(nat: str) -> bytes:
                      spec.flags, present) + opt + _PAD[pad]
 
 
+# exec(set_field:V->ct_mark) inside NXAST_CT: OFPAT_SET_FIELD with the NXM_1
+# ct_mark OXM (field 107, 4 bytes), 12 bytes padded to 16.
+_CT_MARK_OXM = _oxm_header(FIELDS["ct_mark"].oxm_class, FIELDS["ct_mark"].oxm_field, 0, 4)
+_pack_ct_mark = struct.Struct("!HHII4x").pack
+
+
 def _enc_ct(a: Ct) -> bytes:
+    # nested actions in the order OVS encodes ct(...,nat(..),exec(set_field:..)): nat first
     nested = b"" if a.nat is None else _enc_nat(a.nat)
+    if a.mark is not None:
+        nested += _pack_ct_mark(OFPAT_SET_FIELD, 16, _CT_MARK_OXM, a.mark)
     return _pack_ct(OFPAT_EXPERIMENTER, 24 + len(nested), NX_EXPERIMENTER_ID, NXAST_CT,
                     NX_CT_F_COMMIT if a.commit else 0, 0, a.zone,
                     NX_CT_RECIRC_NONE if a.table is None else a.table, 0) + nested
@@ -969,16 +978,30 @@ def _decode_nx(data: bytes):
         flags, zone_src, zone, recirc, alg = struct.unpack_from("!HIHB3xH", data, 10)
         if flags & ~NX_CT_F_COMMIT or zone_src or alg:
             return RawAction(data)
-        nat = None
+        nat = mark = None
         rest = data[24:]
-        if rest:
-            if len(rest) < 16 or _unpack_HH(rest, 0)[1] != len(rest) or rest[:2] != b"\xff\xff" \
-                    or _unpack_nx(rest, 4) != (NX_EXPERIMENTER_ID, NXAST_NAT):
+        # nested actions: an optional NXAST_NAT, then an optional set_field ct_mark
+        # (the only order Ct encodes; anything else stays raw)
+        if rest[:2] == b"\xff\xff":
+            if len(rest) < 16:
                 return RawAction(data)
-            nat = _decode_nat(rest)
+            ln = _unpack_HH(rest, 0)[1]
+            if ln < 16 or ln % 8 or ln > len(rest) or _unpack_nx(rest, 4) != (NX_EXPERIMENTER_ID, NXAST_NAT):
+                return RawAction(data)
+            nat = _decode_nat(rest[:ln])
             if nat is None:
                 return RawAction(data)
-        return Ct(bool(flags & NX_CT_F_COMMIT), zone, None if recirc == NX_CT_RECIRC_NONE else recirc, nat)
+            rest = rest[ln:]
+        if rest:
+            if len(rest) != 16 or _unpack_HH(rest, 0) != (OFPAT_SET_FIELD, 16) \
+                    or _unpack_I(rest, 4)[0] != _CT_MARK_OXM or rest[12:] != b"\0\0\0\0":
+                return RawAction(data)
+            mark = _unpack_I(rest, 8)[0]
+        try:
+            return Ct(bool(flags & NX_CT_F_COMMIT), zone, None if recirc == NX_CT_RECIRC_NONE else recirc,
+                      nat, mark)
+        except ValueError:
+            return RawAction(data)
     return RawAction(data)
 
 

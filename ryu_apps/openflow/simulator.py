@@ -30,8 +30,11 @@ What it models, as Open vSwitch 3.1 executes it (``ofproto-dpif-xlate.c``):
   PCP 0 as OVS writes it; the old tag is kept as the inner one) / ``pop_vlan``,
   ``move`` (bit ranges), ``resubmit(port,table)`` (a lookup with the packet as it
   is now; its changes persist, a given in_port is restored afterwards), ``ct``
-  (``ct_state``/``ct_zone`` set, the copy with ``table=`` recirculated; no NAT, no
-  connection table), groups;
+  (``ct_state``/``ct_zone`` set, and ``ct_mark`` when a ``commit`` sets a mark
+  (``exec(set_field:M->ct_mark)``), the copy with ``table=`` recirculated; no NAT, no
+  connection table: the mark is not remembered for later packets, and unlike OVS,
+  which exposes the ct fields only to the recirculated copy and clears them for the
+  rest of the action list, the packet keeps them after the action), groups;
 * groups: ``all`` runs every bucket on its own copy of the packet, ``indirect`` its
   bucket, ``ff`` the first live bucket, ``select`` forks: every live bucket of
   non-zero weight is one possible path (outcomes carry the ``(group, bucket)``
@@ -552,6 +555,8 @@ class _Walk:
                     pkt.pop("vlan_pcp", None)
             elif cls is Ct:
                 pkt["ct_state"], pkt["ct_zone"] = self.sw.ct_state, a.zone
+                if a.commit and a.mark is not None:
+                    pkt["ct_mark"] = a.mark  # exec(set_field:M->ct_mark): the committed connection's mark
                 if a.table is not None:
                     self.branch(pkt, lambda p, t=a.table: self.table(t, p, depth + 1))
             elif cls is RawAction:

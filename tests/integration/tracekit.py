@@ -127,9 +127,15 @@ def _move(text: str) -> RegMove:
 def _ct(text: str) -> Ct:
     args = dict(kv.lenient_pairs(text)) if text and text is not True else {}
     nat = args.get("nat")
+    mark = None
+    if "exec" in args:  # exec(set_field:0x3->ct_mark), the one nested action Ct models
+        value, _, fld = str(args["exec"]).rpartition("->")
+        if fld != "ct_mark" or not value.startswith("set_field:"):
+            raise ValueError(f"unsupported ct exec({args['exec']})")
+        mark = int(value[len("set_field:"):], 0)
     return Ct(commit="commit" in args, zone=int(args.get("zone", 0)),
               table=int(args["table"]) if "table" in args else None,
-              nat=None if nat is None else ("" if nat is True else nat))
+              nat=None if nat is None else ("" if nat is True else nat), mark=mark)
 
 
 def parse_actions(text: str) -> dict[str, Any]:

@@ -285,6 +285,12 @@ BAD_ACTION_CASES = [
     ("ct-nat-args-need-commit", lambda: Ct(nat="src=10.0.0.1"), "commit"),
     ("ct-bad-nat", lambda: Ct(commit=True, nat="sideways"), "nat"),
     ("ct-zone-range", lambda: Ct(zone=70000), "Ct.zone"),
+    ("ct-mark-needs-commit", lambda: Ct(zone=5, mark=3), "commit"),
+    ("ct-mark-with-plain-nat-needs-commit", lambda: Ct(nat="", mark=3), "commit"),
+    ("ct-mark-too-big", lambda: Ct(commit=True, mark=0x100000000), "Ct.mark"),
+    ("ct-mark-negative", lambda: Ct(commit=True, mark=-1), "Ct.mark"),
+    ("ct-mark-not-int", lambda: Ct(commit=True, mark="3"), "Ct.mark"),
+    ("ct-mark-bool", lambda: Ct(commit=True, mark=True), "Ct.mark"),
 ]
 
 
@@ -305,6 +311,30 @@ def test_bad_actions(factory, needle):
 ])
 def test_ct_nat_canonical(nat, canonical):
     assert Ct(commit=True, nat=nat).nat == canonical
+
+
+# exactly what ovs-ofctl -O OpenFlow13 dump-flows (OVS 3.1) prints for these actions
+@pytest.mark.parametrize("ct,text", [
+    (Ct(), "ct()"),
+    (Ct(commit=True, zone=5, table=3), "ct(commit,table=3,zone=5)"),
+    (Ct(commit=True, zone=5, mark=3), "ct(commit,zone=5,exec(set_field:0x3->ct_mark))"),
+    (Ct(commit=True, zone=5, nat="src=10.0.0.1", mark=3),
+     "ct(commit,zone=5,nat(src=10.0.0.1),exec(set_field:0x3->ct_mark))"),
+    (Ct(commit=True, zone=5, table=4, nat="src=10.0.0.1", mark=3),
+     "ct(commit,table=4,zone=5,nat(src=10.0.0.1),exec(set_field:0x3->ct_mark))"),
+    (Ct(commit=True, table=4, mark=3), "ct(commit,table=4,exec(set_field:0x3->ct_mark))"),
+    (Ct(commit=True, nat="", mark=0xFFFFFFFF), "ct(commit,nat,exec(set_field:0xffffffff->ct_mark))"),
+    (Ct(commit=True, mark=0), "ct(commit,exec(set_field:0->ct_mark))"),
+])
+def test_ct_str_is_what_ovs_dumps(ct, text):
+    assert str(ct) == text
+
+
+def test_ct_mark_defaults_and_equality():
+    assert Ct(commit=True).mark is None
+    assert Ct(commit=True, mark=0) != Ct(commit=True)   # set to 0 is not "untouched"
+    assert Ct(True, 5, None, None, 3) == Ct(commit=True, zone=5, mark=3)
+    assert hash(Ct(commit=True, mark=3)) == hash(Ct(commit=True, mark=3))
 
 
 # ---------------------------------------------------------------------------
@@ -467,6 +497,11 @@ OFCTL_SAMPLE = [
     Flow(7, 24, Match(in_port=5, eth_type=0x0800, ct_state=0x22),
          (SetField("in_port", 7), RegMove.whole("in_port", "reg2"), RegMove("reg3", "vlan_vid", 12),
           RegMove("ip_dscp", "reg4", 6), Resubmit(9, in_port=OFPP_LOCAL))),
+    # ct(commit,...,exec(set_field:V->ct_mark))
+    Flow(6, 25, Match(eth_type=0x0800, ct_state=(0x21, 0x21)),
+         (Ct(commit=True, zone=5, mark=3), Ct(commit=True, table=4, zone=5, nat="src=10.0.0.1", mark=0xFFFFFFFF),
+          Ct(commit=True, nat="", mark=0), Output(2))),
+    Flow(6, 26, Match(eth_type=0x86DD), (Ct(commit=True, table=7, nat="dst=[fd00::9]:80", mark=0x10),)),
 ]
 
 

@@ -92,11 +92,18 @@ def osk_match(**kw) -> bytes:
 
 
 def osk_action(a) -> bytes:
+    if isinstance(a, P.NXActionCT) and a.actions:
+        # os-ken leaves out the trailing padding of an NXAST_NAT nested inside
+        # NXAST_CT although its length fields count it; OVS sends the zeros
+        # (and a set_field after the nat starts 8-aligned).  Canonicalise by
+        # serializing the header and each nested action on its own.
+        nested = b"".join(osk_action(n) for n in a.actions)
+        head = osk_action(P.NXActionCT(flags=a.flags, zone_src=a.zone_src, zone_ofs_nbits=a.zone_ofs_nbits,
+                                       recirc_table=a.recirc_table, alg=a.alg, actions=[]))
+        return head[:2] + struct.pack("!H", len(head) + len(nested)) + head[4:] + nested
     buf = bytearray()
     a.serialize(buf, 0)
-    # os-ken leaves out the trailing padding of an NXAST_NAT nested inside
-    # NXAST_CT although its length fields count it; OVS sends the zeros.
-    # Canonicalise by zero-filling up to the declared action length.
+    # the same padding canonicalisation for a lone NXAST_NAT: zero-fill up to the declared length
     declared = struct.unpack_from("!H", buf, 2)[0]
     return bytes(buf) + b"\0" * max(0, declared - len(buf))
 
@@ -290,6 +297,19 @@ ACTION_CASES = [
      P.NXActionCT(flags=1, zone_src="", zone_ofs_nbits=0, recirc_table=255, alg=0, actions=[
          osk_nat(NX_NAT_F_SRC | NX_NAT_F_PERSISTENT, range_ipv6_min="fd00::1",
                  range_ipv6_max="fd00::9", range_proto_min=5)])),
+    # exec(set_field:V->ct_mark): a nested OFPAT_SET_FIELD (NXM_1 ct_mark), after the nat
+    ("ct-mark", Ct(commit=True, zone=5, mark=3),
+     P.NXActionCT(flags=1, zone_src="", zone_ofs_nbits=5, recirc_table=255, alg=0, actions=[
+         P.OFPActionSetField(ct_mark=3)])),
+    ("ct-mark-zero", Ct(commit=True, mark=0),
+     P.NXActionCT(flags=1, zone_src="", zone_ofs_nbits=0, recirc_table=255, alg=0, actions=[
+         P.OFPActionSetField(ct_mark=0)])),
+    ("ct-nat-mark-table", Ct(commit=True, zone=5, table=4, nat="src=10.0.0.1", mark=0xFFFFFFFF),
+     P.NXActionCT(flags=1, zone_src="", zone_ofs_nbits=5, recirc_table=4, alg=0, actions=[
+         osk_nat(NX_NAT_F_SRC, range_ipv4_min="10.0.0.1"), P.OFPActionSetField(ct_mark=0xFFFFFFFF)])),
+    ("ct-plain-nat-mark", Ct(commit=True, nat="", mark=7),
+     P.NXActionCT(flags=1, zone_src="", zone_ofs_nbits=0, recirc_table=255, alg=0, actions=[
+         osk_nat(0), P.OFPActionSetField(ct_mark=7)])),
     ("move-reg", RegMove("reg0", "reg1", 16, 0, 16),
      P.NXActionRegMove(src_field="reg0", dst_field="reg1", n_bits=16, src_ofs=0, dst_ofs=16)),
     ("move-metadata", RegMove("metadata", "reg1", 32, 32, 0),
@@ -325,6 +345,31 @@ def test_encode_action_equals_os_ken(ours, theirs):
 @pytest.mark.parametrize("ours", [c[1] for c in ACTION_CASES], ids=ACTION_IDS)
 def test_decode_action_round_trip(ours):
     assert W.decode_actions(W.encode_actions((ours,))) == (ours,)
+
+
+def test_ct_mark_wire_layout_and_what_it_does_not_decode():
+    # the bytes OVS 3.1 itself sends for ct(commit,zone=5,exec(set_field:0x3->ct_mark))
+    ovs = bytes.fromhex("ffff00280000232000230001000000000005ff0000000000"
+                        "001900100001d6040000000300000000")
+    assert W.encode_actions((Ct(commit=True, zone=5, mark=3),)) == ovs
+    assert W.decode_actions(ovs) == (Ct(commit=True, zone=5, mark=3),)
+    nat = W.encode_actions((Ct(commit=True, nat="src=10.0.0.1"),))[24:]
+    mark = ovs[24:]
+
+    def ct(nested: bytes, flags: int = 1) -> bytes:
+        return struct.pack("!HHIHHIHB3xH", 0xFFFF, 24 + len(nested), 0x2320, 35, flags, 0, 0, 255, 0) + nested
+
+    assert W.decode_actions(ct(nat + mark)) == (Ct(commit=True, nat="src=10.0.0.1", mark=3),)
+    for nested, flags in [
+        (mark + nat, 1),                                   # set_field before nat: not what Ct encodes
+        (mark + mark, 1),                                  # two set_fields
+        (mark, 0),                                         # mark without commit (OVS rejects it)
+        (mark[:4] + struct.pack("!I", 0x00010004) + mark[8:], 1),  # a nested set_field of another field (reg0)
+        (mark[:12] + b"\0\0\0\1", 1),                     # junk in the padding
+        (struct.pack("!HHIII", 25, 16, 0x0001D708, 3, 0xFF), 1),  # masked ct_mark (value/mask)
+    ]:
+        (got,) = W.decode_actions(ct(nested, flags))
+        assert isinstance(got, RawAction), nested.hex()
 
 
 @pytest.mark.parametrize("action,wire", [
@@ -392,6 +437,8 @@ def to_osk(a):
             if n.port_max is not None:
                 kw["range_proto_max"] = n.port_max
             nested.append(P.NXActionNAT(flags=n.flags, **kw))
+        if a.mark is not None:
+            nested.append(P.OFPActionSetField(ct_mark=a.mark))
         return P.NXActionCT(flags=int(a.commit), zone_src="", zone_ofs_nbits=a.zone,
                             recirc_table=255 if a.table is None else a.table, alg=0, actions=nested)
     raise AssertionError(a)

@@ -308,6 +308,24 @@ def test_ct_sets_conntrack_fields_and_recirculates_a_copy():
     assert sim.ports(sim.run(s, IP4, 1, ct_state=0x22)) == [9]
 
 
+def test_ct_commit_with_mark_sets_ct_mark():
+    # ct(commit,table=2,zone=4,exec(set_field:0x3->ct_mark)): the recirculated copy sees the mark
+    s = st(F(0, 1, {"eth_type": 0x0800}, [Ct(commit=True, zone=4, table=2, mark=3)]),
+           F(2, 2, {"ct_mark": 3, "ct_zone": 4}, [Output(5)]),
+           F(2, 1, {}, [Output(6)]))
+    (out,) = sim.run(s, IP4, 1)
+    assert (out.port, out.table, out.packet["ct_mark"]) == (5, 2, 3)
+    # a mark of 0 overwrites what the connection had; no mark leaves it alone
+    assert sim.ports(sim.run(s, dict(IP4, ct_mark=3), 1)) == [5]
+    zero = st(F(0, 1, {"eth_type": 0x0800}, [Ct(commit=True, table=2, mark=0)]),
+              F(2, 2, {"ct_mark": 3}, [Output(5)]), F(2, 1, {}, [Output(6)]))
+    assert sim.ports(sim.run(zero, dict(IP4, ct_mark=3), 1)) == [6]
+    keep = st(F(0, 1, {"eth_type": 0x0800}, [Ct(commit=True, table=2)]),
+              F(2, 2, {"ct_mark": 3}, [Output(5)]), F(2, 1, {}, [Output(6)]))
+    assert sim.ports(sim.run(keep, IP4, 1)) == [6]
+    assert sim.ports(sim.run(keep, dict(IP4, ct_mark=3), 1)) == [5]
+
+
 def test_states_are_duck_typed():
     flows = [F(0, 1, {}, [Output(2)])]
     plain = SwitchState()

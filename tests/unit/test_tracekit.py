@@ -113,6 +113,9 @@ def test_every_apps_computed_state_reads_back_exactly(source):
          actions=(Ct(commit=True, zone=5, table=30, nat="src=10.0.0.1-10.0.0.9:1000-2000,random"),
                   Ct(), Ct(nat=""), Resubmit(40), Resubmit(90, in_port=2), RegMove("reg0", "reg1", 4, 2, 8),
                   RegMove.whole("in_port", "reg2"), SetField("tunnel_id", 0x8C30D), RawAction(b"\x00\x01"))),
+    Flow(table=0, priority=9, match=Match(eth_type=0x0800),
+         actions=(Ct(commit=True, zone=5, mark=3), Ct(commit=True, table=4, zone=5, nat="src=10.0.0.1", mark=0),
+                  Ct(commit=True, nat="", mark=0xFFFFFFFF))),
 ])
 def test_hand_made_flows_read_back_exactly(flow):
     assert tk.parse_flow(str(flow)) == flow
