@@ -11,6 +11,7 @@ Packet walk::
                 +--> 20 mcast  (multicast_standby) |
                 +--> 30 oam    (oam_ecmp)          +--> 80 arp_nd --> 90 forward
                 +--> 40 nac    (cloud_router)      |
+                +--> 50 lb     (proxy_cluster)     |
                 +----------------------------------+
 
 ``ingress`` belongs to the fabric (host admission, 100-999); each function app
@@ -57,7 +58,7 @@ class Table:
     twins: tuple[str, ...] = ()
 
 
-INGRESS, FENCE, MCAST, OAM, NAC, ARP_ND, FORWARD = 0, 10, 20, 30, 40, 80, 90
+INGRESS, FENCE, MCAST, OAM, NAC, LB, ARP_ND, FORWARD = 0, 10, 20, 30, 40, 50, 80, 90
 
 _APP_TABLE_BAND = (100, 9999)
 
@@ -73,8 +74,9 @@ PIPELINE: tuple[Table, ...] = (
                  Band("fenced_clone", 1000, 1999, "clone ports into the fence table"),
                  Band("multicast_standby", 2000, 2999, "IGMP, multicast data and standby requests"),
                  Band("oam_ecmp", 3000, 3999, "replicate probes"),
-                 Band("cloud_router", 4000, 4999, "client traffic into the NAC table")),
-          next_tables=(FENCE, MCAST, OAM, NAC, ARP_ND, FORWARD), twins=("oam_ecmp",)),
+                 Band("cloud_router", 4000, 4999, "client traffic into the NAC table"),
+                 Band("proxy_cluster", 5000, 5999, "VIP traffic (and proxies' replies from the VIP) into the lb table")),
+          next_tables=(FENCE, MCAST, OAM, NAC, LB, ARP_ND, FORWARD), twins=("oam_ecmp",)),
     Table(FENCE, "fence", "translate clone <-> parent addresses; drop whatever would leave the fence",
           bands=_own("fenced_clone", "fence translation, ARP/ND for parent addresses, fence drops"),
           next_tables=(ARP_ND, FORWARD), twins=("oam_ecmp",)),
@@ -87,6 +89,9 @@ PIPELINE: tuple[Table, ...] = (
     Table(NAC, "nac", "per-client policy: allowed destinations, rate limits, quarantine",
           bands=_own("cloud_router", "client policy and tunnel steering"),
           next_tables=(ARP_ND, FORWARD), twins=("oam_ecmp",)),
+    Table(LB, "lb", "VIP connections: pick a proxy by hash, pin it by ct_mark, carry it to that proxy",
+          bands=_own("proxy_cluster", "conntrack, proxy choice and pinning, delivery towards a proxy"),
+          next_tables=(FORWARD,), twins=("oam_ecmp",)),
     Table(ARP_ND, "arp_nd", "answer ARP in the switch; send IPv6 neighbor solicitations to the controller",
           bands=(Band("core", 0, 0, "table miss: drop"),
                  Band("fabric", 100, 999, "ARP responders, ND punts")),

@@ -143,3 +143,95 @@ def test_server_state_and_weight_change_at_runtime_everything_else_reloads(topo)
     assert haproxy.runtime_commands(old, old) == []
     moved = _cluster(routes=[{"prefix": "/v2/", "pool": "v2"}])
     assert haproxy.runtime_commands(old, resolve(topo, ClusterSpec.model_validate(moved))) is None
+
+
+# --- the flows, walked through the switch simulator (checked against real OVS elsewhere) ------------
+
+from ryu_apps.fabric import FabricIntent, compute_fabric  # noqa: E402
+from ryu_apps.framework import pipeline  # noqa: E402
+from ryu_apps.framework.view import FabricView  # noqa: E402
+from ryu_apps.functions.proxy_cluster import flows as F  # noqa: E402
+from ryu_apps.openflow import simulator  # noqa: E402
+from ryu_apps.framework.state import SwitchState  # noqa: E402
+
+RMAC = FabricIntent().router_mac
+
+
+def _fabric(topo, spec, dead=frozenset()):
+    c = ClusterSpec.model_validate(spec)
+    states = {n: SwitchState() for n in topo.switches}
+    for n, st in compute_fabric(FabricView(topo), FabricIntent()).items():
+        states[n].merge(st, "fabric")
+    for n, st in F.compute_cluster(topo, c, RMAC, frozenset(dead)).items():
+        for f in st.flows.values():
+            pipeline.check_flow(F.APP, f)
+        pipeline.check_ids(F.APP, st)
+        states[n].merge(st, F.APP)
+        states[n].check_references()
+    return simulator.Fabric(topo, states)
+
+
+def _syn(topo, host, dst="10.9.0.100", dport=80, **extra):
+    h = topo.hosts[host]
+    six = ":" in dst
+    pkt = {"eth_src": h.mac, "eth_dst": RMAC, "vlan_vid": 0, "nw_ttl": 64, "ip_proto": 6, "tcp_src": 40000,
+           "tcp_dst": dport}
+    if six:
+        pkt.update(eth_type=0x86DD, ipv6_src=str(h.ipv6.ip), ipv6_dst=dst)
+    else:
+        pkt.update(eth_type=0x0800, ipv4_src=str(h.ipv4.ip), ipv4_dst=dst)
+    return {**pkt, **extra}
+
+
+def _ends(fab, host, pkt):
+    return sorted(where for where, _, _ in fab.send(host, pkt))
+
+
+def test_new_connections_fork_over_active_proxies_and_get_their_mark(topo):
+    fab = _fabric(topo, _cluster())
+    ends = fab.send("c1", _syn(topo, "c1"))
+    assert sorted(w for w, _, _ in ends) == ["host:p1", "host:p2"]
+    for where, pkt, path in ends:
+        proxy = where.split(":")[1]
+        assert path == ["s1", "s2"] and pkt["eth_dst"] == topo.hosts[proxy].mac
+    # IPv6 VIP and the second service port too; other ports and spoofed sources go nowhere
+    marks = sorted(o.packet["ct_mark"] for o in fab.switches["s1"].run(_syn(topo, "c1"), topo.hosts["c1"].port))
+    assert marks == sorted([F.proxy_mark("api", "p1"), F.proxy_mark("api", "p2")])
+    assert _ends(fab, "c1", _syn(topo, "c1", dst="fd00:9::100", dport=8080)) == ["host:p1", "host:p2"]
+    assert _ends(fab, "c1", _syn(topo, "c1", dport=22)) == ["drop"]
+    assert _ends(fab, "c1", _syn(topo, "c1", ipv4_src="10.1.0.77")) == ["drop"]
+
+
+def test_a_pinned_connection_stays_on_its_proxy_whatever_the_membership(topo):
+    mark2 = F.proxy_mark("api", "p2")
+    fab = _fabric(topo, _cluster())
+    assert _ends(fab, "c1", _syn(topo, "c1", ct_mark=mark2)) == ["host:p2"]
+    # p2 drains: new connections avoid it, pinned ones still reach it
+    fab = _fabric(topo, _cluster(proxies=[{"host": "p1"}, {"host": "p2", "state": "drain"}]))
+    assert _ends(fab, "c1", _syn(topo, "c1")) == ["host:p1"]
+    assert _ends(fab, "c1", _syn(topo, "c1", ct_mark=mark2)) == ["host:p2"]
+    # p2 dead (out of the hash by health): its connections are picked again
+    fab = _fabric(topo, _cluster(), dead={"p2"})
+    assert _ends(fab, "c1", _syn(topo, "c1", ct_mark=mark2)) == ["host:p1"]
+    # a third proxy joins: the pinned connection does not move, new ones may reach it
+    fab = _fabric(topo, _cluster(proxies=[{"host": "p1"}, {"host": "p2"}, {"host": "col"}]))
+    assert _ends(fab, "c1", _syn(topo, "c1", ct_mark=mark2)) == ["host:p2"]
+    assert _ends(fab, "c1", _syn(topo, "c1")) == ["host:col", "host:p1", "host:p2"]
+
+
+def test_proxies_reply_from_the_vip_and_nothing_else_may(topo):
+    fab = _fabric(topo, _cluster())
+    c1 = topo.hosts["c1"]
+    reply = {"eth_src": topo.hosts["p1"].mac, "eth_dst": RMAC, "vlan_vid": 0, "eth_type": 0x0800, "nw_ttl": 64,
+             "ipv4_src": "10.9.0.100", "ipv4_dst": str(c1.ipv4.ip), "ip_proto": 6, "tcp_src": 80, "tcp_dst": 40000}
+    ends = fab.send("p1", reply)
+    assert [w for w, _, _ in ends] == ["host:c1"] and ends[0][1]["eth_dst"] == c1.mac
+    assert _ends(fab, "p1", {**reply, "tcp_src": 22}) == ["drop"]            # not a service port
+    spoof = {**reply, "eth_src": topo.hosts["a1"].mac}
+    assert _ends(fab, "a1", spoof) == ["drop"]                               # a server is not the VIP
+
+
+def test_marks_zones_and_group_ids_are_stable_and_in_range(topo):
+    assert F.proxy_mark("api", "p1") == F.proxy_mark("api", "p1") != F.proxy_mark("api", "p2")
+    assert F.proxy_mark("api", "p1") >> 24 == 0x07 and F.group_id("api") >> 24 == 0x07
+    assert sorted(F.zone_of(topo, s) for s in topo.switches) == [0x5000, 0x5001, 0x5002]
