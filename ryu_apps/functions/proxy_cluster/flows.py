@@ -9,7 +9,8 @@ On every switch, per cluster and address family (``lb`` is table 50):
   connection already **pinned** (its ``ct_mark`` names a proxy that is still
   in the cluster, draining or not: 5300) goes to that proxy, anything else is
   **picked** by the cluster's select group (5200), whose buckets (one per
-  active proxy) commit the connection with that proxy's mark.  A change of
+  active proxy) name the proxy in ``reg6`` and look ``lb`` up again, where the
+  connection is committed with that proxy's mark and sent to it (5400).  A change of
   membership therefore never moves an established connection; one pinned to a
   proxy that has left is picked again (and reset by its new proxy, quickly);
 * **carry** (5500): a VIP packet already addressed to a proxy's MAC goes to
@@ -36,7 +37,7 @@ from ryu_apps.framework.state import SwitchState
 from ryu_apps.framework.topology import Host, Topology
 from ryu_apps.functions.fabric.flows import UNTAGGED, next_hop_group_ids
 from ryu_apps.functions.proxy_cluster.intent import ClusterSpec, ProxyClusterIntent
-from ryu_apps.openflow.ofdata import Bucket, Ct, DecTtl, Flow, Group, GroupAction, Match, Output, SetField
+from ryu_apps.openflow.ofdata import Bucket, Ct, DecTtl, Flow, Group, GroupAction, Match, Output, Resubmit, SetField
 
 APP = "proxy_cluster"
 ETH_IP, ETH_IPV6, TCP = 0x0800, 0x86DD, 6
@@ -50,7 +51,9 @@ K_CARRY = 6    # VIP packets addressed to one proxy's MAC, towards it
 KIND_NAMES = {K_CLIENT: "client", K_REPLY: "reply", K_TRACK: "track", K_PIN: "pin", K_PICK: "pick",
               K_CARRY: "carry"}
 
-P_FABRIC_REPLY, P_EDGE, P_PICK, P_PIN, P_CARRY = 5050, 5100, 5200, 5300, 5500
+P_FABRIC_REPLY, P_EDGE, P_PICK, P_PIN, P_COMMIT, P_CARRY = 5050, 5100, 5200, 5300, 5400, 5500
+#: the register a select bucket writes its proxy's mark to
+PICKED = "reg6"
 ZONE_BASE = 0x5000
 #: ct_state bits: trk = 0x20
 TRK = 0x20
@@ -111,8 +114,9 @@ def compute_cluster(topology: Topology, c: ClusterSpec, router_mac: str,
         ck = {k: cookies.make(APP, k, c.name) for k in KIND_NAMES}
         for k, name in KIND_NAMES.items():
             st.label(ck[k], f"proxy cluster {c.name}: {name}")
-        buckets = tuple(Bucket(actions=(Ct(commit=True, zone=zone, mark=proxy_mark(c.name, h.name)),
-                                        SetField("eth_dst", h.mac), *toward(h)))
+        # a bucket only names its proxy (reg6) and looks lb up again, where the commit happens:
+        # a ct(commit) inside a select bucket did not keep its mark in OVS 3.1's userspace datapath
+        buckets = tuple(Bucket(actions=(SetField(PICKED, proxy_mark(c.name, h.name)), Resubmit(LB)))
                         for h in active)
         st.add_group(Group(group_id(c.name), "select", buckets))
         fabric_ports = [p.port for p in topology.switch_ports(sw) if p.kind != "host"]
@@ -154,8 +158,14 @@ def compute_cluster(topology: Topology, c: ClusterSpec, router_mac: str,
                              match=Match(**new, ct_state=(0, TRK)), actions=(Ct(zone=zone, table=LB),)))
             st.add_flow(Flow(table=LB, priority=P_PICK, cookie=ck[K_PICK],
                              match=Match(**new, ct_state=(TRK, TRK)), actions=(GroupAction(group_id(c.name)),)))
+            for h in active:
+                mark = proxy_mark(c.name, h.name)
+                st.add_flow(Flow(table=LB, priority=P_COMMIT, cookie=ck[K_PICK],
+                                 match=Match(**new, ct_state=(TRK, TRK), **{PICKED: mark}),
+                                 actions=(Ct(commit=True, zone=zone, mark=mark), SetField("eth_dst", h.mac),
+                                          *toward(h))))
             for h in pinned:
-                st.add_flow(Flow(table=LB, priority=P_PIN, cookie=cookies.make(APP, K_PIN, f"{c.name}/{h.name}"),
+                st.add_flow(Flow(table=LB, priority=P_PIN, cookie=ck[K_PIN],
                                  match=Match(**new, ct_state=(TRK, TRK), ct_mark=proxy_mark(c.name, h.name)),
                                  actions=(SetField("eth_dst", h.mac), *toward(h))))
             # -- lb: addressed to a proxy: carry it there
