@@ -57,6 +57,7 @@ import errno
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -216,6 +217,29 @@ def _proc_starttime(pid: int) -> int | None:
         return None
 
 
+def wait_gone(pred, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Pids whose process group is ``pgid``."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[2]) == pgid:
+                        out.append(int(d))
+            except (OSError, IndexError, ValueError):
+                continue
+    return out
+
+
 def _kill_recorded(entry: dict) -> str | None:
     """Kill a recorded process (its process group) if it is still the one we started."""
     pid = entry.get("pid")
@@ -223,6 +247,15 @@ def _kill_recorded(entry: dict) -> str | None:
     if pid:
         start = entry.get("starttime")
         if not pid_alive(pid):
+            # the leader died (kill -9 in a test) but what it started lives on in its group
+            # (a proxy agent's HAProxy): a group id is never reused while a member is alive
+            if entry.get("group", True) and start is not None and _group_members(pid):
+                for sig in (signal.SIGTERM, signal.SIGKILL):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(pid, sig)
+                    if wait_gone(lambda: not _group_members(pid), 3):
+                        break
+                return f"stopped what {entry.get('what', 'process')} (pid {pid}, gone) left in its group"
             return None
         if start is not None:
             if _proc_starttime(pid) != start:  # the pid was reused: not ours
@@ -509,6 +542,13 @@ class Lab:
         # 9. controller readiness
         if controller:
             self._wait_controller(timeout)
+
+        # 10. services in hosts (the proxy agents), once the controller answers
+        if controller:
+            for host in self.agent_hosts():
+                self.start_agent(host)
+            if self.agent_hosts():
+                say(f"proxy agents: {', '.join(self.agent_hosts())}")
         st.data["status"] = "up"
         st.save()
 
@@ -583,6 +623,42 @@ class Lab:
         argv = etcd_mod.member_command(self.name, spec.etcd_port, i, spec.etcd_members, data, f"ovslab-{self.name}",
                                        state="existing" if data.exists() and state != "new" else state)
         self._spawn(f"etcd m{i}", argv, marker=str(data), log=self.dir / f"etcd-m{i}.log")
+
+    # -- services in hosts ------------------------------------------------------
+
+    def agent_hosts(self) -> list[str]:
+        """Hosts that run a proxy agent: the proxies the file declares, and hosts with ``services: [proxy-agent]``."""
+        declared = {p.get("host") for c in (self.topology.apps.get("proxy_cluster") or {}).get("clusters", [])
+                    for p in c.get("proxies", [])}
+        return [h.name for h in self.topology.hosts.values() if h.name in declared or "proxy-agent" in h.services]
+
+    def rest_sockets(self) -> list[Path]:
+        """The controller's REST API as unix sockets a host namespace can reach (one relay per
+        instance, started on first use): the agents' way to the controller, which listens on
+        127.0.0.1 of the caller's namespace only."""
+        socks = []
+        for inst in self.instances:
+            i = int(inst["member"][1:])
+            sock = self.dir / ("rest.sock" if i == 0 else f"rest-{i}.sock")
+            what = "rest relay" + (f" {inst['member']}" if i else "")
+            if self._process(what) is None:
+                self._spawn(what, ["socat", f"UNIX-LISTEN:{sock},fork,unlink-early",
+                                   f"TCP:127.0.0.1:{inst['rest_port']},nodelay"],
+                            marker=str(sock), log=self.dir / "relay-rest.log")
+            socks.append(sock)
+        return socks
+
+    def start_agent(self, host: str) -> subprocess.Popen:
+        """Start ``host``'s proxy agent (again, after :meth:`signal_process` killed it): it adopts a
+        running HAProxy.  Its log is ``<rundir>/agent-<host>.log``, HAProxy's in ``agent-<host>/``."""
+        h = self.topology.hosts[host]
+        argv = [sys.executable, "-m", "ryu_apps.functions.proxy_cluster.agent",
+                "--controller", ",".join(f"unix:{s}" for s in self.rest_sockets()),
+                "--proxy", host, "--run-dir", str(self.dir / f"agent-{host}")]
+        token = self.state.data.get("controller", {}).get("rest_token_file")
+        if token:
+            argv += ["--token-file", token]
+        return self._spawn(f"proxy-agent {host}", argv, netns=h.netns, log=self.dir / f"agent-{host}.log")
 
     def _process(self, what: str) -> dict | None:
         """The newest running process entry named ``what``."""

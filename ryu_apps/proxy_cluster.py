@@ -17,24 +17,41 @@ a link failure is handled by the fabric's next-hop groups underneath.
 
 from __future__ import annotations
 
+import logging
+import math
 import time
+from collections import Counter
 from collections.abc import Hashable, Iterable
 
+from os_ken.lib import hub
 from pydantic import ValidationError
 
 from ryu_apps.framework import cookies
-from ryu_apps.framework.app import WHOLE, FabricApp, FabricView, IntentError
+from ryu_apps.framework.app import WHOLE, FabricApp, FabricView, IntentError, PacketIn, PortChange
 from ryu_apps.framework.core import FabricCore
 from ryu_apps.framework.pipeline import PipelineError
 from ryu_apps.framework.rest import ApiError, validation_error
 from ryu_apps.framework.state import StateConflict, SwitchState
 from ryu_apps.functions.proxy_cluster import haproxy
+from ryu_apps.functions.proxy_cluster.agent import config_version
 from ryu_apps.functions.proxy_cluster.flows import APP, KIND_NAMES, compute_cluster, group_id, proxy_mark
-from ryu_apps.functions.proxy_cluster.intent import ClusterSpec, ProxyClusterIntent
+from ryu_apps.functions.proxy_cluster.health import (
+    K_HEARTBEAT,
+    UP,
+    ProxyHealth,
+    heartbeat_cookie,
+    heartbeat_flows,
+)
+from ryu_apps.functions.proxy_cluster.intent import ClusterSpec, PoolSpec, ProxyClusterIntent, ProxySpec, ServerSpec
 from ryu_apps.functions.proxy_cluster.model import resolve, validate
+from ryu_apps.functions.proxy_cluster.wire import HEARTBEAT_PORT, BadHeartbeat, parse_frame
+
+LOG = logging.getLogger(__name__)
 
 DEFAULT_ROUTER_MAC = "0e:fa:b0:00:00:01"
 SYNC_WAIT_MAX = 30.0
+#: the longest an agent's config poll is held open (s)
+AGENT_WAIT_MAX = 30.0
 #: the part with no state: the whole intent's checks across clusters (no cluster is named like it)
 CHECK = "*checks"
 
@@ -49,16 +66,65 @@ class ProxyCluster(FabricApp):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        #: cluster -> proxies out of the hash (health); runtime state, not intent
-        self.dead: dict[str, frozenset[str]] = {}
+        #: cluster -> its proxies' judge (runtime state, not intent)
+        self.health: dict[str, ProxyHealth] = {}
+        #: heartbeat punt cookie -> (cluster, proxy)
+        self._hb_owner: dict[int, tuple[str, str]] = {}
+        #: (cluster, proxy) -> when its drain ends (monotonic); ``drained``: those past it
+        self._drain_ends: dict[tuple[str, str], float] = {}
+        self.drained: dict[str, frozenset[str]] = {}
+        self.counters: Counter = Counter()
+        self._changed = hub.Event()   # set (and replaced) on every intent change: agents' polls wake
         try:
             validate(self.core.topology, self.intent)
         except IntentError as exc:
             raise IntentError(f"{self.core.topology.source}: apps.{APP}.{exc}", exc.field, exc.status) from None
+        self._follow_intent(initial=True)
+        self.threads.append(hub.spawn(self._monitor_loop))
 
     def router_mac(self) -> str:
         fabric = self.core.app_intent("fabric")
         return getattr(fabric, "router_mac", None) or DEFAULT_ROUTER_MAC
+
+    # -- runtime state that follows the intent ---------------------------------------------
+    def _follow_intent(self, initial: bool = False) -> None:
+        """Judge exactly the declared proxies (new ones join); time drains; wake the agents."""
+        now = time.monotonic()
+        names = {c.name for c in self.intent.clusters}
+        for gone in set(self.health) - names:
+            del self.health[gone]
+        self._hb_owner = {}
+        drains: dict[tuple[str, str], float] = {}
+        for c in self.intent.clusters:
+            h = self.health.setdefault(c.name, ProxyHealth())
+            h.configure(c.health.interval_ms, c.health.fall, c.health.rise, c.health.hold_down_s)
+            h.declare([p.host for p in c.proxies], now, initial)
+            for p in c.proxies:
+                self._hb_owner[heartbeat_cookie(c.name, p.host)] = (c.name, p.host)
+                if p.state == "drain":
+                    key = (c.name, p.host)
+                    drains[key] = self._drain_ends.get(key, now + c.drain_timeout_s)
+        self._drain_ends = drains
+        self._expire_drains(now)
+        old, self._changed = self._changed, hub.Event()
+        old.set()
+
+    def _expire_drains(self, now: float) -> set[str]:
+        """Move proxies whose drain timed out into ``drained``; the clusters that changed."""
+        drained: dict[str, set[str]] = {}
+        for (cname, host), end in self._drain_ends.items():
+            if now >= end:
+                drained.setdefault(cname, set()).add(host)
+        new = {k: frozenset(v) for k, v in drained.items()}
+        changed = {k for k in set(new) | set(self.drained) if new.get(k) != self.drained.get(k)}
+        self.drained = new
+        return changed
+
+    def out_of_hash(self, c: ClusterSpec) -> frozenset[str]:
+        """Proxies that get no new connection: not judged up (down, joining, not yet judged)."""
+        h = self.health.get(c.name)
+        return frozenset(p.host for p in c.proxies
+                         if h is None or p.host not in h.proxies or h.proxies[p.host].state != UP)
 
     # -- the desired state (pure) -----------------------------------------------------
     def parts(self, intent: ProxyClusterIntent) -> Iterable[Hashable]:
@@ -66,37 +132,109 @@ class ProxyCluster(FabricApp):
         return (CHECK, *(c.name for c in intent.clusters))
 
     def compute(self, view: FabricView, intent: ProxyClusterIntent, part: Hashable = WHOLE) -> dict[str, SwitchState]:
-        """The flows and group of cluster ``part`` on every switch (pure)."""
+        """The flows and groups of cluster ``part`` on every switch (pure)."""
         if part in (CHECK, WHOLE):
             validate(view.topology, intent)
         if part == CHECK:
             return {}
         out: dict[str, SwitchState] = {}
+        rmac = self.router_mac()
         for c in intent.clusters:
-            if part in (WHOLE, c.name):
-                for sw, st in compute_cluster(view.topology, c, self.router_mac(),
-                                              self.dead.get(c.name, frozenset())).items():
+            if part not in (WHOLE, c.name):
+                continue
+            # out of the hash and unpinned: proxies not judged up (a joining one has no connection yet,
+            # a dead one's are picked again) and draining ones whose drain timed out
+            out_ = self.out_of_hash(c) | self.drained.get(c.name, frozenset())
+            for states in (compute_cluster(view.topology, c, rmac, out_),
+                           heartbeat_flows(view.topology, c.name, [p.host for p in c.proxies], rmac)):
+                for sw, st in states.items():
                     out.setdefault(sw, SwitchState()).merge(st)
         return out
 
     def parts_changed(self, view: FabricView, intent, change) -> set:
         return set()
 
+    # -- health: heartbeats, ports, the clock ----------------------------------------------
+    def on_packet_in(self, pkt: PacketIn) -> None:
+        """A proxy's heartbeat, punted by its edge switch (the flow matched its port, MAC and address)."""
+        owner = self._hb_owner.get(pkt.cookie)
+        if cookies.decode(pkt.cookie).kind != K_HEARTBEAT or owner is None:
+            self.counters["packet_in_ignored"] += 1
+            return
+        try:
+            hb = parse_frame(pkt.data)
+        except BadHeartbeat as exc:
+            self.counters["heartbeat_bad"] += 1
+            LOG.debug("bad heartbeat from %s port %d: %s", pkt.switch, pkt.in_port, exc)
+            return
+        self.counters["heartbeats"] += 1
+        cname, host = owner
+        h = self.health.get(cname)
+        if h is not None and h.heartbeat(host, hb, time.monotonic()):
+            self._react(cname, f"{host} is {h.proxies[host].state}")
+
+    def on_port_change(self, change: PortChange) -> None:
+        """A proxy's own port went down (its link cut): out of the hash now, not after ``fall`` beats."""
+        if change.usable:
+            return
+        now = time.monotonic()
+        hosts = self.core.topology.hosts
+        for c in self.intent.clusters:
+            h = self.health.get(c.name)
+            for p in c.proxies:
+                x = hosts[p.host]
+                if (x.switch, x.port) == (change.switch, change.port) and h is not None and h.link_down(p.host, now):
+                    self._react(c.name, f"{p.host}'s port is down")
+
+    def _react(self, cname: str, why: str) -> None:
+        """Health changed: recompute this cluster and hand it to the switches at once."""
+        self.counters["health_changes"] += 1
+        LOG.info("proxy cluster %s: %s", cname, why)
+        try:
+            self.core.recompute_now(self, {cname})
+        except (StateConflict, PipelineError, IntentError) as exc:
+            LOG.error("proxy cluster %s: recompute after a health change failed: %s", cname, exc)
+
+    def _monitor_loop(self) -> None:
+        """Every quarter interval: proxies gone quiet go down; drains that timed out end."""
+        while True:
+            step = min((c.health.interval_ms for c in self.intent.clusters), default=250) / 4000.0
+            hub.sleep(max(0.02, step))
+            now = time.monotonic()
+            for cname, h in list(self.health.items()):
+                for host in h.tick(now):
+                    self._react(cname, f"{host} is down ({h.proxies[host].why})")
+            for cname in self._expire_drains(now):
+                self._react(cname, "a drain timed out: its pinned connections are released")
+
     # -- REST ----------------------------------------------------------------------------
     def add_routes(self, api) -> None:
         tag = "proxy-clusters"
-        api.add("GET", "/v1/proxy-clusters", self._list, "Proxy clusters: VIP, proxies, pools, flows", tag)
+        api.add("GET", "/v1/proxy-clusters", self._list, "Proxy clusters: VIP, proxies and their health, pools", tag)
         api.add("POST", "/v1/proxy-clusters", self._create,
                 "Create a cluster (?wait=1: answer once every switch holds it)", tag, body=ClusterSpec, status=201)
-        api.add("GET", "/v1/proxy-clusters/{name}", self._get, "One cluster: its intent, marks, flows per switch", tag)
+        api.add("GET", "/v1/proxy-clusters/{name}", self._get,
+                "One cluster: its intent, proxies' health, marks, flows per switch", tag)
         api.add("PUT", "/v1/proxy-clusters/{name}", self._replace,
                 "Replace a cluster (proxies, servers, routes, ...): established connections stay pinned", tag,
                 body=ClusterSpec)
         api.add("DELETE", "/v1/proxy-clusters/{name}", self._delete, "Delete a cluster: exactly its flows go", tag)
+        api.add("PUT", "/v1/proxy-clusters/{name}/proxies/{host}", self._put_proxy,
+                "Add a proxy, or set its state (active | drain)", tag, body=ProxySpec)
+        api.add("DELETE", "/v1/proxy-clusters/{name}/proxies/{host}", self._delete_proxy,
+                "Remove a proxy (drain it first: its pinned connections are released)", tag)
+        api.add("PUT", "/v1/proxy-clusters/{name}/pools/{pool}/servers/{server}", self._put_server,
+                "Add a server to a pool, or change it (state ready | drain | maint, weight): "
+                "every proxy takes it through HAProxy's runtime API", tag, body=ServerSpec)
+        api.add("DELETE", "/v1/proxy-clusters/{name}/pools/{pool}/servers/{server}", self._delete_server,
+                "Remove a server from a pool (every proxy reloads without dropping a connection)", tag)
         api.add("GET", "/v1/proxy-clusters/{name}/config", self._config,
-                "What a proxy's agent fetches: the cluster with every host's addresses and site, server ids", tag)
+                "The cluster with every host's addresses and site, server ids", tag)
         api.add("GET", "/v1/proxy-clusters/{name}/haproxy/{proxy}", self._haproxy,
                 "The haproxy.cfg the agent renders for one proxy (?run_dir=)", tag)
+        api.add("GET", "/v1/proxy-agents/{host}", self._agent,
+                "What host's proxy agent runs: its cluster (or null), heartbeat settings, a version "
+                "(?version=V&wait=S: answer when the version differs from V, or after S seconds, at most 30)", tag)
 
     def _index(self, name: str) -> int:
         for i, c in enumerate(self.intent.clusters):
@@ -123,11 +261,25 @@ class ProxyCluster(FabricApp):
         except (StateConflict, PipelineError, IntentError) as exc:
             raise ApiError(409, f"refused, nothing changed: {exc}") from None
         self.core.commit_intent(self, candidate, result)
+        self._follow_intent()
         out = {"seconds": {"apply": round(time.monotonic() - t0, 4)}}
         if r.query.get("wait") in ("1", "true", "yes"):
             connected = [s for s in self.core.topology.switches if self.core.is_connected(s)]
             out["synced"] = not self.core.wait_applied(connected, SYNC_WAIT_MAX)
         return out
+
+    def _change(self, r, name: str, edit) -> dict:
+        """Apply ``edit`` (a function of the cluster's intent as data) to cluster ``name``."""
+        i = self._index(name)
+        data = self.intent.clusters[i].model_dump()
+        edit(data)
+        try:
+            spec = ClusterSpec.model_validate(data)
+        except ValidationError as exc:
+            raise validation_error(exc) from None
+        clusters = list(self.intent.clusters)
+        clusters[i] = spec
+        return {**self._summary(spec), **self._apply(clusters, {name, CHECK}, r, i)}
 
     def _create(self, r):
         spec: ClusterSpec = r.body
@@ -153,14 +305,78 @@ class ProxyCluster(FabricApp):
         i = self._index(name)
         clusters = [c for j, c in enumerate(self.intent.clusters) if j != i]
         extra = self._apply(clusters, {name, CHECK}, r, None)
-        self.dead.pop(name, None)
         return {"deleted": name, **extra}
 
+    def _put_proxy(self, r):
+        host, spec = r.params["host"], r.body
+        if spec.host != host:
+            raise ApiError(422, f"host: the body names {spec.host!r}, the path {host!r}", "host")
+
+        def edit(data):
+            ps = data["proxies"]
+            k = next((j for j, p in enumerate(ps) if p["host"] == host), None)
+            if k is None:
+                ps.append(spec.model_dump())
+            else:
+                ps[k] = spec.model_dump()
+        return self._change(r, r.params["name"], edit)
+
+    def _delete_proxy(self, r):
+        host = r.params["host"]
+
+        def edit(data):
+            if not any(p["host"] == host for p in data["proxies"]):
+                raise ApiError(404, f"{host} is not a proxy of cluster {data['name']}")
+            data["proxies"] = [p for p in data["proxies"] if p["host"] != host]
+        return self._change(r, r.params["name"], edit)
+
+    def _pool(self, data: dict, pool: str) -> dict:
+        for p in data["pools"]:
+            if p["name"] == pool:
+                return p
+        raise ApiError(404, f"cluster {data['name']} has no pool {pool!r}; pools: {[p['name'] for p in data['pools']]}")
+
+    def _put_server(self, r):
+        server, spec = r.params["server"], r.body
+        if spec.name != server:
+            raise ApiError(422, f"name: the body names {spec.name!r}, the path {server!r}", "name")
+
+        def edit(data):
+            ss = self._pool(data, r.params["pool"])["servers"]
+            k = next((j for j, s in enumerate(ss) if s["name"] == server), None)
+            if k is None:
+                ss.append(spec.model_dump())
+            else:
+                ss[k] = spec.model_dump()
+        return self._change(r, r.params["name"], edit)
+
+    def _delete_server(self, r):
+        server = r.params["server"]
+
+        def edit(data):
+            pool = self._pool(data, r.params["pool"])
+            if not any(s["name"] == server for s in pool["servers"]):
+                raise ApiError(404, f"pool {pool['name']} has no server {server!r}")
+            pool["servers"] = [s for s in pool["servers"] if s["name"] != server]
+        return self._change(r, r.params["name"], edit)
+
     def _summary(self, c: ClusterSpec) -> dict:
-        dead = self.dead.get(c.name, frozenset())
-        return {"name": c.name, "vip4": c.vip4, "vip6": c.vip6, "ports": list(c.ports),
-                "proxies": [{"host": p.host, "state": "dead" if p.host in dead else p.state,
-                             "mark": f"{proxy_mark(c.name, p.host):#x}"} for p in c.proxies],
+        now = time.monotonic()
+        h = self.health.get(c.name)
+        judged = h.as_dict(now) if h is not None else {}
+        versions = {p.host: self.agent_view(p.host)["version"] for p in c.proxies}
+        drained = self.drained.get(c.name, frozenset())
+        out = self.out_of_hash(c)
+        proxies = []
+        for p in c.proxies:
+            j = judged.get(p.host, {"state": "joining"})
+            proxies.append({"host": p.host, "state": p.state, "in_hash": p.state == "active" and p.host not in out,
+                            "connections": j.get("connections"),
+                            "drain_complete": p.state == "drain" and j.get("connections") == 0,
+                            "drain_timed_out": p.host in drained,
+                            "health": j, "config_current": j.get("config_version") == versions[p.host],
+                            "mark": f"{proxy_mark(c.name, p.host):#x}"})
+        return {"name": c.name, "vip4": c.vip4, "vip6": c.vip6, "ports": list(c.ports), "proxies": proxies,
                 "pools": {p.name: [s.name for s in p.servers] for p in c.pools},
                 "group": group_id(c.name),
                 "cookie": f"{cookies.make(APP, 0, c.name):#018x}/0xff00ffffffffffff"}
@@ -170,11 +386,12 @@ class ProxyCluster(FabricApp):
 
     def _get(self, r):
         c = self.intent.clusters[self._index(r.params["name"])]
-        states = compute_cluster(self.core.topology, c, self.router_mac(), self.dead.get(c.name, frozenset()))
-        flows = {sw: [{**f.to_dict(), "kind": KIND_NAMES.get(cookies.decode(f.cookie).kind)}
+        states = self.compute(self.core.view(), self.intent, c.name)
+        flows = {sw: [{**f.to_dict(), "kind": KIND_NAMES.get(cookies.decode(f.cookie).kind, "heartbeat")}
                       for f in sorted(st.flows.values(), key=lambda f: (f.table, -f.priority))]
                  for sw, st in sorted(states.items())}
-        return {**self._summary(c), "intent": c.model_dump(), "flows_by_switch": flows}
+        return {**self._summary(c), "intent": c.model_dump(), "counters": dict(self.counters),
+                "flows_by_switch": flows}
 
     def _config(self, r):
         c = self.intent.clusters[self._index(r.params["name"])]
@@ -188,3 +405,33 @@ class ProxyCluster(FabricApp):
                     "config": haproxy.render(resolve(self.core.topology, c), r.params["proxy"], run_dir)}
         except ValueError as exc:
             raise ApiError(404, str(exc)) from None
+
+    # -- the agents' view -------------------------------------------------------------------
+    def agent_view(self, host: str) -> dict:
+        """What ``host``'s agent runs: the cluster it is a proxy of (or None), heartbeat settings, version."""
+        topo = self.core.topology
+        c = next((c for c in self.intent.clusters if any(p.host == host for p in c.proxies)), None)
+        x = topo.hosts[host]
+        view = {"host": host, "cluster": resolve(topo, c) if c is not None else None,
+                "heartbeat": {"port": HEARTBEAT_PORT, "source": str(x.ipv4.ip) if x.ipv4 else None,
+                              "gateway": str(x.gateway4) if x.gateway4 else None,
+                              "interval_ms": c.health.interval_ms if c is not None else 250}}
+        return {**view, "version": config_version(view)}
+
+    def _agent(self, r):
+        host = r.params["host"]
+        if host not in self.core.topology.hosts:
+            raise ApiError(404, f"no host named {host!r} in the topology")
+        try:
+            wait = float(r.query.get("wait", "0"))
+        except ValueError:
+            raise ApiError(422, f"wait: {r.query.get('wait')!r} is not a number of seconds", "wait") from None
+        if not math.isfinite(wait) or wait < 0:
+            raise ApiError(422, "wait: must be a number of seconds >= 0", "wait")
+        deadline = time.monotonic() + min(wait, AGENT_WAIT_MAX)
+        since = r.query.get("version", "")
+        view = self.agent_view(host)
+        while view["version"] == since and (left := deadline - time.monotonic()) > 0:
+            self._changed.wait(timeout=left)
+            view = self.agent_view(host)
+        return view

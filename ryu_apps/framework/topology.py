@@ -89,12 +89,19 @@ class SwitchSpec(_Strict):
     node: str | None = None
 
 
+#: what the lab can run in a host's namespace beside the host's own traffic
+HOST_SERVICES = ("proxy-agent",)
+
+
 class HostSpec(_Strict):
     mac: str
     ipv4: str | None = None
     ipv6: str | None = None
     gateway4: str | None = None
     gateway6: str | None = None
+    #: services the lab starts in the host's namespace (``proxy-agent``: a node that may be
+    #: declared a proxy later; the lab starts it by itself on every proxy the file declares)
+    services: list[Literal[HOST_SERVICES]] = []  # type: ignore[valid-type]
 
     @field_validator("mac")
     @classmethod
@@ -248,6 +255,7 @@ class Host:
     switch: str
     port: int
     netns: str
+    services: tuple[str, ...] = ()
 
     @property
     def addresses(self) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
@@ -521,7 +529,7 @@ def _finalize(spec: TopologySpec, source: str) -> Topology:
         if gw6 is not None and (v6 is None or gw6 not in v6.network or gw6 == v6.ip):
             raise _error(source, f"hosts.{name}.gateway6", f"{gw6} must be another address in the host's IPv6 subnet")
         sw, port = hosts_partial[name]
-        hosts[name] = Host(name, hs.mac, v4, v6, gw4, gw6, sw, port, f"{prefix}-{name}")
+        hosts[name] = Host(name, hs.mac, v4, v6, gw4, gw6, sw, port, f"{prefix}-{name}", tuple(hs.services))
 
     for gw_name, gw in (("gateway4", "gateway4"), ("gateway6", "gateway6")):
         for name, h in hosts.items():

@@ -1,11 +1,12 @@
-"""Proxy clusters on real OVS, real HAProxy (Debian) and the controller: a VIP spread over proxies.
+"""Proxy clusters on real OVS, real HAProxy (Debian), the agents and the controller: a VIP spread over proxies.
 
-One lab (``topologies/proxy_cluster.yaml``): clients on s1, proxies on s2,
-servers on s3.  Each proxy runs HAProxy with the ``haproxy.cfg`` the
-controller serves for it (``/v1/proxy-clusters/api/haproxy/<proxy>``) and
-holds the VIP on its loopback; servers are small HTTP servers that name
-themselves, HAProxy names the proxy (``X-Proxy``), so every request's path is
-known.  (Until the agent lands, the test starts HAProxy itself.)
+One lab (``topologies/proxy_cluster.yaml``): clients on s1, proxies on s2 (p1, p2
+declared; p3, p4 spare nodes whose agents wait to be declared), servers on s3.
+The lab starts an agent on every proxy node; the agent renders HAProxy's config
+from the controller, starts it, holds the VIP, and sends the heartbeats that
+keep the proxy in the hash.  Servers are ``ovs_scripts.http_load serve``
+(they name themselves), HAProxy names the proxy (``X-Proxy``), so every
+request's path is known; ``http_load load`` records what happened to each one.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -29,31 +31,8 @@ REPO = Path(__file__).resolve().parents[2]
 TOPO = REPO / "topologies" / "proxy_cluster.yaml"
 PY = sys.executable
 VIP4, VIP6 = "10.59.0.100", "fd00:59::100"
-
-SERVER = r"""
-import http.server, sys
-name = sys.argv[1]
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        body = name.encode()
-        self.send_response(200)
-        self.send_header("X-Server", name)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-class S(http.server.ThreadingHTTPServer):
-    address_family = __import__("socket").AF_INET6
-    def server_bind(self):
-        import socket
-        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        super().server_bind()
-srv = S(("::", 8000), H)
-print("listening", flush=True)
-srv.serve_forever()
-"""
+#: what the topology sets: 250 ms heartbeats, 3 missed -> out, 2 s hold-down before coming back
+OUT_WITHIN_S = 1.0
 
 #: requests over one keep-alive connection per entry of argv; prints one JSON line per connection
 CLIENT = r"""
@@ -85,16 +64,85 @@ def clients(lab, host, vip=VIP4, n=3, conns=1, key="-"):
     return [json.loads(line) for line in cp.stdout.splitlines() if line.strip()]
 
 
-def start_haproxy(lab, proxy):
-    run = lab.dir / f"haproxy-{proxy}"
-    run.mkdir(exist_ok=True)
-    status, body = call(lab, "GET", f"/v1/proxy-clusters/api/haproxy/{proxy}?run_dir={run}")
+def proxies(lab) -> dict[str, dict]:
+    status, body = call(lab, "GET", "/v1/proxy-clusters/api")
     assert status == 200, body
-    cfg = run / "haproxy.cfg"
-    cfg.write_text(body["config"])
-    lab.exec(proxy, ["ip", "addr", "replace", f"{VIP4}/32", "dev", "lo"])
-    lab.exec(proxy, ["ip", "-6", "addr", "replace", f"{VIP6}/128", "dev", "lo"])
-    return lab.popen(proxy, ["haproxy", "-W", "-db", "-f", str(cfg)], stdout=open(run / "out.log", "ab"))
+    return {p["host"]: p for p in body["proxies"]}
+
+
+def in_hash(lab) -> set[str]:
+    return {h for h, p in proxies(lab).items() if p["in_hash"]}
+
+
+def wait_hash(lab, want: set[str], timeout: float = 20) -> None:
+    assert kit.wait_for(lambda: in_hash(lab) == want, timeout), (want, proxies(lab))
+
+
+def timed_out_of_hash(lab, proxy: str, t0: float, timeout: float = 5) -> float:
+    """Seconds from ``t0`` until ``proxy`` is out of the hash (REST polled every 20 ms)."""
+    assert kit.wait_for(lambda: proxy not in in_hash(lab), timeout, step=0.02), proxies(lab)
+    return time.monotonic() - t0
+
+
+class Load:
+    """``http_load load`` in a client namespace; :meth:`result` waits for its JSON summary."""
+
+    def __init__(self, lab, host: str, seconds: float, **opts):
+        argv = [PY, "-m", "ovs_scripts.http_load", "load", VIP4, "--seconds", str(seconds)]
+        for k, v in opts.items():
+            argv += [f"--{k.replace('_', '-')}", str(v)]
+        self.proc = lab.popen(host, argv, cwd=str(REPO))
+        assert self.proc.stdout.readline().strip() == "started"
+        self.t0 = time.monotonic()
+
+    def result(self, timeout: float = 60) -> dict:
+        out, _ = self.proc.communicate(timeout=timeout)
+        return json.loads(out.strip().splitlines()[-1])
+
+
+def haproxy_pid(lab, proxy: str) -> int:
+    return int((lab.dir / f"agent-{proxy}" / "haproxy.pid").read_text().split()[0])
+
+
+def haproxy_running(lab, proxy: str) -> bool:
+    """Is the HAProxy master the agent started for ``proxy`` running (not a zombie)?"""
+    try:
+        stat = Path(f"/proc/{haproxy_pid(lab, proxy)}/stat").read_text()
+    except (OSError, ValueError):
+        return False
+    return "(haproxy)" in stat and stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def set_proxies(lab, states: dict[str, str | None]) -> None:
+    """PUT (state) or DELETE (None) proxies through the per-proxy endpoints."""
+    for host, state in states.items():
+        if state is None:
+            status, body = call(lab, "DELETE", f"/v1/proxy-clusters/api/proxies/{host}")
+        else:
+            status, body = call(lab, "PUT", f"/v1/proxy-clusters/api/proxies/{host}", {"host": host, "state": state})
+        assert status == 200, body
+
+
+def diag(lab) -> str:
+    """What the controller and the agents said about health and config: for failure messages."""
+    lines = [ln for ln in (lab.dir / "controller.log").read_text().splitlines() if "proxy cluster" in ln][-30:]
+    for p in ("p1", "p2", "p3", "p4"):
+        log = lab.dir / f"agent-{p}.log"
+        if log.exists():
+            lines += [f"{p}: {ln}" for ln in log.read_text().splitlines()[-8:]]
+    return "\n".join(lines)
+
+
+#: the switches take a health change a few ms after REST shows it, and the load's clock started
+#: a little before ours: new connections failing this long after the REST view count as in the window
+WINDOW_SLACK_S = 0.25
+
+
+def failures_only_on(result: dict, proxy: str, since: float, window: float) -> list[dict]:
+    """Failures that are neither on ``proxy``'s connections nor new connections (or reconnects)
+    in the window after the fault at ``since`` (load clock): what must be empty."""
+    return [f for f in result["failures"]
+            if not (f["proxy"] == proxy or (f["proxy"] is None and since <= f["t"] <= since + window + WINDOW_SLACK_S))]
 
 
 @pytest.fixture(scope="module")
@@ -106,16 +154,10 @@ def lab(tmp_path_factory):
     lab = Lab.up(factory.prepare(TOPO), rundir=factory.rundir, timeout=60)
     try:
         for s in ("a1", "a2"):
-            proc = lab.popen(s, [PY, "-u", "-c", SERVER, s])
+            proc = lab.popen(s, [PY, "-m", "ovs_scripts.http_load", "serve", "--name", s], cwd=str(REPO))
             assert "listening" in proc.stdout.readline()
-        for p in ("p1", "p2"):
-            start_haproxy(lab, p)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:   # HAProxy up and both servers checked healthy
-            out = clients(lab, "c1", n=1, conns=4)
-            if all(o[0][0] == 200 for o in out):
-                break
-            time.sleep(0.5)
+        wait_hash(lab, {"p1", "p2"})
+        assert kit.wait_for(lambda: all(o[0][0] == 200 for o in clients(lab, "c1", n=1, conns=4)), 20)
         yield lab
     finally:
         errors = factory.cleanup()
@@ -123,7 +165,31 @@ def lab(tmp_path_factory):
         assert not errors, f"teardown failed: {errors}"
 
 
-def test_the_vip_serves_over_both_proxies_and_both_families(lab):
+@pytest.fixture()
+def healthy(lab):
+    """Each test starts and ends with p1 and p2 in the hash and p3, p4 not proxies."""
+    wait_hash(lab, {"p1", "p2"})
+    yield lab
+    wait_hash(lab, {"p1", "p2"})
+
+
+def test_agents_configure_their_proxies_and_the_controller_hears_them(healthy):
+    lab = healthy
+    ps = proxies(lab)
+    for p in ("p1", "p2"):
+        assert ps[p]["config_current"] and ps[p]["health"]["state"] == "up", ps[p]
+        cfg = (lab.dir / f"agent-{p}" / "haproxy.cfg").read_text()
+        status, served = call(lab, "GET", f"/v1/proxy-clusters/api/haproxy/{p}?run_dir={lab.dir / f'agent-{p}'}")
+        assert cfg == served["config"]
+        addrs = lab.exec(p, ["ip", "addr", "show", "dev", "lo"]).stdout
+        assert f"{VIP4}/32" in addrs and f"{VIP6}/128" in addrs
+    for spare in ("p3", "p4"):  # agents running, not proxies: no HAProxy, no VIP
+        assert not (lab.dir / f"agent-{spare}" / "haproxy.pid").exists()
+        assert VIP4 not in lab.exec(spare, ["ip", "addr", "show", "dev", "lo"]).stdout
+
+
+def test_the_vip_serves_over_both_proxies_and_both_families(healthy):
+    lab = healthy
     out = clients(lab, "c1", n=2, conns=24) + clients(lab, "c2", n=2, conns=24)
     assert all(r[0] == 200 for conn in out for r in conn), out
     # one connection never changes proxy; connections spread over the active proxies only
@@ -135,68 +201,109 @@ def test_the_vip_serves_over_both_proxies_and_both_families(lab):
     assert all(r[0] == 200 for conn in v6 for r in conn), v6
 
 
-def test_an_api_key_keeps_its_server_whichever_proxy_takes_it(lab):
-    out = clients(lab, "c1", n=1, conns=16, key="alice")
-    assert {conn[0][2] for conn in out} and len({conn[0][2] for conn in out}) == 1, out
+def test_an_api_key_keeps_its_server_whichever_proxy_takes_it(healthy):
+    out = clients(healthy, "c1", n=1, conns=16, key="alice")
+    assert len({conn[0][2] for conn in out}) == 1, out
     assert len({conn[0][1] for conn in out}) == 2, out   # both proxies served alice: peers share the entry
 
 
-def test_a_proxy_joining_moves_no_established_connection(lab):
-    """Keep-alive connections opened before p3 joins stay on their proxies; new ones reach p3 too."""
-    c = lab.popen("c1", [PY, "-u", "-c", r"""
-import http.client, json, sys, time
-cs = [http.client.HTTPConnection(sys.argv[1], 80, timeout=5) for _ in range(12)]
-def ask():
-    out = []
-    for c in cs:
-        try:
-            c.request("GET", "/v1/x"); r = c.getresponse(); r.read(); out.append(r.getheader("X-Proxy"))
-        except Exception as exc:
-            out.append(repr(exc))
-    return out
-print(json.dumps(ask()), flush=True)
-sys.stdin.readline()
-print(json.dumps(ask()), flush=True)
-""", VIP4], stdin=__import__("subprocess").PIPE)
-    before = json.loads(c.stdout.readline())
-    status, spec = call(lab, "GET", "/v1/proxy-clusters/api")
-    intent = spec["intent"]
-    intent["proxies"].append({"host": "p3", "state": "active"})
-    status, body = call(lab, "PUT", "/v1/proxy-clusters/api?wait=1", intent)
-    assert status == 200 and body.get("synced"), body
-    start_haproxy(lab, "p3")
-    c.stdin.write("go\n")
-    c.stdin.flush()
-    after = json.loads(c.stdout.readline())
-    if after != before:
-        sb = lab.sandbox(lab.plan.switch_sandbox["s1"])
-        diag = lab.ofctl("s1", "dump-flows", "table=50").stdout
-        pid = (sb.dir / "ovs-vswitchd.pid").read_text().strip()
-        ct = __import__("subprocess").run(["ovs-appctl", "-t", str(sb.dir / f"ovs-vswitchd.{pid}.ctl"),
-                                           "dpctl/dump-conntrack"], capture_output=True, text=True, env=sb.env()).stdout
-        print(diag, ct[:4000])
-    assert after == before, (before, after)
-    deadline = time.monotonic() + 15
-    while True:  # p3's HAProxy needs a moment to check its servers
-        fresh = clients(lab, "c2", n=1, conns=40)
-        if all(conn[0][0] == 200 for conn in fresh) or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    assert all(conn[0][0] == 200 for conn in fresh), fresh
-    assert {conn[0][1] for conn in fresh} == {"p1", "p2", "p3"}, fresh
+def test_scale_out_to_four_proxies_and_back_under_load(healthy):
+    """Declaring p3, p4 is all it takes (their agents start HAProxy); then drain and remove them.
+    Zero failed requests, no TCP connection ever changes proxy, every session keeps its server."""
+    lab = healthy
+    load = Load(lab, "c1", 16, conns=12, gap_ms=5, new_rate=40, sessions=30)
+    time.sleep(2)
+    set_proxies(lab, {"p3": "active", "p4": "active"})
+    wait_hash(lab, {"p1", "p2", "p3", "p4"}, timeout=10)
+    time.sleep(3)
+    set_proxies(lab, {"p3": "drain", "p4": "drain"})
+    assert kit.wait_for(lambda: all(proxies(lab)[p]["drain_complete"] for p in ("p3", "p4")), 8), proxies(lab)
+    set_proxies(lab, {"p3": None, "p4": None})
+    r = load.result()
+    assert r["failed"] == 0, (r["failures"], diag(lab))
+    assert r["moved_conns"] == {}, r["moved_conns"]
+    assert r["session_server_changes"] == {}, r["session_server_changes"]
+    assert r["by_proxy"].get("p3", 0) > 0 and r["by_proxy"].get("p4", 0) > 0, r["by_proxy"]
+    for p in ("p3", "p4"):  # no longer proxies: VIP gone, HAProxy stopped once its sessions ended
+        assert VIP4 not in lab.exec(p, ["ip", "addr", "show", "dev", "lo"]).stdout
+        assert kit.wait_for(lambda p=p: not haproxy_running(lab, p), 10), diag(lab)
 
 
-def test_bad_cluster_bodies_are_refused_and_change_nothing(lab):
-    status, before = call(lab, "GET", "/v1/proxy-clusters")
-    for body, field in [({"name": "x", "vip4": "10.59.0.1", "proxies": [{"host": "nobody"}],
-                          "pools": [{"name": "v1", "servers": [{"name": "a", "host": "a1", "port": 1}]}]},
-                         "proxies[0].host"),
-                        ({"name": "x", "vip4": "10.51.0.1", "proxies": [{"host": "p3"}],
-                          "pools": [{"name": "v1", "servers": [{"name": "a", "host": "a1", "port": 1}]}]}, "vip4"),
-                        ({"name": "x", "proxies": []}, "proxies")]:
-        status, err = call(lab, "POST", "/v1/proxy-clusters", body)
-        assert status in (409, 422), (status, err)
+def test_a_killed_haproxy_leaves_the_hash_in_time_and_sessions_keep_their_servers(healthy):
+    lab = healthy
+    load = Load(lab, "c1", 7, conns=10, gap_ms=5, new_rate=40, sessions=30)
+    time.sleep(2)
+    t0 = time.monotonic()
+    os.kill(haproxy_pid(lab, "p2"), signal.SIGKILL)
+    took = timed_out_of_hash(lab, "p2", t0)
+    r = load.result()
+    print(f"kill -9 HAProxy: out of the hash after {took * 1000:.0f} ms; {r['failed']} of {r['requests']} "
+          f"requests failed: {[(f['conn'], f['kind']) for f in r['failures']]}")
+    assert took <= OUT_WITHIN_S
+    assert failures_only_on(r, "p2", t0 - load.t0, took) == []
+    assert r["moved_conns"] == {} and r["session_server_changes"] == {}, r
+    # the agent started HAProxy again; p2 is back after the hold-down (the fixture waits for it)
+
+
+def test_a_killed_agent_takes_its_proxy_out_and_a_new_agent_adopts_haproxy(healthy):
+    lab = healthy
+    before = haproxy_pid(lab, "p2")
+    load = Load(lab, "c1", 6, conns=10, gap_ms=5, new_rate=40, sessions=30)
+    time.sleep(1.5)
+    t0 = time.monotonic()
+    lab.signal_process("proxy-agent p2", signal.SIGKILL)
+    took = timed_out_of_hash(lab, "p2", t0)
+    r = load.result()
+    print(f"kill -9 agent: out of the hash after {took * 1000:.0f} ms; {r['failed']} of {r['requests']} failed")
+    assert OUT_WITHIN_S * 0.5 <= took <= OUT_WITHIN_S  # fall (3) missed beats of 250 ms, not at once
+    assert failures_only_on(r, "p2", t0 - load.t0, took) == []
+    assert r["session_server_changes"] == {}, r
+    lab.start_agent("p2")
+    wait_hash(lab, {"p1", "p2"})
+    assert haproxy_pid(lab, "p2") == before   # adopted, not restarted
+    assert "adopted HAProxy" in (lab.dir / "agent-p2.log").read_text()
+
+
+def test_a_cut_link_takes_its_proxy_out_at_once(healthy):
+    lab = healthy
+    load = Load(lab, "c1", 6, conns=10, gap_ms=5, new_rate=40, sessions=30)
+    time.sleep(1.5)
+    t0 = time.monotonic()
+    lab.link("p1", "s2", "down")
+    try:
+        took = timed_out_of_hash(lab, "p1", t0)
+        r = load.result()
+    finally:
+        lab.link("p1", "s2", "up")
+    print(f"link cut: out of the hash after {took * 1000:.0f} ms; {r['failed']} of {r['requests']} failed")
+    assert took <= OUT_WITHIN_S
+    assert failures_only_on(r, "p1", t0 - load.t0, took) == []
+    assert r["session_server_changes"] == {}, r
+
+
+def test_bad_cluster_bodies_are_refused_and_change_nothing(healthy):
+    lab = healthy
+    status, before = call(lab, "GET", "/v1/proxy-clusters/api")
+    cases = [
+        ("POST", "/v1/proxy-clusters",
+         {"name": "x", "vip4": "10.59.0.1", "proxies": [{"host": "nobody"}],
+          "pools": [{"name": "v1", "servers": [{"name": "a", "host": "a1", "port": 1}]}]}, "proxies[0].host"),
+        ("POST", "/v1/proxy-clusters",
+         {"name": "x", "vip4": "10.51.0.1", "proxies": [{"host": "p3"}],
+          "pools": [{"name": "v1", "servers": [{"name": "a", "host": "a1", "port": 1}]}]}, "vip4"),
+        ("POST", "/v1/proxy-clusters", {"name": "x", "proxies": []}, "proxies"),
+        ("PUT", "/v1/proxy-clusters/api/proxies/p3", {"host": "p3", "state": "asleep"}, "state"),
+        ("PUT", "/v1/proxy-clusters/api/proxies/p3", {"host": "p4"}, "host"),
+        ("PUT", "/v1/proxy-clusters/api/proxies/a1", {"host": "a1"}, "host a1"),
+        ("PUT", "/v1/proxy-clusters/api/pools/v1/servers/a3", {"name": "a3", "host": "nobody", "port": 80}, "host"),
+        ("PUT", "/v1/proxy-clusters/api/pools/v1/servers/a3", {"name": "a3", "host": "a1", "port": 0}, "port"),
+        ("DELETE", "/v1/proxy-clusters/api/pools/v9/servers/a1", None, "no pool"),
+    ]
+    for method, path, body, field in cases:
+        status, err = call(lab, method, path, body)
+        assert status in (404, 409, 422), (path, body, status, err)
         assert field in json.dumps(err), (field, err)
-    assert call(lab, "GET", "/v1/proxy-clusters") == (200, before)
+    status, after = call(lab, "GET", "/v1/proxy-clusters/api")
+    assert after["intent"] == before["intent"]
     out = clients(lab, "c1", n=1, conns=4)
-    assert all(conn[0][0] == 200 for conn in out), out
+    assert all(conn[0][0] == 200 for conn in out), (out, diag(lab))

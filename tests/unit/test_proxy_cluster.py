@@ -100,6 +100,10 @@ def test_two_clusters_cannot_share_a_vip_or_a_proxy(topo):
     second = _cluster(name="b", vip4="10.9.0.101", vip6=None)
     with pytest.raises(IntentError, match="already a proxy of cluster api"):
         validate(topo, _intent(_cluster(), second))
+    # a server of two clusters would be an outsider to the other cluster's proxies (isolation)
+    second = _cluster(name="b", vip4="10.9.0.101", vip6=None, proxies=[{"host": "col"}])
+    with pytest.raises(IntentError, match=r"pools\[0\].servers\[0\].host: host a1 is already a server of cluster api"):
+        validate(topo, _intent(_cluster(), second))
 
 
 def test_rendered_config_has_peers_routes_and_stable_server_ids(topo):
@@ -235,3 +239,234 @@ def test_marks_zones_and_group_ids_are_stable_and_in_range(topo):
     assert F.proxy_mark("api", "p1") == F.proxy_mark("api", "p1") != F.proxy_mark("api", "p2")
     assert F.proxy_mark("api", "p1") >> 24 == 0x07 and F.group_id("api") >> 24 == 0x07
     assert sorted(F.zone_of(topo, s) for s in topo.switches) == [0x5000, 0x5001, 0x5002]
+
+
+# --- isolation: who may reach whose own addresses ----------------------------------------------------
+
+import ipaddress  # noqa: E402
+
+from ryu_apps.framework import cookies  # noqa: E402
+from ryu_apps.functions.fabric.flows import next_hop_group_ids  # noqa: E402
+from ryu_apps.openflow.ofdata import GroupAction, Output  # noqa: E402
+
+CAPTURED = {"capture": {"host": "col"}}
+
+
+def _addrs(topo, host) -> list[str]:
+    h = topo.hosts[host]
+    return [str(h.ipv4.ip), str(h.ipv6.ip)]
+
+
+def _isolated(fab, topo, host, pkt) -> None:
+    """``pkt`` from ``host`` dies at its own edge, by an isolation drop and nothing else."""
+    ends = fab.trace(host, pkt)
+    assert [(w, path) for w, _, path in ends] == [("drop", [topo.hosts[host].switch])], ends
+    out = ends[0][1]
+    assert out.reason == "actions=drop" and cookies.decode(out.flows[-1].cookie).kind == F.K_ISOLATE
+
+
+def test_outsiders_reach_no_server_proxy_or_collector_address_only_the_vip(topo):
+    fab = _fabric(topo, _cluster(**CAPTURED))
+    for target in ("a1", "a2", "p1", "p2", "col"):
+        for addr in _addrs(topo, target):
+            for dport in (22, 80, 8000, 10000):
+                _isolated(fab, topo, "c1", _syn(topo, "c1", dst=addr, dport=dport))
+    # the collector only receives: it is barred from servers and proxies like an outsider
+    for target in ("a1", "p1"):
+        for addr in _addrs(topo, target):
+            _isolated(fab, topo, "col", _syn(topo, "col", dst=addr, dport=8000))
+    # the VIP still serves the outsider, both families
+    assert _ends(fab, "c1", _syn(topo, "c1", dport=80)) == ["host:col"] * 2 + ["host:p1", "host:p2"]
+    assert "host:p2" in _ends(fab, "c1", _syn(topo, "c1", dst="fd00:9::100", dport=8080))
+    # without a collector, col is an outsider: barred from the cluster, served by the VIP
+    fab = _fabric(topo, _cluster())
+    _isolated(fab, topo, "col", _syn(topo, "col", dst=_addrs(topo, "a1")[1], dport=8000))
+    assert _ends(fab, "col", _syn(topo, "col", dport=80)) == ["host:p1", "host:p2"]
+
+
+@pytest.mark.parametrize("six", [False, True])
+def test_proxies_reach_clients_only_by_replying_from_the_vip_service_ports(topo, six):
+    fab = _fabric(topo, _cluster(**CAPTURED))
+    fam = 1 if six else 0
+    vip, src = ("fd00:9::100", "ipv6_src") if six else ("10.9.0.100", "ipv4_src")
+    c1 = _addrs(topo, "c1")[fam]
+    for proxy in ("p1", "p2"):
+        own = _syn(topo, proxy, dst=c1, dport=40000, tcp_src=80)                # its own address, a service port
+        _isolated(fab, topo, proxy, own)
+        _isolated(fab, topo, proxy, {**own, src: vip, "tcp_src": 22})           # the VIP, not a service port
+        _isolated(fab, topo, proxy, _syn(topo, proxy, dst=_addrs(topo, "col")[fam], dport=9))
+        ends = fab.send(proxy, {**own, src: vip, "tcp_src": 8080})              # the VIP's reply
+        assert [w for w, _, _ in ends if w != "host:col"] == ["host:c1"]
+    # proxies reach the servers and each other (HAProxy peers on their own addresses)
+    assert _ends(fab, "p1", _syn(topo, "p1", dst=_addrs(topo, "a1")[fam], dport=8000)) == ["host:a1"]
+    assert _ends(fab, "p1", _syn(topo, "p1", dst=_addrs(topo, "p2")[fam], dport=10000)) == ["host:p2"]
+    assert _ends(fab, "p2", _syn(topo, "p2", dst=_addrs(topo, "p1")[fam], dport=10000)) == ["host:p1"]
+
+
+def _ns(topo, host, target, dst=None) -> dict:
+    """A neighbour solicitation for ``target``, to its solicited-node group unless ``dst`` is given."""
+    h = topo.hosts[host]
+    snm = ipaddress.IPv6Address(b"\xff\x02" + b"\0" * 9 + b"\x01\xff" + ipaddress.IPv6Address(target).packed[-3:])
+    return {"eth_src": h.mac, "eth_dst": RMAC if dst else "33:33:ff:00:00:01", "vlan_vid": 0, "eth_type": 0x86DD,
+            "nw_ttl": 255, "ip_proto": 58, "icmpv6_type": 135, "ipv6_src": str(h.ipv6.ip),
+            "ipv6_dst": dst or str(snm), "ipv6_nd_target": target, "ipv6_nd_sll": h.mac, "nd_options_type": 1}
+
+
+def test_servers_reach_proxies_and_every_host_still_resolves_its_neighbours(topo):
+    fab = _fabric(topo, _cluster(**CAPTURED))
+    for fam in (0, 1):
+        assert _ends(fab, "a1", _syn(topo, "a1", dst=_addrs(topo, "p1")[fam], dport=40000)) == ["host:p1"]
+        _isolated(fab, topo, "a2", _syn(topo, "a2", dst=_addrs(topo, "col")[fam], dport=9))
+    for name in ("c1", "p1", "a1", "col"):
+        h = topo.hosts[name]
+        arp = {"eth_src": h.mac, "eth_dst": "ff:ff:ff:ff:ff:ff", "vlan_vid": 0, "eth_type": 0x0806, "arp_op": 1,
+               "arp_spa": str(h.ipv4.ip), "arp_sha": h.mac, "arp_tpa": str(h.gateway4),
+               "arp_tha": "00:00:00:00:00:00"}
+        ((where, rep, _),) = fab.send(name, arp)
+        assert where == f"host:{name}" and (rep["arp_op"], rep["arp_sha"]) == (2, RMAC)
+        gw = str(h.gateway6)
+        # resolution (solicited-node multicast) and reachability probes (unicast to the gateway)
+        for probe in (_ns(topo, name, gw), _ns(topo, name, gw, dst=gw)):
+            ((where, na, _),) = fab.send(name, probe)
+            assert where == f"host:{name}" and (na["icmpv6_type"], na["ipv6_nd_tll"]) == (136, RMAC)
+    # a barred host's own address is resolved too (the switch answers; the traffic after it dies)
+    col = topo.hosts["col"]
+    ((where, na, _),) = fab.send("c1", _ns(topo, "c1", str(col.ipv6.ip)))
+    assert where == "host:c1" and na["ipv6_nd_tll"] == col.mac
+    # the claim behind it: isolation matches host addresses only, never multicast or a gateway
+    hosts = {a for n in topo.hosts for a in _addrs(topo, n)}
+    states = F.compute_cluster(topo, ClusterSpec.model_validate(_cluster(**CAPTURED)), RMAC)
+    dsts = {f.match.to_dict().get("ipv4_dst") or f.match.to_dict().get("ipv6_dst")
+            for st in states.values() for f in st.flows.values() if cookies.decode(f.cookie).kind == F.K_ISOLATE}
+    assert dsts and dsts <= hosts
+
+
+# --- capture: one copy of every VIP packet, both directions, at the collector --------------------------
+
+def _headers(pkt: dict) -> dict:
+    return {k: v for k, v in pkt.items() if k not in simulator.PIPELINE_FIELDS}
+
+
+def _copies_and_rest(ends, topo):
+    """The copies at the collector (each addressed to its MAC), and every other end with its headers."""
+    copies = [p for w, p, _ in ends if w == "host:col"]
+    rest = sorted((w, tuple(sorted(_headers(p).items()))) for w, p, _ in ends if w != "host:col")
+    assert all(p["eth_dst"] == topo.hosts["col"].mac for p in copies)
+    return copies, rest
+
+
+@pytest.mark.parametrize("vip, dport", [("10.9.0.100", 80), ("fd00:9::100", 8080)])
+def test_capture_copies_each_request_once_and_leaves_the_original_alone(topo, vip, dport):
+    plain, fab = _fabric(topo, _cluster()), _fabric(topo, _cluster(**CAPTURED))
+    mark2 = F.proxy_mark("api", "p2")
+    syn = _syn(topo, "c1", dst=vip, dport=dport, ct_mark=mark2)     # pinned: one path, to p2
+    copies, rest = _copies_and_rest(fab.send("c1", syn), topo)
+    _, before = _copies_and_rest(plain.send("c1", syn), topo)
+    assert [w for w, _ in rest] == ["host:p2"] and rest == before      # the original, untouched
+    (copy,) = copies
+    original = dict(rest[0][1])
+    assert _headers(copy) == {**original, "eth_dst": topo.hosts["col"].mac}   # IP and TCP headers as sent
+    # a new connection: every proxy it may be picked for, with one copy each
+    ends = fab.send("c1", _syn(topo, "c1", dst=vip, dport=dport))
+    copies, rest = _copies_and_rest(ends, topo)
+    assert [w for w, _ in rest] == ["host:p1", "host:p2"] and len(copies) == 2
+    # what is not VIP traffic is not copied
+    assert _ends(fab, "c1", _syn(topo, "c1", dst=vip, dport=22)) == ["drop"]
+
+
+@pytest.mark.parametrize("six", [False, True])
+def test_capture_copies_each_reply_once_and_the_client_gets_the_original(topo, six):
+    plain, fab = _fabric(topo, _cluster()), _fabric(topo, _cluster(**CAPTURED))
+    fam = 1 if six else 0
+    vip, src = ("fd00:9::100", "ipv6_src") if six else ("10.9.0.100", "ipv4_src")
+    reply = _syn(topo, "p1", dst=_addrs(topo, "c1")[fam], dport=40000, tcp_src=80, **{src: vip})
+    copies, rest = _copies_and_rest(fab.send("p1", reply), topo)
+    _, before = _copies_and_rest(plain.send("p1", reply), topo)
+    assert [w for w, _ in rest] == ["host:c1"] and rest == before
+    (copy,) = copies
+    assert _headers(copy) == {**reply, "eth_dst": topo.hosts["col"].mac}   # copied as the proxy sent it
+
+
+def test_without_capture_nothing_is_copied_and_there_is_no_capture_group(topo):
+    states = F.compute_cluster(topo, ClusterSpec.model_validate(_cluster()), RMAC)
+    gid = F.capture_group_id("api")
+    assert all(gid not in st.groups for st in states.values())
+    assert not [f for st in states.values() for f in st.flows.values()
+                if cookies.decode(f.cookie).kind == F.K_CAPTURE or GroupAction(gid) in f.actions]
+    fab = _fabric(topo, _cluster())
+    assert _ends(fab, "c1", _syn(topo, "c1", ct_mark=F.proxy_mark("api", "p1"))) == ["host:p1"]
+    reply = _syn(topo, "p2", dst=_addrs(topo, "c1")[0], dport=40000, tcp_src=80, ipv4_src="10.9.0.100")
+    assert _ends(fab, "p2", reply) == ["host:c1"]
+
+
+@pytest.fixture(scope="module")
+def topo_shared():
+    """The collector and a second client on the proxies' switch."""
+    hosts = {"c1": _host(1, 1), "c2": _host(2, 1), "p1": _host(1, 2), "p2": _host(2, 2), "a1": _host(1, 3),
+             "a2": _host(2, 3), "col": _host(9, 1)}
+    return from_dict({"lab": {"name": "pc", "prefix": "pc"},
+                      "switches": {"s1": {"dpid": 1}, "s2": {"dpid": 2}, "s3": {"dpid": 3}},
+                      "hosts": hosts,
+                      "links": [["c1", "s1"], ["c2", "s2"], ["col", "s2"], ["p1", "s2"], ["p2", "s2"], ["a1", "s3"],
+                                ["a2", "s3"], ["s1", "s2"], ["s2", "s3"]]})
+
+
+def test_capture_on_the_proxies_switch_for_local_and_remote_clients(topo_shared):
+    topo = topo_shared
+    fab = _fabric(topo, _cluster(**CAPTURED))
+    for client in ("c1", "c2"):   # c2 is picked and pinned on the proxies' own switch, c1 arrives by carry
+        for vip in ("10.9.0.100", "fd00:9::100"):
+            copies, rest = _copies_and_rest(fab.send(client, _syn(topo, client, dst=vip,
+                                                                   ct_mark=F.proxy_mark("api", "p1"))), topo)
+            assert [w for w, _ in rest] == ["host:p1"] and len(copies) == 1
+            copies, rest = _copies_and_rest(fab.send(client, _syn(topo, client, dst=vip)), topo)
+            assert [w for w, _ in rest] == ["host:p1", "host:p2"] and len(copies) == 2
+        reply = _syn(topo, "p2", dst=_addrs(topo, client)[0], dport=40000, tcp_src=80, ipv4_src="10.9.0.100")
+        copies, rest = _copies_and_rest(fab.send("p2", reply), topo)
+        assert [w for w, _ in rest] == [f"host:{client}"] and len(copies) == 1
+    # the copy leaves by the collector's own port: the group outputs there, no fabric hop
+    (group,) = (g for g in fab.states["s2"].groups.values() if g.group_id == F.capture_group_id("api"))
+    assert group.type == "indirect" and Output(topo.hosts["col"].port) in group.buckets[0].actions
+
+
+def test_capture_copies_cross_a_transit_switch(topo):
+    # proxies on s3, the collector on s1: copies from s3 pass s2 as VIP packets addressed to the collector
+    spec = _cluster(proxies=[{"host": "a1"}, {"host": "a2"}],
+                    pools=[{"name": "v1", "servers": [{"name": "a", "host": "p1", "port": 8000}]}],
+                    routes=[], **CAPTURED)
+    fab = _fabric(topo, spec)
+    ends = fab.send("c1", _syn(topo, "c1", ct_mark=F.proxy_mark("api", "a2")))
+    assert sorted((w, tuple(path)) for w, _, path in ends) == [
+        ("host:a2", ("s1", "s2", "s3")), ("host:col", ("s1", "s2", "s3", "s2", "s1"))]
+    reply = _syn(topo, "a1", dst="fd00:1::1", dport=40000, tcp_src=8080, ipv6_src="fd00:9::100")
+    assert sorted((w, tuple(path)) for w, _, path in fab.send("a1", reply)) == [
+        ("host:c1", ("s3", "s2", "s1")), ("host:col", ("s3", "s2", "s1"))]
+
+
+def test_isolation_and_capture_flows_fit_the_pipeline_with_their_kinds(topo, monkeypatch):
+    states = F.compute_cluster(topo, ClusterSpec.model_validate(_cluster(**CAPTURED)), RMAC)
+    gid, cap = F.group_id("api"), F.capture_group_id("api")
+    assert cap != gid and cap >> 24 == 0x07
+    isolate = {sw: 0 for sw in states}
+    for sw, st in states.items():
+        pipeline.check_ids(F.APP, st)
+        for f in st.flows.values():
+            pipeline.check_flow(F.APP, f)
+            ck = cookies.decode(f.cookie)
+            assert (ck.app, ck.obj) == (F.APP, cookies.object_id("api")) and ck.kind in F.KIND_NAMES
+            if ck.kind == F.K_ISOLATE:
+                isolate[sw] += 1
+                assert (f.table, f.priority, f.actions, f.goto) == (pipeline.INGRESS, F.P_ISOLATE, (), None)
+            if ck.kind == F.K_CAPTURE:
+                assert (f.table, f.priority) == (pipeline.LB, F.P_CAPTURE)
+        # the capture group only where a proxy is (s2); the collector is on s1: through the next hops
+        assert (cap in st.groups) == (sw == "s2")
+    (bucket,) = states["s2"].groups[cap].buckets
+    assert bucket.actions[-1] == GroupAction(next_hop_group_ids(topo)["s1"])
+    kinds = {cookies.decode(f.cookie).kind for st in states.values() for f in st.flows.values()}
+    assert {F.K_ISOLATE, F.K_CAPTURE} <= kinds and F.KIND_NAMES[F.K_ISOLATE] == "isolate"
+    # s1: c1 and col barred from 5 and 4 hosts, s2: each proxy from c1 and col, s3: each server from col
+    assert isolate == {"s1": (5 + 4) * 2, "s2": 2 * 2 * 2, "s3": 2 * 1 * 2}
+    # a capture id that would equal the select group's moves aside
+    monkeypatch.setattr(F, "_crc24", lambda name: 0x123456)
+    assert F.capture_group_id("api") != F.group_id("api")

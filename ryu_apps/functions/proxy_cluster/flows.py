@@ -1,4 +1,5 @@
-"""Proxy clusters: the flows that spread a VIP's connections over its proxies and pin them (pure).
+"""Proxy clusters: the flows that spread a VIP's connections over its proxies, pin them, keep
+the cluster's roles apart and copy VIP traffic to a collector (pure).
 
 On every switch, per cluster and address family (``lb`` is table 50):
 
@@ -20,7 +21,27 @@ On every switch, per cluster and address family (``lb`` is table 50):
 * **replies** (ingress, 5100 at a proxy's port; 5050 at fabric ports): a proxy
   may send from the VIP's service ports (it holds the VIP); replies pass the
   switch's conntrack zone too, so the client's edge sees both directions of
-  every connection it pinned, then the fabric routes them (5100 in ``lb``).
+  every connection it pinned, then the fabric routes them (5100 in ``lb``);
+* **isolation** (ingress, 5010, drops: OpenFlow counts what each one drops).
+  Roles: the proxies, the servers of its pools, the capture collector, and
+  *outsiders*, every other declared host (the clients).  At each sender's own
+  port, IP packets to the own addresses of hosts it may not reach die:
+  outsiders and the collector may not reach servers, proxies (they use the VIP,
+  which names no host) or the collector; proxies may not reach outsiders (only
+  their replies from the VIP's service ports, 5100, pass) or the collector;
+  servers may not reach the collector.  Proxies still reach servers, each other
+  (HAProxy peers) and their gateway.  ARP is not IP, and neighbour discovery
+  goes to solicited-node multicast or the gateway, neither a host address (only
+  a unicast reachability probe of an on-link barred host dies, and that host
+  was out of reach anyway).  This is O(senders x barred hosts x families) flows
+  per cluster, on the senders' switches only;
+* **capture** (only with ``capture``): every VIP packet is copied once, at its
+  proxy's edge switch (requests as they are output to the proxy's port, replies
+  as they enter from it), by the cluster's capture group, whose bucket sets
+  ``eth_dst`` to the collector's MAC (IP headers untouched: each copy is the
+  packet as its proxy receives or sends it) and sends it to the collector;
+  copies crossing the fabric enter ``lb`` like any VIP packet and are carried
+  there by that MAC (5600 in ``lb``, above carry and reply tracking).
 
 Marks, zones and group ids are derived from names, so they are the same after
 a restart and on every controller instance.
@@ -48,10 +69,19 @@ K_TRACK = 3    # conntrack of new VIP traffic
 K_PIN = 4      # pinned connections of one proxy
 K_PICK = 5     # unpinned connections into the cluster's select group
 K_CARRY = 6    # VIP packets addressed to one proxy's MAC, towards it
+K_ISOLATE = 7  # drops between roles: outsiders to servers and proxies, proxies to outsiders, anyone to the collector
+K_CAPTURE = 8  # copies of VIP packets towards the collector
 KIND_NAMES = {K_CLIENT: "client", K_REPLY: "reply", K_TRACK: "track", K_PIN: "pin", K_PICK: "pick",
-              K_CARRY: "carry"}
+              K_CARRY: "carry", K_ISOLATE: "isolate", K_CAPTURE: "capture"}
 
 P_FABRIC_REPLY, P_EDGE, P_PICK, P_PIN, P_COMMIT, P_CARRY = 5050, 5100, 5200, 5300, 5400, 5500
+#: isolation drops (ingress, host ports): above the fabric's admission (100-999), which would route
+#: them, and below P_EDGE, so that where they overlap (a proxy's reply from the VIP to a client) the
+#: VIP's own flows win; P_FABRIC_REPLY matches fabric ports only, so the two never meet
+P_ISOLATE = 5010
+#: copies addressed to the collector (lb): above every other lb flow, P_EDGE's reply tracking included,
+#: which would route a reply's copy to the client a second time
+P_CAPTURE = 5600
 #: the register a select bucket writes its proxy's mark to
 PICKED = "reg6"
 ZONE_BASE = 0x5000
@@ -73,6 +103,14 @@ def group_id(cluster: str) -> int:
     return (cookies.app_id(APP) << 24) | _crc24(cluster)
 
 
+def capture_group_id(cluster: str) -> int:
+    """The group that copies ``cluster``'s VIP packets to its collector (never its select group's id)."""
+    low = _crc24(f"{cluster}/capture")
+    if low == _crc24(cluster):
+        low = (low + 1) & 0xFFFFFF
+    return (cookies.app_id(APP) << 24) | low
+
+
 def zone_of(topology: Topology, switch: str) -> int:
     """The switch's own conntrack zone: bridges of one userspace datapath share one connection table."""
     return ZONE_BASE + sorted(topology.switches).index(switch)
@@ -91,6 +129,14 @@ def _own_addr(h: Host, eth_type: int) -> str | None:
     return None if iface is None else str(iface.ip)
 
 
+def _dsts(h: Host) -> Iterable[tuple[int, dict]]:
+    """(eth_type, destination match) per own address of ``h``."""
+    for eth_type, field in ((ETH_IP, "ipv4_dst"), (ETH_IPV6, "ipv6_dst")):
+        addr = _own_addr(h, eth_type)
+        if addr is not None:
+            yield eth_type, {field: addr}
+
+
 def compute_cluster(topology: Topology, c: ClusterSpec, router_mac: str,
                     dead: frozenset[str] = frozenset()) -> dict[str, SwitchState]:
     """Every switch's flows and group for cluster ``c``; ``dead``: proxies out of the hash (health)."""
@@ -99,10 +145,18 @@ def compute_cluster(topology: Topology, c: ClusterSpec, router_mac: str,
     proxies = [hosts[p.host] for p in c.proxies]
     active = [hosts[p.host] for p in c.proxies if p.state == "active" and p.host not in dead]
     pinned = [h for h in proxies if h.name not in dead]
-    others = {s.host for pool in c.pools for s in pool.servers} | {p.host for p in c.proxies}
-    if c.capture is not None:
-        others.add(c.capture.host)
-    clients = [h for h in hosts.values() if h.name not in others]
+    servers = [hosts[n] for n in dict.fromkeys(s.host for pool in c.pools for s in pool.servers)]
+    collector = hosts[c.capture.host] if c.capture is not None else None
+    sink = [collector] if collector is not None else []
+    roles = {h.name for h in (*proxies, *servers, *sink)}
+    clients = [h for h in hosts.values() if h.name not in roles]  # the outsiders
+    # whose own addresses each role may not send to (the collector is barred like an outsider: it only receives)
+    barred = {h.name: servers + proxies + sink for h in clients}
+    barred.update({h.name: clients + sink for h in proxies})
+    barred.update({h.name: sink for h in servers})
+    if collector is not None:
+        barred[collector.name] = servers + proxies
+    cap = capture_group_id(c.name)
     out: dict[str, SwitchState] = {}
     for sw in topology.switches:
         st = SwitchState()
@@ -110,6 +164,10 @@ def compute_cluster(topology: Topology, c: ClusterSpec, router_mac: str,
 
         def toward(h: Host) -> tuple:
             return (Output(h.port),) if h.switch == sw else (GroupAction(gids[h.switch]),)
+
+        def copy(h: Host) -> tuple:
+            """The capture group, on proxy ``h``'s own switch: requests go out to its port, replies come in there."""
+            return (GroupAction(cap),) if collector is not None and h.switch == sw else ()
 
         ck = {k: cookies.make(APP, k, c.name) for k in KIND_NAMES}
         for k, name in KIND_NAMES.items():
@@ -119,6 +177,20 @@ def compute_cluster(topology: Topology, c: ClusterSpec, router_mac: str,
         buckets = tuple(Bucket(actions=(SetField(PICKED, proxy_mark(c.name, h.name)), Resubmit(LB)))
                         for h in active)
         st.add_group(Group(group_id(c.name), "select", buckets))
+        if collector is not None and any(h.switch == sw for h in proxies):
+            # a copy may have to leave by the port its original came in on (a request from the collector's
+            # side of the fabric): OVS never outputs to the in_port, so the copy forgets it (in_port 0);
+            # the bucket works on a copy, so the original keeps its own
+            to_collector = (SetField("in_port", 0), SetField("eth_dst", collector.mac), *toward(collector))
+            st.add_group(Group(cap, "indirect", (Bucket(actions=to_collector),), cookie=ck[K_CAPTURE]))
+        # -- ingress: isolation, at each sender's own port (any source: spoofed ones die here too)
+        for h in hosts.values():
+            if h.switch != sw or h.name not in barred:
+                continue
+            for dst_host in barred[h.name]:
+                for eth_type, dst_match in _dsts(dst_host):
+                    st.add_flow(Flow(table=INGRESS, priority=P_ISOLATE, cookie=ck[K_ISOLATE],
+                                     match=Match(in_port=h.port, eth_type=eth_type, **dst_match)))
         fabric_ports = [p.port for p in topology.switch_ports(sw) if p.kind != "host"]
         for eth_type, vip, dst, src in _families(c):
             for port in c.ports:
@@ -138,7 +210,7 @@ def compute_cluster(topology: Topology, c: ClusterSpec, router_mac: str,
                     st.add_flow(Flow(table=INGRESS, priority=P_EDGE, cookie=ck[K_REPLY], goto=LB,
                                      match=Match(in_port=h.port, vlan_vid=UNTAGGED, eth_src=h.mac, eth_dst=router_mac,
                                                  eth_type=eth_type, **{src: vip}, ip_proto=TCP, tcp_src=port),
-                                     actions=(DecTtl(), SetField("eth_src", router_mac))))
+                                     actions=(*copy(h), DecTtl(), SetField("eth_src", router_mac))))
                 for fp in fabric_ports:
                     st.add_flow(Flow(table=INGRESS, priority=P_FABRIC_REPLY, cookie=ck[K_REPLY], goto=LB,
                                      match=Match(in_port=fp, eth_type=eth_type, **{src: vip}, ip_proto=TCP,
@@ -162,17 +234,24 @@ def compute_cluster(topology: Topology, c: ClusterSpec, router_mac: str,
                 mark = proxy_mark(c.name, h.name)
                 st.add_flow(Flow(table=LB, priority=P_COMMIT, cookie=ck[K_PICK],
                                  match=Match(**new, ct_state=(TRK, TRK), **{PICKED: mark}),
-                                 actions=(Ct(commit=True, zone=zone, mark=mark), SetField("eth_dst", h.mac),
+                                 actions=(Ct(commit=True, zone=zone, mark=mark), *copy(h), SetField("eth_dst", h.mac),
                                           *toward(h))))
             for h in pinned:
                 st.add_flow(Flow(table=LB, priority=P_PIN, cookie=ck[K_PIN],
                                  match=Match(**new, ct_state=(TRK, TRK), ct_mark=proxy_mark(c.name, h.name)),
-                                 actions=(SetField("eth_dst", h.mac), *toward(h))))
+                                 actions=(*copy(h), SetField("eth_dst", h.mac), *toward(h))))
             # -- lb: addressed to a proxy: carry it there
             for h in proxies:
                 st.add_flow(Flow(table=LB, priority=P_CARRY, cookie=ck[K_CARRY],
                                  match=Match(eth_type=eth_type, eth_dst=h.mac, ip_proto=TCP, **{dst: vip}),
-                                 actions=toward(h)))
+                                 actions=(*copy(h), *toward(h))))
+            # -- lb: copies on their way to the collector (they came in as VIP packets from a fabric port)
+            if collector is not None:
+                for field in (dst, src):
+                    st.add_flow(Flow(table=LB, priority=P_CAPTURE, cookie=ck[K_CAPTURE],
+                                     match=Match(eth_type=eth_type, eth_dst=collector.mac, ip_proto=TCP,
+                                                 **{field: vip}),
+                                     actions=toward(collector)))
         out[sw] = st
     return out
 

@@ -11,7 +11,10 @@ What every proxy of a cluster gets, and why:
   its server whichever proxy takes it next (``localpeer`` names this proxy);
 * one frontend bound to the VIP's ports (the proxy holds the VIP itself),
   routes as ``use_backend ... if { path_beg ... }``;
-* a backend per pool with HTTP checks, ``option redispatch`` (a session whose
+* a ``health`` frontend on the node's loopback whose ``monitor-uri`` the
+  agent asks every interval (HAProxy answers it itself, no server involved);
+* a backend per pool with HTTP checks (with header or source affinity, a
+  key's first server is its consistent hash, the same on every proxy), ``option redispatch`` (a session whose
   server died is re-assigned, and the new entry replicated) and servers with
   explicit ids (:func:`model.server_id`): peers replicate entries by id.
 """
@@ -49,6 +52,9 @@ def render(cluster: dict[str, Any], proxy: str, run_dir: str) -> str:
         "    mode http",
         "    log global",
         "    option redispatch",
+        # on a reload the old worker keeps an idle keep-alive connection until its next request and
+        # answers it with Connection: close (closing it idle races with a request the client is sending)
+        "    option idle-close-on-response",
         "    retries 2",
         "    timeout connect 2s",
         "    timeout client 30s",
@@ -59,20 +65,30 @@ def render(cluster: dict[str, Any], proxy: str, run_dir: str) -> str:
         f"peers {name}",
     ]
     lines += [f"    peer {p['host']} {p['ipv4']}:{cluster['peers_port']}" for p in cluster["proxies"]]
+    # the agent's check: answered by the worker itself (a hung or dead worker fails it)
+    lines += ["", "frontend health", f"    bind 127.0.0.1:{cluster['health_port']}",
+              f"    monitor-uri {cluster['health_uri']}"]
     lines += ["", "frontend vip"]
     for port in cluster["ports"]:
         if cluster["vip4"]:
             lines.append(f"    bind {cluster['vip4']}:{port}")
         if cluster["vip6"]:
             lines.append(f"    bind [{cluster['vip6']}]:{port} v6only")
-    lines.append(f"    http-response set-header X-Proxy {proxy}")
+    lines.append(f"    http-after-response set-header X-Proxy {proxy}")  # its own errors (503) too
     # longest prefix first, so /v1/users/ wins over /v1/ whatever order the routes were declared in
     for r in sorted(cluster["routes"], key=lambda r: -len(r["prefix"])):
         lines.append(f"    use_backend {backend_name(r['pool'])} if {{ path_beg {r['prefix']} }}")
     lines.append(f"    default_backend {backend_name(cluster['default_pool'])}")
+    # header and source affinity: a key's first server is its consistent hash over the servers (the
+    # same ids on every proxy), so every proxy picks alike even before an entry has replicated (a
+    # new proxy still learning its peers' table, a worker just reloaded); the table remembers the
+    # exceptions (a key moved off a server that was down)
+    balance = {"header": f"hdr({aff['name']})", "source": "source"}.get(aff["mode"])
     for pool in cluster["pools"]:
-        lines += ["", f"backend {backend_name(pool['name'])}", f"    balance {pool['balance']}",
-                  f"    option httpchk GET {pool['check_path']}"]
+        lines += ["", f"backend {backend_name(pool['name'])}", f"    balance {balance or pool['balance']}"]
+        if balance:
+            lines.append("    hash-type consistent")
+        lines.append(f"    option httpchk GET {pool['check_path']}")
         if aff["mode"] != "none":
             kind = "ip" if aff["mode"] == "source" else "string len 128"
             lines.append(f"    stick-table type {kind} size 1m expire {aff['timeout_s']}s peers {name}")
@@ -117,6 +133,9 @@ def runtime_commands(old: dict[str, Any], new: dict[str, Any]) -> list[str] | No
 
 
 def _without_runtime(c: dict[str, Any]) -> dict[str, Any]:
+    """What needs a reload to change: everything but server state and weight, and a proxy's
+    state (draining is the fabric's business; the config of the other proxies does not change)."""
     pools = [{**p, "servers": [{k: v for k, v in s.items() if k not in ("state", "weight")} for s in p["servers"]]}
              for p in c["pools"]]
-    return {**c, "pools": pools}
+    proxies = [{k: v for k, v in p.items() if k != "state"} for p in c["proxies"]]
+    return {**c, "pools": pools, "proxies": proxies}

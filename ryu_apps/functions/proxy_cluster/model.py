@@ -21,6 +21,9 @@ from ryu_apps.functions.proxy_cluster.intent import ClusterSpec, ProxyClusterInt
 
 #: the TCP port HAProxy peers talk on (on each proxy's own address, never the VIP)
 PEERS_PORT = 10000
+#: HAProxy's monitor-uri listener, on the proxy node's loopback: what the agent asks every interval
+HEALTH_PORT = 10001
+HEALTH_URI = "/healthz"
 #: the site of a host whose switch is in the lab's root OVS (not on a node)
 MAIN_SITE = "main"
 
@@ -45,7 +48,7 @@ def validate(topology: Topology, intent: ProxyClusterIntent) -> None:
     hosts = topology.hosts
     taken = {str(a): h.name for h in hosts.values() for a in h.addresses}
     vips: dict[str, str] = {}
-    proxy_of: dict[str, str] = {}
+    elsewhere: dict[str, tuple[str, str]] = {}  # host -> (cluster, role)
     for ci, c in enumerate(intent.clusters):
         base = f"clusters[{ci}]"
         for fam in ("vip4", "vip6"):
@@ -64,15 +67,17 @@ def validate(topology: Topology, intent: ProxyClusterIntent) -> None:
                 raise _err(field, f"unknown host {host!r}")
             if host in roles and roles[host] != what:
                 raise _err(field, f"host {host} is already a {roles[host]} of this cluster")
+            # each cluster isolates its roles from every other host, so a host serves one cluster
+            # (a server shared by two VIPs would be an outsider to the other cluster's proxies)
+            if host in elsewhere and elsewhere[host][0] != c.name:
+                raise _err(field, f"host {host} is already a {elsewhere[host][1]} of cluster {elsewhere[host][0]}")
             roles[host] = what
+            elsewhere[host] = (c.name, what)
 
         for pi, p in enumerate(c.proxies):
             f = f"{base}.proxies[{pi}].host"
             role(f, p.host, "proxy")
             h = hosts[p.host]
-            if p.host in proxy_of:
-                raise _err(f, f"host {p.host} is already a proxy of cluster {proxy_of[p.host]}")
-            proxy_of[p.host] = c.name
             if h.ipv4 is None:
                 raise _err(f, f"proxy {p.host} needs an IPv4 address (HAProxy peers and health checks use it)")
             if c.vip6 is not None and h.ipv6 is None:
@@ -105,7 +110,7 @@ def resolve(topology: Topology, c: ClusterSpec) -> dict[str, Any]:
 
     return {
         "name": c.name, "vip4": c.vip4, "vip6": c.vip6, "ports": list(c.ports),
-        "peers_port": PEERS_PORT,
+        "peers_port": PEERS_PORT, "health_port": HEALTH_PORT, "health_uri": HEALTH_URI,
         "proxies": [{**addr(p.host), "state": p.state} for p in c.proxies],
         "pools": [{"name": pool.name, "balance": pool.balance, "check_path": pool.check_path,
                    "servers": [{**addr(s.host), "name": s.name, "port": s.port, "weight": s.weight,
