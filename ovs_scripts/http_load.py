@@ -85,8 +85,9 @@ def _kind(exc: BaseException) -> str:
 class Load:
     """The recorder every request thread reports to (see module doc)."""
 
-    def __init__(self, host: str, port: int, key_header: str, path: str, timeout: float):
+    def __init__(self, host: str, port: int, key_header: str, path: str, timeout: float, key_prefix: str = ""):
         self.host, self.port, self.key_header, self.path, self.timeout = host, port, key_header, path, timeout
+        self.key_prefix = key_prefix
         self.t0 = time.monotonic()
         self.stop = threading.Event()
         self.lock = threading.Lock()
@@ -130,7 +131,7 @@ class Load:
 
     def keepalive(self, i: int, gap: float) -> None:
         """One keep-alive connection, requests back to back; reconnects after a failure."""
-        key = f"k{i}"
+        key = f"{self.key_prefix}k{i}"
         while not self.stop.is_set():
             conn_id, proxy = f"ka{i}", None
             conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
@@ -154,7 +155,7 @@ class Load:
         nxt = time.monotonic()
         while not self.stop.is_set():
             n += 1
-            key = f"s{n % sessions}" if sessions else None
+            key = f"{self.key_prefix}s{n % sessions}" if sessions else None
             threading.Thread(target=self._one, args=(f"new{n}", key), daemon=True).start()
             nxt += interval
             self.stop.wait(max(0.0, nxt - time.monotonic()))
@@ -186,7 +187,7 @@ class Load:
 
 
 def load(args) -> dict:
-    ld = Load(args.host, args.port, args.key_header, args.path, args.timeout)
+    ld = Load(args.host, args.port, args.key_header, args.path, args.timeout, args.key_prefix)
     signal.signal(signal.SIGTERM, lambda *_: ld.stop.set())
     threads = [threading.Thread(target=ld.keepalive, args=(i, args.gap_ms / 1000.0), daemon=True)
                for i in range(args.conns)]
@@ -218,6 +219,7 @@ def main(argv=None) -> int:
     g.add_argument("--new-rate", type=float, default=0.0, help="new connections per second")
     g.add_argument("--sessions", type=int, default=0, help="session keys the new connections use (0: none)")
     g.add_argument("--key-header", default="X-API-Key")
+    g.add_argument("--key-prefix", default="", help="prefix of the session keys (k<i>, s<n>)")
     g.add_argument("--path", default="/v1/items")
     g.add_argument("--timeout", type=float, default=3.0)
     args = ap.parse_args(argv)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Hashable, Iterable
 
 from os_ken.lib import hub
@@ -73,7 +73,12 @@ class ProxyCluster(FabricApp):
         #: (cluster, proxy) -> when its drain ends (monotonic); ``drained``: those past it
         self._drain_ends: dict[tuple[str, str], float] = {}
         self.drained: dict[str, frozenset[str]] = {}
+        #: (cluster, host) -> until when a host removed from the pools keeps its server role (isolation)
+        self._retiring: dict[tuple[str, str], float] = {}
+        self._servers_of: dict[str, set[str]] = {}
         self.counters: Counter = Counter()
+        #: health changes and drain ends, newest last (GET /v1/proxy-clusters/<name>: events)
+        self.events: deque = deque(maxlen=64)
         self._changed = hub.Event()   # set (and replaced) on every intent change: agents' polls wake
         try:
             validate(self.core.topology, self.intent)
@@ -106,8 +111,23 @@ class ProxyCluster(FabricApp):
                     drains[key] = self._drain_ends.get(key, now + c.drain_timeout_s)
         self._drain_ends = drains
         self._expire_drains(now)
+        self.retire_removed_servers(self.intent)
+        self._servers_of = {c.name: {x.host for pool in c.pools for x in pool.servers} for c in self.intent.clusters}
+        self._retiring = {k: v for k, v in self._retiring.items() if k[0] in names}
         old, self._changed = self._changed, hub.Event()
         old.set()
+
+    def retire_removed_servers(self, intent: ProxyClusterIntent) -> None:
+        """Servers ``intent`` removes keep their role (isolation) for the drain timeout: the
+        proxies' old workers still send them their last requests.  Called before a candidate
+        intent is computed, so its flows already say so."""
+        now = time.monotonic()
+        for c in intent.clusters:
+            servers = {x.host for pool in c.pools for x in pool.servers}
+            for host in self._servers_of.get(c.name, set()) - servers:
+                self._retiring.setdefault((c.name, host), now + c.drain_timeout_s)
+            for host in servers:
+                self._retiring.pop((c.name, host), None)
 
     def _expire_drains(self, now: float) -> set[str]:
         """Move proxies whose drain timed out into ``drained``; the clusters that changed."""
@@ -145,7 +165,8 @@ class ProxyCluster(FabricApp):
             # out of the hash and unpinned: proxies not judged up (a joining one has no connection yet,
             # a dead one's are picked again) and draining ones whose drain timed out
             out_ = self.out_of_hash(c) | self.drained.get(c.name, frozenset())
-            for states in (compute_cluster(view.topology, c, rmac, out_),
+            retiring = frozenset(h for (cn, h) in self._retiring if cn == c.name)
+            for states in (compute_cluster(view.topology, c, rmac, out_, retiring),
                            heartbeat_flows(view.topology, c.name, [p.host for p in c.proxies], rmac)):
                 for sw, st in states.items():
                     out.setdefault(sw, SwitchState()).merge(st)
@@ -189,6 +210,7 @@ class ProxyCluster(FabricApp):
     def _react(self, cname: str, why: str) -> None:
         """Health changed: recompute this cluster and hand it to the switches at once."""
         self.counters["health_changes"] += 1
+        self.events.append({"t": round(time.time(), 3), "cluster": cname, "event": why})
         LOG.info("proxy cluster %s: %s", cname, why)
         try:
             self.core.recompute_now(self, {cname})
@@ -196,9 +218,9 @@ class ProxyCluster(FabricApp):
             LOG.error("proxy cluster %s: recompute after a health change failed: %s", cname, exc)
 
     def _monitor_loop(self) -> None:
-        """Every quarter interval: proxies gone quiet go down; drains that timed out end."""
+        """Every eighth of an interval: proxies gone quiet go down; drains and retired servers end."""
         while True:
-            step = min((c.health.interval_ms for c in self.intent.clusters), default=250) / 4000.0
+            step = min((c.health.interval_ms for c in self.intent.clusters), default=250) / 8000.0
             hub.sleep(max(0.02, step))
             now = time.monotonic()
             for cname, h in list(self.health.items()):
@@ -206,6 +228,11 @@ class ProxyCluster(FabricApp):
                     self._react(cname, f"{host} is down ({h.proxies[host].why})")
             for cname in self._expire_drains(now):
                 self._react(cname, "a drain timed out: its pinned connections are released")
+            retired = {k for k, until in self._retiring.items() if now >= until}
+            for key in retired:
+                del self._retiring[key]
+            for cname in sorted({cn for cn, _ in retired}):
+                self._react(cname, "removed servers retired: proxies no longer reach them")
 
     # -- REST ----------------------------------------------------------------------------
     def add_routes(self, api) -> None:
@@ -256,6 +283,7 @@ class ProxyCluster(FabricApp):
                 field = field[len(f"clusters[{index}]."):]
                 raise ApiError(exc.status, str(exc).replace(exc.field, field, 1), field) from None
             raise ApiError(exc.status, str(exc), field) from None
+        self.retire_removed_servers(candidate)
         try:
             result = self.core.try_intent(self, candidate, parts=parts)
         except (StateConflict, PipelineError, IntentError) as exc:
@@ -391,6 +419,8 @@ class ProxyCluster(FabricApp):
                       for f in sorted(st.flows.values(), key=lambda f: (f.table, -f.priority))]
                  for sw, st in sorted(states.items())}
         return {**self._summary(c), "intent": c.model_dump(), "counters": dict(self.counters),
+                "events": [e for e in self.events if e["cluster"] == c.name],
+                "retiring_servers": sorted(h for (cn, h) in self._retiring if cn == c.name),
                 "flows_by_switch": flows}
 
     def _config(self, r):

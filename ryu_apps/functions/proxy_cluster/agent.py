@@ -153,9 +153,13 @@ class HAProxy:
         self.cfg = run_dir / "haproxy.cfg"
         self.pidfile = run_dir / "haproxy.pid"
         self.proc: subprocess.Popen | None = None
+        #: masters told to stop (they finish their sessions and exit): no longer this agent's HAProxy
+        self.stopping: list[subprocess.Popen | int] = []
 
     def master_pid(self) -> int | None:
         """The running master's pid (ours, or adopted from the pidfile), else None."""
+        self.stopping = [p for p in self.stopping if (p.poll() is None if isinstance(p, subprocess.Popen)
+                                                      else Path(f"/proc/{p}").exists())]
         if self.proc is not None:
             return self.proc.pid if self.proc.poll() is None else None
         try:
@@ -163,7 +167,7 @@ class HAProxy:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except (OSError, ValueError, IndexError):
             return None
-        if any(b"haproxy" in c for c in cmd[:1]) and str(self.cfg).encode() in cmd:
+        if any(b"haproxy" in c for c in cmd[:1]) and str(self.cfg).encode() in cmd and pid not in self.stopping:
             return pid
         return None
 
@@ -220,9 +224,13 @@ class HAProxy:
             self.wait_ready()
 
     def soft_stop(self) -> None:
+        """Stop accepting (the listeners close at once), let sessions finish, exit: a HAProxy
+        started later binds the ports while this one still drains."""
         pid = self.master_pid()
         if pid is not None and self.wait_ready():
-            os.kill(pid, signal.SIGUSR1)  # stop accepting, let sessions finish, exit
+            os.kill(pid, signal.SIGUSR1)
+            self.stopping.append(self.proc if self.proc is not None else pid)
+            self.proc = None
 
     def runtime(self, commands: list[str]) -> list[str]:
         """Send commands to the admin socket; the answers (HAProxy says nothing on success)."""
@@ -391,8 +399,13 @@ class Agent:
 
     # -- supervision and heartbeats -------------------------------------------------------
     def supervise(self) -> None:
-        """Restart HAProxy when it exited while this host is a proxy (at most once a second)."""
-        with self._lock:
+        """Restart HAProxy when it exited while this host is a proxy (at most once a second).
+
+        Called by the heartbeat loop, which must never wait for a config being applied (a check
+        and a reload or two take long enough to miss ``fall`` beats): skipped while one is."""
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
             if self.applied is None or self.haproxy.master_pid() is not None:
                 return
             now = time.monotonic()
@@ -402,6 +415,8 @@ class Agent:
             LOG.warning("HAProxy is not running: starting it again")
             self.haproxy.proc = None
             self._start()
+        finally:
+            self._lock.release()
 
     def _start(self) -> None:
         """Start HAProxy; it is reported healthy only once it learned its peers' tables (a proxy

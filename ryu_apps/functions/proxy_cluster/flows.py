@@ -138,14 +138,18 @@ def _dsts(h: Host) -> Iterable[tuple[int, dict]]:
 
 
 def compute_cluster(topology: Topology, c: ClusterSpec, router_mac: str,
-                    dead: frozenset[str] = frozenset()) -> dict[str, SwitchState]:
-    """Every switch's flows and group for cluster ``c``; ``dead``: proxies out of the hash (health)."""
+                    dead: frozenset[str] = frozenset(), retiring: frozenset[str] = frozenset()) -> dict[str, SwitchState]:
+    """Every switch's flows and group for cluster ``c``; ``dead``: proxies out of the hash (health);
+    ``retiring``: hosts just removed from the pools that keep the server role for isolation until
+    the proxies' old workers have finished their sessions with them."""
     hosts = topology.hosts
     gids = next_hop_group_ids(topology)
     proxies = [hosts[p.host] for p in c.proxies]
     active = [hosts[p.host] for p in c.proxies if p.state == "active" and p.host not in dead]
     pinned = [h for h in proxies if h.name not in dead]
-    servers = [hosts[n] for n in dict.fromkeys(s.host for pool in c.pools for s in pool.servers)]
+    proxy_hosts = {p.host for p in c.proxies}
+    servers = [hosts[n] for n in dict.fromkeys([*(s.host for pool in c.pools for s in pool.servers),
+                                                *sorted(retiring - proxy_hosts)])]
     collector = hosts[c.capture.host] if c.capture is not None else None
     sink = [collector] if collector is not None else []
     roles = {h.name for h in (*proxies, *servers, *sink)}
