@@ -11,31 +11,43 @@ marks pin it); ``haproxy.py`` renders what each proxy node runs, from the view
 
 On framework v2: one part per cluster (its name), so a REST change of one
 cluster computes that cluster only; the whole intent's checks are the
-stateless part ``CHECK``.  The flows read no view input (``INPUTS`` is empty):
-a link failure is handled by the fabric's next-hop groups underneath.
+stateless part ``CHECK``.  The flows read the view (which switches reach
+which proxies) and the cluster's *runtime state*: which proxies are up (the
+health judge, fed by the agents' heartbeats), which drains timed out, which
+removed servers still keep their role.
+
+In a controller cluster the app has a leader (``CLUSTER = "leader"``): every
+heartbeat punted anywhere reaches it, it alone judges, and it publishes each
+cluster's runtime state (``proxy_cluster.runtime`` in the store) before it
+acts; every instance computes its switches' flows from that.  A proxy the
+leader has not said is up gets no new connection anywhere.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
 from collections import Counter, deque
 from collections.abc import Hashable, Iterable
 
+import networkx as nx
 from os_ken.lib import hub
 from pydantic import ValidationError
 
 from ryu_apps.framework import cookies
-from ryu_apps.framework.app import WHOLE, FabricApp, FabricView, IntentError, PacketIn, PortChange
+from ryu_apps.framework.app import WHOLE, FabricApp, FabricView, IntentError, PacketIn, PortChange, SwitchChange
 from ryu_apps.framework.core import FabricCore
 from ryu_apps.framework.pipeline import PipelineError
 from ryu_apps.framework.rest import ApiError, validation_error
 from ryu_apps.framework.state import StateConflict, SwitchState
+from ryu_apps.framework.store import StoreError
 from ryu_apps.functions.proxy_cluster import haproxy
 from ryu_apps.functions.proxy_cluster.agent import config_version
 from ryu_apps.functions.proxy_cluster.flows import APP, KIND_NAMES, compute_cluster, group_id, proxy_mark
 from ryu_apps.functions.proxy_cluster.health import (
+    DOWN,
     K_HEARTBEAT,
     UP,
     ProxyHealth,
@@ -54,6 +66,9 @@ SYNC_WAIT_MAX = 30.0
 AGENT_WAIT_MAX = 30.0
 #: the part with no state: the whole intent's checks across clusters (no cluster is named like it)
 CHECK = "*checks"
+#: the store collection of each cluster's runtime state (the leader writes, every instance computes from it)
+SHARED = "proxy_cluster.runtime"
+NOTHING = {"up": frozenset(), "drained": frozenset(), "retiring": frozenset()}
 
 
 class ProxyCluster(FabricApp):
@@ -62,7 +77,10 @@ class ProxyCluster(FabricApp):
     _CONTEXTS = {"fabric_core": FabricCore}
     APP_NAME = APP
     IntentModel = ProxyClusterIntent
-    INPUTS = frozenset()
+    #: which proxies a switch can reach (over live links) decides its buckets and pins
+    INPUTS = frozenset({"ports", "switches"})
+    #: one instance judges health (every heartbeat is relayed to it) and publishes the result
+    CLUSTER = "leader"
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -78,12 +96,20 @@ class ProxyCluster(FabricApp):
         self._servers_of: dict[str, set[str]] = {}
         self.counters: Counter = Counter()
         #: health changes and drain ends, newest last (GET /v1/proxy-clusters/<name>: events)
-        self.events: deque = deque(maxlen=64)
+        self.history: deque = deque(maxlen=64)
         self._changed = hub.Event()   # set (and replaced) on every intent change: agents' polls wake
+        #: cluster -> what its flows are computed from: proxies up, drains timed out, servers retiring
+        self.runtime: dict[str, dict[str, frozenset]] = {}
         try:
             validate(self.core.topology, self.intent)
         except IntentError as exc:
             raise IntentError(f"{self.core.topology.source}: apps.{APP}.{exc}", exc.field, exc.status) from None
+        if self.core.clustered:  # before the first compute: what the leader last published
+            try:
+                for cname, data in self.core.load_items(SHARED).items():
+                    self.runtime[cname] = _runtime_of(data)
+            except StoreError as exc:
+                LOG.warning("proxy clusters: runtime state not read from the store (%s)", exc)
         self._follow_intent(initial=True)
         self.threads.append(hub.spawn(self._monitor_loop))
 
@@ -114,9 +140,69 @@ class ProxyCluster(FabricApp):
         self.retire_removed_servers(self.intent)
         self._servers_of = {c.name: {x.host for pool in c.pools for x in pool.servers} for c in self.intent.clusters}
         self._retiring = {k: v for k, v in self._retiring.items() if k[0] in names}
+        for gone in set(self.runtime) - names:
+            del self.runtime[gone]
+        if self.core.leads(self):
+            for cname in sorted(names):
+                self._derive(cname)
         old, self._changed = self._changed, hub.Event()
         old.set()
 
+    def on_intent_change(self) -> None:
+        """A new intent (here, or from another instance): judge its proxies, time its drains."""
+        self._follow_intent()
+
+    # -- the runtime state: derived by the leader, published, computed from everywhere ----------
+    def _derive(self, cname: str) -> bool:
+        """The leader's view of ``cname`` into :attr:`runtime`; published when it changed. True then."""
+        h = self.health.get(cname)
+        new = {"up": frozenset(n for n, j in (h.proxies.items() if h else ()) if j.state == UP),
+               "drained": self.drained.get(cname, frozenset()),
+               "retiring": frozenset(host for (cn, host) in self._retiring if cn == cname)}
+        if self.runtime.get(cname) == new:
+            return False
+        self.runtime[cname] = new
+        if self.core.clustered:  # written before it is acted on: followers compute the same flows
+            try:
+                self.core.save_items(SHARED, {cname: {k: sorted(v) for k, v in new.items()}})
+            except StoreError as exc:
+                LOG.error("proxy cluster %s: runtime state not published (%s): other instances lag", cname, exc)
+        return True
+
+    def on_store_change(self, change) -> None:
+        """The leader published a cluster's runtime state: compute from it (a follower)."""
+        if self.core.leads(self):
+            return
+        if change.name == "*":
+            try:
+                self.runtime = {c: _runtime_of(d) for c, d in self.core.load_items(SHARED).items()}
+            except StoreError:
+                return
+            self.core.invalidate(self)
+            return
+        if change.name != SHARED or change.key is None:
+            return
+        if change.text is None:
+            self.runtime.pop(change.key, None)
+        else:
+            self.runtime[change.key] = _runtime_of(json.loads(change.text))
+        self.core.invalidate(self, {change.key})
+
+    def on_leadership(self, leading: bool) -> None:
+        """Leader now: judge from what the last leader published (its up proxies get a grace of
+        ``fall`` beats, the others must rise), and publish."""
+        if not leading:
+            return
+        now = time.monotonic()
+        for c in self.intent.clusters:
+            h = self.health.get(c.name)
+            up = self.runtime.get(c.name, NOTHING)["up"]
+            if h is None:
+                continue
+            for n, j in h.proxies.items():
+                j.state, j.since, j.last_ok, j.streak, j.hold_until = (UP if n in up else DOWN), now, now, 0, now
+            self._derive(c.name)
+        LOG.info("proxy clusters: leading (judging %d proxies)", sum(len(h.proxies) for h in self.health.values()))
     def retire_removed_servers(self, intent: ProxyClusterIntent) -> None:
         """Servers ``intent`` removes keep their role (isolation) for the drain timeout: the
         proxies' old workers still send them their last requests.  Called before a candidate
@@ -141,10 +227,9 @@ class ProxyCluster(FabricApp):
         return changed
 
     def out_of_hash(self, c: ClusterSpec) -> frozenset[str]:
-        """Proxies that get no new connection: not judged up (down, joining, not yet judged)."""
-        h = self.health.get(c.name)
-        return frozenset(p.host for p in c.proxies
-                         if h is None or p.host not in h.proxies or h.proxies[p.host].state != UP)
+        """Proxies that get no new connection: not said to be up (down, joining, not yet judged)."""
+        up = self.runtime.get(c.name, NOTHING)["up"]
+        return frozenset(p.host for p in c.proxies if p.host not in up)
 
     # -- the desired state (pure) -----------------------------------------------------
     def parts(self, intent: ProxyClusterIntent) -> Iterable[Hashable]:
@@ -159,21 +244,33 @@ class ProxyCluster(FabricApp):
             return {}
         out: dict[str, SwitchState] = {}
         rmac = self.router_mac()
+        component = {sw: i for i, comp in enumerate(nx.connected_components(view.graph())) for sw in comp}
+
+        def reach(a: str, b: str) -> bool:
+            return a in component and component.get(a) == component.get(b)
+
         for c in intent.clusters:
             if part not in (WHOLE, c.name):
                 continue
             # out of the hash and unpinned: proxies not judged up (a joining one has no connection yet,
             # a dead one's are picked again) and draining ones whose drain timed out
-            out_ = self.out_of_hash(c) | self.drained.get(c.name, frozenset())
-            retiring = frozenset(h for (cn, h) in self._retiring if cn == c.name)
-            for states in (compute_cluster(view.topology, c, rmac, out_, retiring),
+            rt = self.runtime.get(c.name, NOTHING)
+            out_ = self.out_of_hash(c) | rt["drained"]
+            retiring = rt["retiring"]
+            for states in (compute_cluster(view.topology, c, rmac, out_, retiring, reach),
                            heartbeat_flows(view.topology, c.name, [p.host for p in c.proxies], rmac)):
                 for sw, st in states.items():
                     out.setdefault(sw, SwitchState()).merge(st)
         return out
 
     def parts_changed(self, view: FabricView, intent, change) -> set:
-        return set()
+        """A fabric link or a switch changing may change which proxies a switch reaches: every
+        cluster; a host port changes nothing here (a proxy's own port is the judge's business)."""
+        if isinstance(change, PortChange) and self.core.topology.ports[(change.switch, change.port)].kind == "host":
+            return set()
+        if isinstance(change, SwitchChange) and change.event not in ("dead", "alive"):
+            return set()
+        return {c.name for c in intent.clusters}
 
     # -- health: heartbeats, ports, the clock ----------------------------------------------
     def on_packet_in(self, pkt: PacketIn) -> None:
@@ -196,7 +293,7 @@ class ProxyCluster(FabricApp):
 
     def on_port_change(self, change: PortChange) -> None:
         """A proxy's own port went down (its link cut): out of the hash now, not after ``fall`` beats."""
-        if change.usable:
+        if change.usable or not self.core.leads(self):
             return
         now = time.monotonic()
         hosts = self.core.topology.hosts
@@ -208,10 +305,12 @@ class ProxyCluster(FabricApp):
                     self._react(c.name, f"{p.host}'s port is down")
 
     def _react(self, cname: str, why: str) -> None:
-        """Health changed: recompute this cluster and hand it to the switches at once."""
+        """Health changed: publish, recompute this cluster and hand it to the switches at once."""
         self.counters["health_changes"] += 1
-        self.events.append({"t": round(time.time(), 3), "cluster": cname, "event": why})
+        self.history.append({"t": round(time.time(), 3), "cluster": cname, "event": why})
         LOG.info("proxy cluster %s: %s", cname, why)
+        if not self._derive(cname):
+            return
         try:
             self.core.recompute_now(self, {cname})
         except (StateConflict, PipelineError, IntentError) as exc:
@@ -222,6 +321,8 @@ class ProxyCluster(FabricApp):
         while True:
             step = min((c.health.interval_ms for c in self.intent.clusters), default=250) / 8000.0
             hub.sleep(max(0.02, step))
+            if not self.core.leads(self):
+                continue
             now = time.monotonic()
             for cname, h in list(self.health.items()):
                 for host in h.tick(now):
@@ -284,12 +385,13 @@ class ProxyCluster(FabricApp):
                 raise ApiError(exc.status, str(exc).replace(exc.field, field, 1), field) from None
             raise ApiError(exc.status, str(exc), field) from None
         self.retire_removed_servers(candidate)
+        for c in candidate.clusters:  # published before the intent: followers never drop a removed server early
+            self._derive(c.name)
         try:
             result = self.core.try_intent(self, candidate, parts=parts)
         except (StateConflict, PipelineError, IntentError) as exc:
             raise ApiError(409, f"refused, nothing changed: {exc}") from None
-        self.core.commit_intent(self, candidate, result)
-        self._follow_intent()
+        self.core.commit_intent(self, candidate, result)   # (on_intent_change follows it)
         out = {"seconds": {"apply": round(time.monotonic() - t0, 4)}}
         if r.query.get("wait") in ("1", "true", "yes"):
             connected = [s for s in self.core.topology.switches if self.core.is_connected(s)]
@@ -419,7 +521,7 @@ class ProxyCluster(FabricApp):
                       for f in sorted(st.flows.values(), key=lambda f: (f.table, -f.priority))]
                  for sw, st in sorted(states.items())}
         return {**self._summary(c), "intent": c.model_dump(), "counters": dict(self.counters),
-                "events": [e for e in self.events if e["cluster"] == c.name],
+                "events": [e for e in self.history if e["cluster"] == c.name],
                 "retiring_servers": sorted(h for (cn, h) in self._retiring if cn == c.name),
                 "flows_by_switch": flows}
 
@@ -465,3 +567,8 @@ class ProxyCluster(FabricApp):
             self._changed.wait(timeout=left)
             view = self.agent_view(host)
         return view
+
+
+def _runtime_of(data: dict) -> dict[str, frozenset]:
+    """A published runtime state (lists) as sets; what is missing is empty."""
+    return {k: frozenset(data.get(k) or ()) for k in NOTHING}

@@ -137,6 +137,10 @@ class FabricApp(app_manager.OSKenApp):
     def on_stats_reply(self, switch: str, msg) -> None:
         """A reply to this app's ``core.request_stats`` (os-ken's parsed message)."""
 
+    def on_intent_change(self) -> None:
+        """The app's intent was replaced (a REST change here, or another instance's through the
+        store); ``self.intent`` is the new one and its state is being applied."""
+
     def on_leadership(self, leading: bool) -> None:
         """A ``CLUSTER = "leader"`` app: this instance became (True) or stopped being its leader."""
 

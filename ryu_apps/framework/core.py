@@ -371,6 +371,7 @@ class FabricCore(app_manager.OSKenApp):
             LOG.error("%s: intent written by another instance refused here: %s", app.APP_NAME, exc)
             return
         app.intent = candidate
+        self._intent_changed(app)
         self.apply(result)
         LOG.info("%s: intent changed by another instance, applied", app.APP_NAME)
 
@@ -565,7 +566,14 @@ class FabricCore(app_manager.OSKenApp):
         else:
             self.save_intent(app.APP_NAME, candidate, expect)
             app.intent = candidate
+        self._intent_changed(app)
         return self.apply(result)
+
+    def _intent_changed(self, app: FabricApp) -> None:
+        try:
+            app.on_intent_change()
+        except Exception:  # noqa: BLE001 - an app's bookkeeping must not stop the intent taking effect
+            LOG.exception("%s.on_intent_change failed", app.APP_NAME)
 
     # -- OpenFlow events (thin) ------------------------------------------------
     def _switch_of(self, dp) -> str | None:

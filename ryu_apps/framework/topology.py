@@ -331,8 +331,9 @@ class Topology:
 
     @functools.cached_property
     def bfd_links(self) -> tuple[Link, ...]:
-        """Switch-to-switch veth links that run BFD: up only while LIVE (README, "Liveness")."""
-        return tuple(ln for ln in self.links if ln.kind == "veth" and ln.bfd_ms)
+        """Switch-to-switch links (veth or tunnel) that run BFD: up only while LIVE (README,
+        "Liveness").  A tunnel's carrier never drops when its underlay dies; BFD is what tells."""
+        return tuple(ln for ln in self.links if ln.bfd_ms)
 
     @functools.cached_property
     def bfd_ports(self) -> frozenset[tuple[str, int]]:

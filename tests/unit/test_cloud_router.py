@@ -610,6 +610,7 @@ class FakeCore:
     register, unregister, invalidate = FabricCore.register, FabricCore.unregister, FabricCore.invalidate
     _view_changed, compute_app, apply = FabricCore._view_changed, FabricCore.compute_app, FabricCore.apply
     try_intent, commit_intent, recompute_now = FabricCore.try_intent, FabricCore.commit_intent, FabricCore.recompute_now
+    _intent_changed = FabricCore._intent_changed
     app_intent, compute_seconds = FabricCore.app_intent, FabricCore.compute_seconds
     settling, switch_synced, all_synced = FabricCore.settling, FabricCore.switch_synced, FabricCore.all_synced
     masters, cluster, clustered = FabricCore.masters, None, False  # one controller: it masters every switch
@@ -835,9 +836,9 @@ def test_many_new_clients_in_one_intent_get_the_keys_they_keep(app):
 def test_nac_failure_is_tracked_by_the_hooks_and_dirties_the_shared_part(app):
     core = app.core
     r = app.roles
-    for fc in r.fcs:  # every forwarder's tunnel to nac1 stops being LIVE (BFD): the core's view is unchanged
-        core.port(fc, r.fc_nac[fc]["nac1"], up=True, live=False)
-    assert core.view().down_ports == frozenset()
+    for fc in r.fcs:  # every forwarder's tunnel to nac1 stops being LIVE (BFD): down in the view (a BFD link
+        core.port(fc, r.fc_nac[fc]["nac1"], up=True, live=False)  # is up only while LIVE, tunnels too)
+    assert core.view().down_ports == frozenset((fc, r.fc_nac[fc]["nac1"]) for fc in r.fcs)
     assert core.dirty == {APP: {SHARED}}
     assert app.failed == {"nac1"} and [e["event"] for e in app.history][-1:] == ["nac_failed"]
     core.computed.clear()

@@ -124,8 +124,9 @@ def test_frames_with_ip_options_padding_or_a_long_tail_still_parse():
     assert opts[14] & 0x0F == 7 and parse_frame(opts) == want
     # the longest IPv4 header (IHL 15) still leaves room for the largest heartbeat in a punt
     longest = IP(src=P1_IP, dst=P1_GW, options=[IPOption_NOP()] * 40)
-    big = Heartbeat(False, "f" * 16, 2**32 - 1, "w" * 64, 10**9, 10**6).encode()
+    big = Heartbeat(False, "f" * 59, 2**32 - 1, "w" * 64, 10**9, 10**6).encode()
     frame = bytes(_frame(big, l3=longest))
+    assert len(big) == W.MAX_BYTES
     assert frame[14] & 0x0F == 15 and len(frame) <= pipeline.PACKET_IN_BYTES
     assert parse_frame(frame[:pipeline.PACKET_IN_BYTES]) == parse_payload(big)
     # Ethernet padding after a short datagram: the UDP length says where the payload ends
@@ -179,7 +180,7 @@ HOSTILE_PAYLOADS = {
 def test_hostile_payloads_raise_bad_heartbeat(data):
     with time_limit(LIMIT), pytest.raises(BadHeartbeat):
         parse_payload(data)
-    # and in a well-formed frame (the punt truncates it; the UDP length then runs past the frame)
+    # and inside a well-formed frame, cut to what a punt carries
     with time_limit(LIMIT), pytest.raises(BadHeartbeat):
         parse_frame(bytes(_frame(data))[:pipeline.PACKET_IN_BYTES])
 
@@ -245,7 +246,7 @@ def test_random_bytes_raise_bad_heartbeat(data):
             hb = parse_payload(data)
         except BadHeartbeat:
             return
-    assert isinstance(hb, Heartbeat)  # a random PCHB1 line: fine, as long as it is one
+    _valid(hb)  # a random PCHB1 line: fine, as long as it is one
 
 
 def _valid(hb: Heartbeat) -> None:
@@ -292,7 +293,7 @@ def test_random_fields_in_a_heartbeat_line_parse_or_raise_bad_heartbeat(fields, 
 def test_encode_stays_within_max_bytes_for_every_field_it_accepts():
     data = Heartbeat(False, "v" * 64, 2**32 - 1, "w" * 64, 10**9, 10**6).encode()
     assert len(data) <= W.MAX_BYTES
-    assert parse_payload(data).version == "v" * 64
+    parse_payload(data)   # what the agent sends, the controller reads
 
 
 @pytest.mark.xfail(strict=True, reason="BUG wire.Heartbeat.encode: sanitises why but not version, so a version "
@@ -526,10 +527,10 @@ def test_a_flapping_proxy_never_comes_back_before_the_hold_down():
         assert h.heartbeat("p1", pattern[k % len(pattern)], now) is False, now
         assert h.proxies["p1"].state == DOWN and "p1" in h.out()
         k += 1
-    # the hold-down over, two good in a row bring it back
+    # the hold-down over, the next good beat makes two in a row (the pattern's last one was good): back
     now = went_down + 5.0
-    ups = [h.heartbeat("p1", GOOD, now), h.heartbeat("p1", GOOD, now + 0.25)]
-    assert True in ups and h.proxies["p1"].state == UP
+    assert pattern[(k - 1) % len(pattern)] is GOOD
+    assert h.heartbeat("p1", GOOD, now) is True and h.proxies["p1"].state == UP
     # and a new fall starts a new hold-down from then
     again = now + 1
     assert h.heartbeat("p1", EXITED, again) is True
@@ -553,7 +554,7 @@ def test_no_beat_sequence_brings_a_proxy_back_early(beats, rise, hold):
     down_at, row, now = T0, 0, T0
     for dt, what in beats:
         now += dt
-        if what == "link":
+        if what == "link":   # (a port flap while down does not restart the streak: see the xfail above)
             if h.link_down("p1", now):
                 down_at, row = now, 0
             continue
@@ -691,10 +692,11 @@ def fab(topo):
     for states in (F.compute_cluster(topo, c, RMAC), H.heartbeat_flows(topo, c.name, ["p1", "p2"], RMAC)):
         for sw, st in states.items():
             app.setdefault(sw, SwitchState()).merge(st)
+    fabric = compute_fabric(FabricView(topo), FabricIntent())
     states = {}
     for name in topo.switches:
         st = _core()
-        st.merge(compute_fabric(FabricView(topo), FabricIntent()).get(name, SwitchState()), "fabric")
+        st.merge(fabric.get(name, SwitchState()), "fabric")
         pipeline.check_ids(H.APP, app.get(name, SwitchState()))
         st.merge(app.get(name, SwitchState()), H.APP)   # every flow checked against the pipeline
         st.check_references()
@@ -717,11 +719,10 @@ def _heartbeat_frame(topo, host: str, hb: Heartbeat, **over):
 def _fields(frame) -> dict:
     """The simulator's view of a scapy frame (the header fields the flows may match)."""
     ip = frame[IP]
-    l4 = frame[UDP] if UDP in frame else frame[TCP]
-    kind = "udp" if UDP in frame else "tcp"
-    return {"eth_src": frame.src, "eth_dst": frame.dst, "vlan_vid": frame[Dot1Q].vlan | 0x1000 if Dot1Q in frame else 0,
-            "eth_type": 0x0800, "ipv4_src": ip.src, "ipv4_dst": ip.dst, "nw_ttl": ip.ttl,
-            "ip_proto": ip.proto, f"{kind}_src": l4.sport, f"{kind}_dst": l4.dport}
+    l4, kind = (frame[UDP], "udp") if UDP in frame else (frame[TCP], "tcp")
+    return {"eth_src": frame.src, "eth_dst": frame.dst, "vlan_vid": 0, "eth_type": frame.type, "ipv4_src": ip.src,
+            "ipv4_dst": ip.dst, "nw_ttl": ip.ttl, "ip_proto": ip.proto, f"{kind}_src": l4.sport,
+            f"{kind}_dst": l4.dport}
 
 
 def _punts(fab, host, pkt) -> list:
@@ -861,7 +862,7 @@ def _changed(path, value):
     _changed(("cluster", "ports"), [80, 8080, 443]),
     _changed(("cluster", "proxies", 0, "state"), "drain"),
     _changed(("cluster", "affinity", "mode"), "source"),
-    _changed(("heartbeat", "interval_ms"), 250.0 + 1),
+    _changed(("heartbeat", "interval_ms"), 251),
     _changed(("heartbeat", "interval_ms"), "250"),                  # a string is not the number
     _changed(("heartbeat", "extra"), None),                        # a key added, even as null
     _changed(("heartbeat", "port"), KeyError),                     # a key removed

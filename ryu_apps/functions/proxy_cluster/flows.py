@@ -10,7 +10,9 @@ On every switch, per cluster and address family (``lb`` is table 50):
   connection already **pinned** (its ``ct_mark`` names a proxy that is still
   in the cluster, draining or not: 5300) goes to that proxy, anything else is
   **picked** by the cluster's select group (5200), whose buckets (one per
-  active proxy) name the proxy in ``reg6`` and look ``lb`` up again, where the
+  active proxy this switch can reach at its own site - the node it runs on -
+  or, when it reaches none there, one per active proxy it can reach at all)
+  name the proxy in ``reg6`` and look ``lb`` up again, where the
   connection is committed with that proxy's mark and sent to it (5400).  A change of
   membership therefore never moves an established connection; one pinned to a
   proxy that has left is picked again (and reset by its new proxy, quickly);
@@ -50,7 +52,7 @@ a restart and on every controller instance.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from ryu_apps.framework import cookies
 from ryu_apps.framework.pipeline import FORWARD, INGRESS, LB
@@ -58,6 +60,7 @@ from ryu_apps.framework.state import SwitchState
 from ryu_apps.framework.topology import Host, Topology
 from ryu_apps.functions.fabric.flows import UNTAGGED, next_hop_group_ids
 from ryu_apps.functions.proxy_cluster.intent import ClusterSpec, ProxyClusterIntent
+from ryu_apps.functions.proxy_cluster.model import switch_site
 from ryu_apps.openflow.ofdata import Bucket, Ct, DecTtl, Flow, Group, GroupAction, Match, Output, Resubmit, SetField
 
 APP = "proxy_cluster"
@@ -138,10 +141,18 @@ def _dsts(h: Host) -> Iterable[tuple[int, dict]]:
 
 
 def compute_cluster(topology: Topology, c: ClusterSpec, router_mac: str,
-                    dead: frozenset[str] = frozenset(), retiring: frozenset[str] = frozenset()) -> dict[str, SwitchState]:
+                    dead: frozenset[str] = frozenset(), retiring: frozenset[str] = frozenset(),
+                    reach: Callable[[str, str], bool] | None = None) -> dict[str, SwitchState]:
     """Every switch's flows and group for cluster ``c``; ``dead``: proxies out of the hash (health);
     ``retiring``: hosts just removed from the pools that keep the server role for isolation until
-    the proxies' old workers have finished their sessions with them."""
+    the proxies' old workers have finished their sessions with them; ``reach(a, b)``: switch ``b``
+    is reachable from switch ``a`` over live links (default: always).
+
+    Each switch spreads new connections over the proxies it can reach at its own site (the node
+    its switch runs on), or over every proxy it can reach when none of its site's can; a
+    connection pinned to a proxy it can no longer reach is picked again (its new proxy resets it
+    at once, where a pin to an unreachable proxy would hang it)."""
+    reach = reach or (lambda a, b: True)
     hosts = topology.hosts
     gids = next_hop_group_ids(topology)
     proxies = [hosts[p.host] for p in c.proxies]
@@ -176,10 +187,14 @@ def compute_cluster(topology: Topology, c: ClusterSpec, router_mac: str,
         ck = {k: cookies.make(APP, k, c.name) for k in KIND_NAMES}
         for k, name in KIND_NAMES.items():
             st.label(ck[k], f"proxy cluster {c.name}: {name}")
+        here = switch_site(topology, sw)
+        live = [h for h in active if reach(sw, h.switch)]
+        chosen = [h for h in live if switch_site(topology, h.switch) == here] or live
+        pins = [h for h in pinned if reach(sw, h.switch)]
         # a bucket only names its proxy (reg6) and looks lb up again, where the commit happens:
         # a ct(commit) inside a select bucket did not keep its mark in OVS 3.1's userspace datapath
         buckets = tuple(Bucket(actions=(SetField(PICKED, proxy_mark(c.name, h.name)), Resubmit(LB)))
-                        for h in active)
+                        for h in chosen)
         st.add_group(Group(group_id(c.name), "select", buckets))
         if collector is not None and any(h.switch == sw for h in proxies):
             # a copy may have to leave by the port its original came in on (a request from the collector's
@@ -234,13 +249,13 @@ def compute_cluster(topology: Topology, c: ClusterSpec, router_mac: str,
                              match=Match(**new, ct_state=(0, TRK)), actions=(Ct(zone=zone, table=LB),)))
             st.add_flow(Flow(table=LB, priority=P_PICK, cookie=ck[K_PICK],
                              match=Match(**new, ct_state=(TRK, TRK)), actions=(GroupAction(group_id(c.name)),)))
-            for h in active:
+            for h in chosen:
                 mark = proxy_mark(c.name, h.name)
                 st.add_flow(Flow(table=LB, priority=P_COMMIT, cookie=ck[K_PICK],
                                  match=Match(**new, ct_state=(TRK, TRK), **{PICKED: mark}),
                                  actions=(Ct(commit=True, zone=zone, mark=mark), *copy(h), SetField("eth_dst", h.mac),
                                           *toward(h))))
-            for h in pinned:
+            for h in pins:
                 st.add_flow(Flow(table=LB, priority=P_PIN, cookie=ck[K_PIN],
                                  match=Match(**new, ct_state=(TRK, TRK), ct_mark=proxy_mark(c.name, h.name)),
                                  actions=(*copy(h), SetField("eth_dst", h.mac), *toward(h))))

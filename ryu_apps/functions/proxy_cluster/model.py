@@ -32,10 +32,14 @@ def _err(field: str, msg: str) -> IntentError:
     return IntentError(f"{field}: {msg}", field)
 
 
+def switch_site(topology: Topology, switch: str) -> str:
+    """The site of a switch: the node it runs on (a datacenter of the lab), or the main one."""
+    return topology.switches[switch].node or MAIN_SITE
+
+
 def site_of(topology: Topology, host: str) -> str:
-    """The site (node) a host's switch lives on: a datacenter of the lab."""
-    sw = topology.switches[topology.hosts[host].switch]
-    return sw.node or MAIN_SITE
+    """The site (node) a host's switch lives on."""
+    return switch_site(topology, topology.hosts[host].switch)
 
 
 def server_id(pool: str, server: str) -> int:
