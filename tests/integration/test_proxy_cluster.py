@@ -90,12 +90,12 @@ class Load:
 
     runs = 0
 
-    def __init__(self, lab, host: str, seconds: float, **opts):
+    def __init__(self, lab, host: str, seconds: float, vip: str = VIP4, **opts):
         # fresh session keys per load: a key another test moved off a server (a drain) sticks to its
         # new server in the tables, unlike its consistent hash (see test_ten_reloads_...)
         Load.runs += 1
         opts.setdefault("key_prefix", f"L{Load.runs}")
-        argv = [PY, "-m", "ovs_scripts.http_load", "load", VIP4, "--seconds", str(seconds)]
+        argv = [PY, "-m", "ovs_scripts.http_load", "load", vip, "--seconds", str(seconds)]
         for k, v in opts.items():
             argv += [f"--{k.replace('_', '-')}", str(v)]
         self.proc = lab.popen(host, argv, cwd=str(REPO))

@@ -326,8 +326,10 @@ class Agent:
     def poll_once(self, wait: float) -> bool:
         """One long poll; True when a new view came and was applied."""
         version = (self.view or {}).get("version", "")
+        # local=1: any instance of a controller cluster answers from its own copy of the intent
+        # (a long poll is not forwarded to the app's leader)
         status, body = self.ctl.get(f"/v1/proxy-agents/{urllib.parse.quote(self.host)}?version={version}"
-                                    f"&wait={wait:g}", timeout=wait + 10)
+                                    f"&wait={wait:g}&local=1", timeout=wait + 10)
         if status != 200 or not isinstance(body, dict):
             raise OSError(f"controller answered {status}: {body}")
         if body.get("version") == version:

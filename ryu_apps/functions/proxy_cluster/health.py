@@ -18,7 +18,9 @@ clock by its caller:
   port goes down; when no good heartbeat came for ``fall`` intervals (250 ms
   x 3 by default: out of the hash in well under 1 s): the agent died, the
   link fails silently, or HAProxy does not answer its checks (one slow check,
-  during a reload say, is only a missed beat);
+  during a reload say, is only a missed beat); after ``fall`` heartbeats in a
+  row finding fewer servers up than the best other proxy in the hash (cut off
+  from the servers: its site's underlay died);
 * **down -> up** after ``rise`` good heartbeats in a row, each finding at
   least as many servers up as the best proxy in the hash does, and not before
   ``hold_down_s`` after it went down (a flapping proxy does not drag
@@ -97,6 +99,7 @@ class Judged:
     why: str = ""                 # why it is down
     changes: int = 0
     failing: str = ""             # why the last heartbeat was not good (while no good one came since)
+    short: int = 0                # heartbeats in a row finding fewer servers up than the best other proxy
     heard: bool = False           # a good heartbeat came since judging began
     hold_until: float = 0.0       # down: not back before this (the hold-down)
 
@@ -141,7 +144,7 @@ class ProxyHealth:
     def _go(self, j: Judged, state: str, now: float, why: str = "") -> bool:
         if j.state == state:
             return False
-        j.state, j.since, j.why, j.streak = state, now, why, 0
+        j.state, j.since, j.why, j.streak, j.short = state, now, why, 0, 0
         if state == DOWN:  # a proxy never heard from was never serving: no hold-down before its start
             j.hold_until = now + self.hold_down_s if j.heard else now
         j.changes += 1
@@ -164,12 +167,16 @@ class ProxyHealth:
                 j.why = why
             return False
         j.last_ok, j.failing = now, ""
+        # a proxy serves only while its HAProxy finds as many servers up as the best other proxy in
+        # the hash: one cut off from the servers (its site's underlay down) would answer 503, and so
+        # would one back from a cut before its checks see the servers again
+        best = max((o.servers for n, o in self.proxies.items() if n != name and o.state == UP), default=0)
         if j.state == UP:
             j.heard = True
+            j.short = j.short + 1 if hb.servers < best else 0
+            if j.short >= self.fall:  # (fall beats in a row: proxies' checks see a server die at different times)
+                return self._go(j, DOWN, now, f"its HAProxy finds {hb.servers} servers up, another proxy {best}")
             return False
-        # a proxy comes in only once its HAProxy finds as many servers up as the best proxy serving:
-        # one back from a cut link still has them marked down for a few checks and would answer 503
-        best = max((o.servers for n, o in self.proxies.items() if n != name and o.state == UP), default=0)
         if hb.servers < best:
             j.streak, j.why = 0, f"its HAProxy finds {hb.servers} servers up, the others {best}"
             return False
