@@ -204,6 +204,33 @@ def load(args) -> dict:
     return ld.summary()
 
 
+class LabLoad:
+    """A ``load`` running in a lab host's namespace (the lab records it): :meth:`result` waits
+    for its JSON summary.  ``opts`` are its options (``conns=10`` -> ``--conns 10``)."""
+
+    def __init__(self, lab, host: str, vip: str, seconds: float, **opts):
+        argv = [sys.executable, "-m", "ovs_scripts.http_load", "load", vip, "--seconds", str(seconds)]
+        for k, v in opts.items():
+            argv += [f"--{k.replace('_', '-')}", str(v)]
+        self.proc = lab.popen(host, argv)
+        if self.proc.stdout.readline().strip() != "started":
+            raise RuntimeError(f"http_load in {host} did not start (see {lab.dir / (host + '.log')})")
+        self.t0 = time.monotonic()
+
+    def result(self, timeout: float = 60) -> dict:
+        out, _ = self.proc.communicate(timeout=timeout)
+        return json.loads(out.strip().splitlines()[-1])
+
+
+def start_servers(lab, hosts, port: int = 8000) -> None:
+    """``serve --name <host>`` in each of ``hosts`` (the lab stops them); returns once all listen."""
+    for h in hosts:
+        proc = lab.popen(h, [sys.executable, "-m", "ovs_scripts.http_load", "serve", "--name", h,
+                             "--port", str(port)])
+        if "listening" not in proc.stdout.readline():
+            raise RuntimeError(f"http server in {h} did not start (see {lab.dir / (h + '.log')})")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="http_load", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)

@@ -104,12 +104,13 @@ class ProxyCluster(FabricApp):
             validate(self.core.topology, self.intent)
         except IntentError as exc:
             raise IntentError(f"{self.core.topology.source}: apps.{APP}.{exc}", exc.field, exc.status) from None
-        if self.core.clustered:  # before the first compute: what the leader last published
-            try:
-                for cname, data in self.core.load_items(SHARED).items():
-                    self.runtime[cname] = _runtime_of(data)
-            except StoreError as exc:
-                LOG.warning("proxy clusters: runtime state not read from the store (%s)", exc)
+        # before the first compute: what was last published (by the leader of a controller cluster,
+        # or by this controller before a restart): proxies up then are up now, the others join
+        try:
+            for cname, data in self.core.load_items(SHARED).items():
+                self.runtime[cname] = _runtime_of(data)
+        except StoreError as exc:
+            LOG.warning("proxy clusters: runtime state not read from the store (%s)", exc)
         self._follow_intent(initial=True)
         self.threads.append(hub.spawn(self._monitor_loop))
 
@@ -129,7 +130,7 @@ class ProxyCluster(FabricApp):
         for c in self.intent.clusters:
             h = self.health.setdefault(c.name, ProxyHealth())
             h.configure(c.health.interval_ms, c.health.fall, c.health.rise, c.health.hold_down_s)
-            h.declare([p.host for p in c.proxies], now, initial)
+            h.declare([p.host for p in c.proxies], now, initial, up=self.runtime.get(c.name, NOTHING)["up"])
             for p in c.proxies:
                 self._hb_owner[heartbeat_cookie(c.name, p.host)] = (c.name, p.host)
                 if p.state == "drain":
@@ -142,6 +143,11 @@ class ProxyCluster(FabricApp):
         self._retiring = {k: v for k, v in self._retiring.items() if k[0] in names}
         for gone in set(self.runtime) - names:
             del self.runtime[gone]
+            if self.core.leads(self):
+                try:
+                    self.core.save_items(SHARED, {gone: None})
+                except StoreError:
+                    pass
         if self.core.leads(self):
             for cname in sorted(names):
                 self._derive(cname)
@@ -162,11 +168,11 @@ class ProxyCluster(FabricApp):
         if self.runtime.get(cname) == new:
             return False
         self.runtime[cname] = new
-        if self.core.clustered:  # written before it is acted on: followers compute the same flows
-            try:
-                self.core.save_items(SHARED, {cname: {k: sorted(v) for k, v in new.items()}})
-            except StoreError as exc:
-                LOG.error("proxy cluster %s: runtime state not published (%s): other instances lag", cname, exc)
+        # written before it is acted on: followers compute the same flows, a restart starts from it
+        try:
+            self.core.save_items(SHARED, {cname: {k: sorted(v) for k, v in new.items()}})
+        except StoreError as exc:
+            LOG.error("proxy cluster %s: runtime state not saved (%s): other instances lag", cname, exc)
         return True
 
     def on_store_change(self, change) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from ovs_scripts import kit
+from ovs_scripts import http_load, kit
 from ovs_scripts.lab import Lab
 from tests.integration.conftest import RUN_BASE, LabFactory, _skip_reason
 
@@ -85,26 +85,16 @@ def timed_out_of_hash(lab, proxy: str, t0: float, timeout: float = 5) -> float:
     return time.monotonic() - t0
 
 
-class Load:
-    """``http_load load`` in a client namespace; :meth:`result` waits for its JSON summary."""
+class Load(http_load.LabLoad):
+    """``http_load load`` in a client namespace with fresh session keys (a key another test moved
+    off a server - a drain - sticks to its new server in the tables, unlike its consistent hash)."""
 
     runs = 0
 
     def __init__(self, lab, host: str, seconds: float, vip: str = VIP4, **opts):
-        # fresh session keys per load: a key another test moved off a server (a drain) sticks to its
-        # new server in the tables, unlike its consistent hash (see test_ten_reloads_...)
         Load.runs += 1
         opts.setdefault("key_prefix", f"L{Load.runs}")
-        argv = [PY, "-m", "ovs_scripts.http_load", "load", vip, "--seconds", str(seconds)]
-        for k, v in opts.items():
-            argv += [f"--{k.replace('_', '-')}", str(v)]
-        self.proc = lab.popen(host, argv, cwd=str(REPO))
-        assert self.proc.stdout.readline().strip() == "started"
-        self.t0 = time.monotonic()
-
-    def result(self, timeout: float = 60) -> dict:
-        out, _ = self.proc.communicate(timeout=timeout)
-        return json.loads(out.strip().splitlines()[-1])
+        super().__init__(lab, host, vip, seconds, **opts)
 
 
 def haproxy_pid(lab, proxy: str) -> int:
@@ -162,9 +152,7 @@ def lab(tmp_path_factory):
     factory = LabFactory(tmp_path_factory.mktemp("proxy"), RUN_BASE / f"proxy-{os.getpid()}")
     lab = Lab.up(factory.prepare(TOPO), rundir=factory.rundir, timeout=60)
     try:
-        for s in ("a1", "a2"):
-            proc = lab.popen(s, [PY, "-m", "ovs_scripts.http_load", "serve", "--name", s], cwd=str(REPO))
-            assert "listening" in proc.stdout.readline()
+        http_load.start_servers(lab, ("a1", "a2"))
         wait_hash(lab, {"p1", "p2"})
         assert kit.wait_for(lambda: all(o[0][0] == 200 for o in clients(lab, "c1", n=1, conns=4)), 20)
         yield lab

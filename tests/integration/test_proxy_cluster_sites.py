@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ovs_scripts import kit
+from ovs_scripts import http_load, kit
 from ovs_scripts.lab import Lab
 from tests.integration import conftest
 from tests.integration.test_proxy_cluster import Load, failures_only_on
@@ -57,9 +57,7 @@ def lab(tmp_path_factory):
         pytest.skip("haproxy (Debian) is not installed")
     with conftest.module_factory(tmp_path_factory, "proxy_sites") as factory:
         lab = Lab.up(factory.prepare(TOPO), rundir=factory.rundir, timeout=120)
-        for s in ("a1", "a2"):
-            proc = lab.popen(s, [PY, "-m", "ovs_scripts.http_load", "serve", "--name", s], cwd=str(REPO))
-            assert "listening" in proc.stdout.readline()
+        http_load.start_servers(lab, ("a1", "a2"))
         wait_all_in(lab, 60)
         yield lab
 

@@ -542,33 +542,37 @@ def test_a_flapping_proxy_never_comes_back_before_the_hold_down():
 @settings(max_examples=300, deadline=None)
 @given(beats=st.lists(st.tuples(st.floats(0.0, 1.0), st.sampled_from(["good", "bad", "exited", "few", "link"])),
                       max_size=60),
-       rise=st.integers(1, 4), hold=st.sampled_from([0.0, 0.5, 5.0]))
-def test_no_beat_sequence_brings_a_proxy_back_early(beats, rise, hold):
+       rise=st.integers(1, 4), fall=st.integers(1, 4), hold=st.sampled_from([0.0, 0.5, 5.0]))
+def test_no_beat_sequence_moves_a_proxy_but_by_the_rules(beats, rise, fall, hold):
     """Whatever comes, a proxy that was serving is up again only after the hold-down and ``rise``
-    good beats in a row, each with as many servers up as the other proxy."""
-    h = _judge(rise=rise, hold_down_s=hold)
+    good beats in a row, each with as many servers up as the other proxy; it leaves only when its
+    HAProxy exited, its port went down, or ``fall`` good beats in a row found fewer servers up."""
+    h = _judge(rise=rise, fall=fall, hold_down_s=hold)
     h.declare(["p1", "p2"], T0, initial=True)
     h.heartbeat("p2", Heartbeat(True, "v1", servers=2), T0)
     h.heartbeat("p1", GOOD, T0)
     h.link_down("p1", T0)
-    down_at, row, now = T0, 0, T0
+    down_at, row, short, now = T0, 0, 0, T0
     for dt, what in beats:
         now += dt
         if what == "link":   # (a port flap while down does not restart the streak: see the xfail above)
             if h.link_down("p1", now):
-                down_at, row = now, 0
+                down_at, row, short = now, 0, 0
             continue
         hb = {"good": GOOD, "bad": _bad(), "exited": EXITED, "few": Heartbeat(True, "v1", servers=1)}[what]
         was = h.proxies["p1"].state
         changed = h.heartbeat("p1", hb, now)
         row = row + 1 if what == "good" else 0
+        if was == UP and what in ("good", "few"):   # a failed check neither counts nor breaks the short row
+            short = short + 1 if what == "few" else 0
+        assert changed == (h.proxies["p1"].state != was)
         if was == DOWN and changed:
             assert h.proxies["p1"].state == UP
             assert now >= down_at + hold and row >= rise
+            short = 0
         if was == UP and changed:
-            assert what == "exited"
-            down_at, row = now, 0
-        assert changed == (h.proxies["p1"].state != was)
+            assert what == "exited" or (what == "few" and short >= fall), (what, short)
+            down_at, row, short = now, 0, 0
 
 
 def test_a_proxy_with_fewer_servers_up_than_the_best_serving_proxy_stays_out():
@@ -593,6 +597,46 @@ def test_a_proxy_with_fewer_servers_up_than_the_best_serving_proxy_stays_out():
     assert h.proxies["p3"].state == JOINING
     h.heartbeat("p3", Heartbeat(True, "v1", servers=4), T0 + 10.75)
     assert h.heartbeat("p3", Heartbeat(True, "v1", servers=4), T0 + 11) is True
+
+
+@pytest.mark.parametrize("fall", [1, 3])
+def test_a_serving_proxy_finding_fewer_servers_up_than_another_for_fall_beats_leaves(fall):
+    """Cut off from the servers (its site's underlay died), a proxy would answer 503: out after
+    ``fall`` good beats in a row finding fewer servers up than another proxy in the hash."""
+    h = _judge(fall=fall, hold_down_s=5.0)
+    h.declare(["p1", "p2"], T0, initial=True)
+    all3, two = Heartbeat(True, "v1", servers=3), Heartbeat(True, "v1", servers=2)
+    h.heartbeat("p2", all3, T0)
+    t = T0
+    for _ in range(fall - 1):
+        t += 0.25
+        assert h.heartbeat("p1", two, t) is False and h.proxies["p1"].state == UP
+    assert h.heartbeat("p1", all3, t + 0.25) is False    # the row is broken
+    t += 0.25
+    for _ in range(fall - 1):
+        t += 0.25
+        assert h.heartbeat("p1", two, t) is False and h.proxies["p1"].state == UP
+    assert h.heartbeat("p1", two, t + 0.25) is True
+    j = h.proxies["p1"]
+    assert (j.state, j.why, j.hold_until) == (DOWN, "its HAProxy finds 2 servers up, another proxy 3", t + 5.25)
+    assert h.out() == {"p1"}
+
+
+def test_proxies_seeing_a_server_die_a_beat_or_two_apart_all_stay():
+    h = _judge(fall=3)
+    h.declare(["p1", "p2"], T0, initial=True)
+    all3, two = Heartbeat(True, "v1", servers=3), Heartbeat(True, "v1", servers=2)
+    h.heartbeat("p1", all3, T0)
+    h.heartbeat("p2", all3, T0)
+    # p1's checks see the death two beats before p2's do
+    for k, (b1, b2) in enumerate([(two, all3), (two, two), (two, two), (two, two)]):
+        assert h.heartbeat("p1", b1, T0 + 0.25 * (k + 1)) is False
+        assert h.heartbeat("p2", b2, T0 + 0.25 * (k + 1) + 0.1) is False
+    assert h.out() == frozenset()
+    # a lone proxy has nobody to compare with
+    lone = _judge(fall=1)
+    lone.declare(["p1"], T0, initial=True)
+    assert lone.heartbeat("p1", Heartbeat(True, "v1", servers=0), T0 + 0.25) is False
 
 
 def test_only_proxies_that_are_up_set_the_bar():

@@ -26,9 +26,10 @@ clock by its caller:
   ``hold_down_s`` after it went down (a flapping proxy does not drag
   connections back and forth; a proxy never heard from since judging began
   has no hold-down: it was not serving);
-* a proxy the controller finds declared when it starts is taken as up (the
-  switches already spread connections over it) and judged from then on; one
-  added later starts as **joining**, out of the hash until ``rise`` good
+* a proxy the controller finds declared and up in the saved runtime state
+  when it starts is taken as up (the switches already spread connections over
+  it: a restart changes no flow) and judged from then on; any other starts as
+  **joining**, out of the hash until ``rise`` good
   heartbeats arrive (there is no hold-down before a first start).
 """
 
@@ -124,8 +125,9 @@ class ProxyHealth:
     def configure(self, interval_ms: int, fall: int, rise: int, hold_down_s: float) -> None:
         self.interval_s, self.fall, self.rise, self.hold_down_s = interval_ms / 1000.0, fall, rise, hold_down_s
 
-    def declare(self, names, now: float, initial: bool) -> bool:
-        """Follow exactly ``names``; new ones start up (``initial``: found at start) or joining."""
+    def declare(self, names, now: float, initial: bool, up=None) -> bool:
+        """Follow exactly ``names``; new ones start up (``initial``: found at start, and in ``up``
+        when given: what was serving before a restart) or joining."""
         changed = False
         for n in list(self.proxies):
             if n not in names:
@@ -133,7 +135,8 @@ class ProxyHealth:
                 changed = True
         for n in names:
             if n not in self.proxies:
-                self.proxies[n] = Judged(UP if initial else JOINING, now, last_ok=now)
+                serving = initial and (up is None or n in up)
+                self.proxies[n] = Judged(UP if serving else JOINING, now, last_ok=now)
                 changed = True
         return changed
 
