@@ -42,6 +42,7 @@ from ryu_apps.framework import cookies
 from ryu_apps.framework.pipeline import INGRESS, PACKET_IN_BYTES, PUNT_METER
 from ryu_apps.framework.state import SwitchState
 from ryu_apps.framework.topology import Topology
+from ryu_apps.functions.fabric.flows import UNTAGGED
 from ryu_apps.functions.proxy_cluster.wire import HEARTBEAT_PORT, UDP, WHY_EXITED, Heartbeat
 from ryu_apps.openflow.ofdata import OFPP_CONTROLLER, Flow, Match, Output
 
@@ -72,7 +73,8 @@ def heartbeat_flows(topology: Topology, cluster: str, proxies: list[str], router
         st = out.setdefault(h.switch, SwitchState())
         ck = heartbeat_cookie(cluster, name)
         st.add_flow(Flow(table=INGRESS, priority=P_HEARTBEAT, cookie=ck, meter=PUNT_METER,
-                         match=Match(in_port=h.port, eth_src=h.mac, eth_dst=router_mac, eth_type=ETH_IP,
+                         match=Match(in_port=h.port, vlan_vid=UNTAGGED, eth_src=h.mac, eth_dst=router_mac,
+                                     eth_type=ETH_IP,
                                      ipv4_src=str(h.ipv4.ip), ipv4_dst=str(h.gateway4), ip_proto=UDP,
                                      udp_dst=HEARTBEAT_PORT),
                          actions=(Output(OFPP_CONTROLLER, PACKET_IN_BYTES),)))
@@ -192,9 +194,10 @@ class ProxyHealth:
     def link_down(self, name: str, now: float) -> bool:
         """The proxy's port went down: out at once."""
         j = self.proxies.get(name)
-        if j is None or j.state == JOINING:
-            if j is not None:
-                j.streak = 0
+        if j is None:
+            return False
+        j.streak = 0  # (a beat before the flap and one after are not ``rise`` in a row)
+        if j.state == JOINING:
             return False
         return self._go(j, DOWN, now, "its switch port is down")
 

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 HEARTBEAT_PORT = 7700
 UDP = 17
 MAGIC = b"PCHB1"
-MAX_BYTES = 160
+#: the longest datagram: magic, 6 separators, seq (10), conns (9), servers (6), version and why (64 each)
+MAX_BYTES = 170
 #: ``why`` of a heartbeat whose HAProxy exited (the proxy leaves the hash at once, not after ``fall``)
 WHY_EXITED = "haproxy-exited"
-_FIELD = re.compile(rb"^[A-Za-z0-9._:/-]{0,64}$")
+_FIELD = re.compile(rb"[A-Za-z0-9._:/-]{0,64}")
 
 
 class BadHeartbeat(ValueError):
@@ -41,10 +42,10 @@ class Heartbeat:
 
     def encode(self) -> bytes:
         """``PCHB1 <ok> <seq> <conns> <servers> <version> <why>``: ASCII, at most :data:`MAX_BYTES`."""
-        why = re.sub(r"[^A-Za-z0-9._:/-]", "_", self.why)[:64]
+        why, version = (re.sub(r"[^A-Za-z0-9._:/-]", "_", v)[:64] for v in (self.why, self.version))
         return b" ".join((MAGIC, b"1" if self.ok else b"0", str(self.seq & 0xFFFFFFFF).encode(),
                           str(min(self.conns, 10**9 - 1)).encode(), str(min(self.servers, 10**6 - 1)).encode(),
-                          self.version.encode()[:64] or b"-", why.encode() or b"-"))
+                          version.encode() or b"-", why.encode() or b"-"))
 
 
 def parse_payload(data: bytes) -> Heartbeat:
@@ -57,7 +58,7 @@ def parse_payload(data: bytes) -> Heartbeat:
     _, ok, seq, conns, servers, version, why = parts
     if ok not in (b"0", b"1") or not all(f.isdigit() and len(f) <= n for f, n in ((seq, 10), (conns, 9), (servers, 6))):
         raise BadHeartbeat("bad ok, seq, conns or servers field")
-    if not (_FIELD.match(version) and _FIELD.match(why)):
+    if not (_FIELD.fullmatch(version) and _FIELD.fullmatch(why)):
         raise BadHeartbeat("bad version or why field")
     dash = lambda b: "" if b == b"-" else b.decode()  # noqa: E731
     return Heartbeat(ok == b"1", dash(version), int(seq), dash(why), int(conns), int(servers))
