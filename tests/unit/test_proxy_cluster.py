@@ -161,12 +161,12 @@ from ryu_apps.framework.state import SwitchState  # noqa: E402
 RMAC = FabricIntent().router_mac
 
 
-def _fabric(topo, spec, dead=frozenset()):
+def _fabric(topo, spec, dead=frozenset(), retiring=frozenset(), reach=None, down=frozenset()):
     c = ClusterSpec.model_validate(spec)
     states = {n: SwitchState() for n in topo.switches}
-    for n, st in compute_fabric(FabricView(topo), FabricIntent()).items():
+    for n, st in compute_fabric(FabricView(topo, down_ports=frozenset(down)), FabricIntent()).items():
         states[n].merge(st, "fabric")
-    for n, st in F.compute_cluster(topo, c, RMAC, frozenset(dead)).items():
+    for n, st in F.compute_cluster(topo, c, RMAC, frozenset(dead), frozenset(retiring), reach).items():
         for f in st.flows.values():
             pipeline.check_flow(F.APP, f)
         pipeline.check_ids(F.APP, st)
@@ -470,3 +470,76 @@ def test_isolation_and_capture_flows_fit_the_pipeline_with_their_kinds(topo, mon
     # a capture id that would equal the select group's moves aside
     monkeypatch.setattr(F, "_crc24", lambda name: 0x123456)
     assert F.capture_group_id("api") != F.group_id("api")
+
+
+# --- sites: a switch prefers its own site's proxies, and never picks or pins one it cannot reach ----
+
+@pytest.fixture(scope="module")
+def sites():
+    def host(i, net):
+        return {"mac": f"02:00:00:00:{net:02x}:{i:02x}", "ipv4": f"10.{net}.0.{i}/24", "gateway4": f"10.{net}.0.254"}
+    hosts = {"c1": host(1, 11), "p1": host(11, 11), "p2": host(12, 11), "c2": host(1, 12), "p3": host(13, 12),
+             "c3": host(1, 13), "a1": host(21, 13)}
+    return from_dict({"lab": {"name": "st", "prefix": "st"},
+                      "nodes": {"dc1": {"underlay_ip": "192.168.80.1/24"}, "dc2": {"underlay_ip": "192.168.80.2/24"},
+                                "core": {"underlay_ip": "192.168.80.3/24"}},
+                      "switches": {"d1": {"dpid": 1, "node": "dc1"}, "d2": {"dpid": 2, "node": "dc2"},
+                                   "x1": {"dpid": 3, "node": "core"}},
+                      "hosts": hosts,
+                      "links": [["c1", "d1"], ["p1", "d1"], ["p2", "d1"], ["c2", "d2"], ["p3", "d2"],
+                                ["c3", "x1"], ["a1", "x1"]],
+                      "tunnels": [{"a": "d1", "b": "x1", "key": 1, "a_port": 100, "b_port": 100, "bfd_ms": 100},
+                                  {"a": "d2", "b": "x1", "type": "geneve", "key": 2, "a_port": 100, "b_port": 101,
+                                   "bfd_ms": 100},
+                                  {"a": "d1", "b": "d2", "key": 3, "a_port": 101, "b_port": 101, "bfd_ms": 100}]})
+
+
+SITES = {"name": "api", "vip4": "10.9.0.100", "ports": [80],
+         "proxies": [{"host": "p1"}, {"host": "p2"}, {"host": "p3"}],
+         "pools": [{"name": "v1", "servers": [{"name": "a1", "host": "a1", "port": 8000}]}]}
+
+
+def _buckets(fab, sw) -> set[str]:
+    """The proxies ``sw``'s select group spreads over (by the mark each bucket writes)."""
+    marks = {F.proxy_mark("api", p): p for p in ("p1", "p2", "p3")}
+    g = fab.switches[sw].state.groups[F.group_id("api")]
+    return {marks[a.value] for b in g.buckets for a in b.actions if getattr(a, "field", None) == F.PICKED}
+
+
+def test_each_switch_prefers_its_own_sites_proxies_and_a_site_without_any_uses_all(sites):
+    fab = _fabric(sites, SITES)
+    assert _buckets(fab, "d1") == {"p1", "p2"} and _buckets(fab, "d2") == {"p3"}
+    assert _buckets(fab, "x1") == {"p1", "p2", "p3"}
+    assert _ends(fab, "c2", _syn(sites, "c2")) == ["host:p3"]          # across no tunnel at all
+    assert _ends(fab, "c3", _syn(sites, "c3")) == ["host:p1", "host:p2", "host:p3"]   # over both tunnels
+    # the local site's proxies all out: the other site serves
+    fab = _fabric(sites, SITES, dead={"p3"})
+    assert _buckets(fab, "d2") == {"p1", "p2"} and _ends(fab, "c2", _syn(sites, "c2")) == ["host:p1", "host:p2"]
+
+
+def test_a_cut_off_site_is_neither_picked_nor_pinned_from_elsewhere(sites):
+    """dc1's tunnels down (its underlay cut): x1 and d2 reach only p3; a connection pinned to p1 is
+    picked again (its new proxy resets it at once) instead of being sent into a dead tunnel."""
+    cut = {("d1", 100), ("x1", 100), ("d1", 101), ("d2", 101)}
+    graph = sites.graph(frozenset(cut))
+    comp = {sw: i for i, c in enumerate(__import__("networkx").connected_components(graph)) for sw in c}
+    fab = _fabric(sites, SITES, reach=lambda a, b: comp[a] == comp[b], down=cut)
+    assert _buckets(fab, "x1") == {"p3"} and _buckets(fab, "d1") == {"p1", "p2"}
+    pinned = _syn(sites, "c3", ct_mark=F.proxy_mark("api", "p1"))
+    assert _ends(fab, "c3", pinned) == ["host:p3"]
+    pins = [f for f in fab.switches["x1"].state.flows.values()
+            if f.table == F.LB and f.priority == F.P_PIN]
+    assert {f.match.to_dict().get("ct_mark") for f in pins} == {F.proxy_mark("api", "p3")}
+
+
+def test_a_retiring_server_keeps_its_role_for_isolation(topo):
+    """a1 removed from the pools but retiring: proxies still reach it, clients still do not."""
+    spec = _cluster(pools=[{"name": "v1", "servers": [{"name": "b", "host": "a2", "port": 8000}]}], routes=[])
+    gone = _fabric(topo, spec)
+    kept = _fabric(topo, spec, retiring={"a1"})
+    to_a1 = {"eth_src": topo.hosts["p1"].mac, "eth_dst": RMAC, "vlan_vid": 0, "nw_ttl": 64, "eth_type": 0x0800,
+             "ipv4_src": "10.2.0.1", "ipv4_dst": "10.3.0.1", "ip_proto": 6, "tcp_src": 40000, "tcp_dst": 8000}
+    assert _ends(gone, "p1", to_a1) == ["drop"]            # a1 is an outsider now: proxies may not reach it
+    assert _ends(kept, "p1", to_a1) == ["host:a1"]
+    from_c1 = {**to_a1, "eth_src": topo.hosts["c1"].mac, "ipv4_src": "10.1.0.1"}
+    assert _ends(kept, "c1", from_c1) == ["drop"]
