@@ -47,6 +47,7 @@ from ryu_apps.functions.proxy_cluster import haproxy
 from ryu_apps.functions.proxy_cluster.agent import config_version
 from ryu_apps.functions.proxy_cluster.flows import APP, KIND_NAMES, compute_cluster, group_id, proxy_mark
 from ryu_apps.functions.proxy_cluster.health import (
+    DEGRADED,
     DOWN,
     K_HEARTBEAT,
     UP,
@@ -68,7 +69,7 @@ AGENT_WAIT_MAX = 30.0
 CHECK = "*checks"
 #: the store collection of each cluster's runtime state (the leader writes, every instance computes from it)
 SHARED = "proxy_cluster.runtime"
-NOTHING = {"up": frozenset(), "drained": frozenset(), "retiring": frozenset()}
+NOTHING = {"up": frozenset(), "pinned": frozenset(), "drained": frozenset(), "retiring": frozenset()}
 
 
 class ProxyCluster(FabricApp):
@@ -163,6 +164,7 @@ class ProxyCluster(FabricApp):
         """The leader's view of ``cname`` into :attr:`runtime`; published when it changed. True then."""
         h = self.health.get(cname)
         new = {"up": frozenset(n for n, j in (h.proxies.items() if h else ()) if j.state == UP),
+               "pinned": h.pinned() if h else frozenset(),
                "drained": self.drained.get(cname, frozenset()),
                "retiring": frozenset(host for (cn, host) in self._retiring if cn == cname)}
         if self.runtime.get(cname) == new:
@@ -205,8 +207,10 @@ class ProxyCluster(FabricApp):
             up = self.runtime.get(c.name, NOTHING)["up"]
             if h is None:
                 continue
+            pinned = self.runtime.get(c.name, NOTHING)["pinned"]
             for n, j in h.proxies.items():
-                j.state, j.since, j.last_ok, j.streak, j.hold_until = (UP if n in up else DOWN), now, now, 0, now
+                state = UP if n in up else DEGRADED if n in pinned else DOWN
+                j.state, j.since, j.last_ok, j.streak, j.hold_until = state, now, now, 0, now
             self._derive(c.name)
         LOG.info("proxy clusters: leading (judging %d proxies)", sum(len(h.proxies) for h in self.health.values()))
     def retire_removed_servers(self, intent: ProxyClusterIntent) -> None:
@@ -261,9 +265,11 @@ class ProxyCluster(FabricApp):
             # out of the hash and unpinned: proxies not judged up (a joining one has no connection yet,
             # a dead one's are picked again) and draining ones whose drain timed out
             rt = self.runtime.get(c.name, NOTHING)
-            out_ = self.out_of_hash(c) | rt["drained"]
-            retiring = rt["retiring"]
-            for states in (compute_cluster(view.topology, c, rmac, out_, retiring, reach),
+            # unpinned: proxies not up nor degraded (a joining one has no connection yet, a dead one's
+            # are picked again) and draining ones whose drain timed out; degraded: out of the hash only
+            unpinned = frozenset(p.host for p in c.proxies if p.host not in rt["pinned"]) | rt["drained"]
+            for states in (compute_cluster(view.topology, c, rmac, unpinned, rt["retiring"], reach,
+                                           unpicked=self.out_of_hash(c)),
                            heartbeat_flows(view.topology, c.name, [p.host for p in c.proxies], rmac)):
                 for sw, st in states.items():
                     out.setdefault(sw, SwitchState()).merge(st)
@@ -576,5 +582,8 @@ class ProxyCluster(FabricApp):
 
 
 def _runtime_of(data: dict) -> dict[str, frozenset]:
-    """A published runtime state (lists) as sets; what is missing is empty."""
-    return {k: frozenset(data.get(k) or ()) for k in NOTHING}
+    """A published runtime state (lists) as sets; what is missing is empty (pinned: the up ones)."""
+    out = {k: frozenset(data.get(k) or ()) for k in NOTHING}
+    if "pinned" not in data:
+        out["pinned"] = out["up"]
+    return out

@@ -39,7 +39,7 @@ from ryu_apps.functions.proxy_cluster import agent, haproxy
 from ryu_apps.functions.proxy_cluster import flows as F
 from ryu_apps.functions.proxy_cluster import health as H
 from ryu_apps.functions.proxy_cluster import wire as W
-from ryu_apps.functions.proxy_cluster.health import DOWN, JOINING, UP, ProxyHealth
+from ryu_apps.functions.proxy_cluster.health import DEGRADED, DOWN, JOINING, UP, ProxyHealth
 from ryu_apps.functions.proxy_cluster.intent import ClusterSpec
 from ryu_apps.functions.proxy_cluster.model import resolve
 from ryu_apps.functions.proxy_cluster.wire import BadHeartbeat, Heartbeat, parse_frame, parse_payload
@@ -593,8 +593,10 @@ def test_a_proxy_with_fewer_servers_up_than_the_best_serving_proxy_stays_out():
 
 @pytest.mark.parametrize("fall", [1, 3])
 def test_a_serving_proxy_finding_fewer_servers_up_than_another_for_fall_beats_leaves(fall):
-    """Cut off from the servers (its site's underlay died), a proxy would answer 503: out after
-    ``fall`` good beats in a row finding fewer servers up than another proxy in the hash."""
+    """Cut off from the servers (its site's underlay died), a proxy would answer 503: out of the
+    hash after ``fall`` good beats in a row finding fewer servers up than another proxy in the hash,
+    degraded (its pinned connections stay: it may only be the first to see a server die), and back
+    as soon as it sees as many for ``rise`` beats, without a hold-down."""
     h = _judge(fall=fall, hold_down_s=5.0)
     h.declare(["p1", "p2"], T0, initial=True)
     all3, two = Heartbeat(True, "v1", servers=3), Heartbeat(True, "v1", servers=2)
@@ -610,8 +612,12 @@ def test_a_serving_proxy_finding_fewer_servers_up_than_another_for_fall_beats_le
         assert h.heartbeat("p1", two, t) is False and h.proxies["p1"].state == UP
     assert h.heartbeat("p1", two, t + 0.25) is True
     j = h.proxies["p1"]
-    assert (j.state, j.why, j.hold_until) == (DOWN, "its HAProxy finds 2 servers up, another proxy 3", t + 5.25)
-    assert h.out() == {"p1"}
+    assert (j.state, j.why) == (DEGRADED, "its HAProxy finds 2 servers up, another proxy 3")
+    assert h.out() == {"p1"} and h.pinned() == {"p1", "p2"}
+    t += 0.5
+    for k in range(h.rise):
+        assert h.heartbeat("p1", all3, t + 0.25 * k) is (k == h.rise - 1)
+    assert h.proxies["p1"].state == UP and h.out() == frozenset()
 
 
 def test_proxies_seeing_a_server_die_a_beat_or_two_apart_all_stay():

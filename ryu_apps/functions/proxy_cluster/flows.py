@@ -142,8 +142,10 @@ def _dsts(h: Host) -> Iterable[tuple[int, dict]]:
 
 def compute_cluster(topology: Topology, c: ClusterSpec, router_mac: str,
                     dead: frozenset[str] = frozenset(), retiring: frozenset[str] = frozenset(),
-                    reach: Callable[[str, str], bool] | None = None) -> dict[str, SwitchState]:
-    """Every switch's flows and group for cluster ``c``; ``dead``: proxies out of the hash (health);
+                    reach: Callable[[str, str], bool] | None = None,
+                    unpicked: frozenset[str] = frozenset()) -> dict[str, SwitchState]:
+    """Every switch's flows and group for cluster ``c``; ``dead``: proxies out of the hash whose
+    pinned connections are released (health); ``unpicked``: out of the hash, pins kept (degraded);
     ``retiring``: hosts just removed from the pools that keep the server role for isolation until
     the proxies' old workers have finished their sessions with them; ``reach(a, b)``: switch ``b``
     is reachable from switch ``a`` over live links (default: always).
@@ -156,7 +158,7 @@ def compute_cluster(topology: Topology, c: ClusterSpec, router_mac: str,
     hosts = topology.hosts
     gids = next_hop_group_ids(topology)
     proxies = [hosts[p.host] for p in c.proxies]
-    active = [hosts[p.host] for p in c.proxies if p.state == "active" and p.host not in dead]
+    active = [hosts[p.host] for p in c.proxies if p.state == "active" and p.host not in dead | unpicked]
     pinned = [h for h in proxies if h.name not in dead]
     proxy_hosts = {p.host for p in c.proxies}
     servers = [hosts[n] for n in dict.fromkeys([*(s.host for pool in c.pools for s in pool.servers),

@@ -18,9 +18,12 @@ clock by its caller:
   port goes down; when no good heartbeat came for ``fall`` intervals (250 ms
   x 3 by default: out of the hash in well under 1 s): the agent died, the
   link fails silently, or HAProxy does not answer its checks (one slow check,
-  during a reload say, is only a missed beat); after ``fall`` heartbeats in a
-  row finding fewer servers up than the best other proxy in the hash (cut off
-  from the servers: its site's underlay died);
+  during a reload say, is only a missed beat);
+* **up -> degraded** (no new connection, its pinned ones stay) after ``fall``
+  heartbeats in a row finding fewer servers up than the best other proxy in
+  the hash: cut off from the servers (its site's underlay died), or merely the
+  first to notice a server die; **degraded -> up** after ``rise`` beats seeing
+  as many again, no hold-down;
 * **down -> up** after ``rise`` good heartbeats in a row, each finding at
   least as many servers up as the best proxy in the hash does, and not before
   ``hold_down_s`` after it went down (a flapping proxy does not drag
@@ -51,7 +54,9 @@ K_HEARTBEAT = 9
 P_HEARTBEAT = 5900
 ETH_IP = 0x0800
 
-UP, DOWN, JOINING = "up", "down", "joining"
+UP, DOWN, JOINING, DEGRADED = "up", "down", "joining", "degraded"
+#: states whose proxy keeps its pinned connections (a degraded one only gets no new connection)
+PINNED = frozenset({UP, DEGRADED})
 
 
 def proxy_key(cluster: str, host: str) -> str:
@@ -143,8 +148,12 @@ class ProxyHealth:
         return changed
 
     def out(self) -> frozenset[str]:
-        """Proxies out of the hash: down or still joining."""
+        """Proxies out of the hash: down, degraded or still joining."""
         return frozenset(n for n, j in self.proxies.items() if j.state != UP)
+
+    def pinned(self) -> frozenset[str]:
+        """Proxies that keep their pinned connections: up or degraded."""
+        return frozenset(n for n, j in self.proxies.items() if j.state in PINNED)
 
     def _go(self, j: Judged, state: str, now: float, why: str = "") -> bool:
         if j.state == state:
@@ -166,27 +175,31 @@ class ProxyHealth:
             # HAProxy gone: out at once; a failed check (slow during a reload, say) is a missed beat
             why = f"agent: {hb.why or 'HAProxy not answering'}"
             j.streak, j.failing = 0, why
-            if j.state == UP and hb.why == WHY_EXITED:
+            if j.state in PINNED and hb.why == WHY_EXITED:
                 return self._go(j, DOWN, now, why)
             if j.state != UP:
                 j.why = why
             return False
+        if now - j.last_ok > 2 * self.interval_s:  # silence between two good beats breaks the row
+            j.streak = 0
         j.last_ok, j.failing = now, ""
-        # a proxy serves only while its HAProxy finds as many servers up as the best other proxy in
-        # the hash: one cut off from the servers (its site's underlay down) would answer 503, and so
-        # would one back from a cut before its checks see the servers again
+        # a proxy gets new connections only while its HAProxy finds as many servers up as the best
+        # other proxy in the hash: one cut off from the servers (its site's underlay down) would
+        # answer 503, and so would one back from a cut before its checks see the servers again.
+        # Seeing fewer only *degrades* a serving proxy (its pinned connections stay): proxies' checks
+        # notice a server die seconds apart, and the first to notice must not lose its connections
         best = max((o.servers for n, o in self.proxies.items() if n != name and o.state == UP), default=0)
         if j.state == UP:
             j.heard = True
             j.short = j.short + 1 if hb.servers < best else 0
-            if j.short >= self.fall:  # (fall beats in a row: proxies' checks see a server die at different times)
-                return self._go(j, DOWN, now, f"its HAProxy finds {hb.servers} servers up, another proxy {best}")
+            if j.short >= self.fall:
+                return self._go(j, DEGRADED, now, f"its HAProxy finds {hb.servers} servers up, another proxy {best}")
             return False
         if hb.servers < best:
             j.streak, j.why = 0, f"its HAProxy finds {hb.servers} servers up, the others {best}"
             return False
         j.streak += 1
-        if j.streak >= self.rise and now >= j.hold_until:
+        if j.streak >= self.rise and (j.state == DEGRADED or now >= j.hold_until):
             j.heard = True
             return self._go(j, UP, now)
         return False
@@ -206,7 +219,7 @@ class ProxyHealth:
         limit = self.fall * self.interval_s
         gone = []
         for n, j in self.proxies.items():
-            if j.state == UP and now - j.last_ok > limit:
+            if j.state in PINNED and now - j.last_ok > limit:
                 self._go(j, DOWN, now, f"no good heartbeat for {round((now - j.last_ok) * 1000)} ms"
                          + (f" ({j.failing})" if j.failing else ""))
                 gone.append(n)
