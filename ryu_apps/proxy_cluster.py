@@ -55,7 +55,7 @@ from ryu_apps.functions.proxy_cluster.health import (
     heartbeat_cookie,
     heartbeat_flows,
 )
-from ryu_apps.functions.proxy_cluster.intent import ClusterSpec, PoolSpec, ProxyClusterIntent, ProxySpec, ServerSpec
+from ryu_apps.functions.proxy_cluster.intent import ClusterSpec, ProxyClusterIntent, ProxySpec, ServerSpec
 from ryu_apps.functions.proxy_cluster.model import resolve, validate
 from ryu_apps.functions.proxy_cluster.wire import HEARTBEAT_PORT, BadHeartbeat, parse_frame
 
@@ -453,24 +453,12 @@ class ProxyCluster(FabricApp):
         host, spec = r.params["host"], r.body
         if spec.host != host:
             raise ApiError(422, f"host: the body names {spec.host!r}, the path {host!r}", "host")
-
-        def edit(data):
-            ps = data["proxies"]
-            k = next((j for j, p in enumerate(ps) if p["host"] == host), None)
-            if k is None:
-                ps.append(spec.model_dump())
-            else:
-                ps[k] = spec.model_dump()
-        return self._change(r, r.params["name"], edit)
+        return self._change(r, r.params["name"], lambda data: _upsert(data["proxies"], "host", spec.model_dump()))
 
     def _delete_proxy(self, r):
         host = r.params["host"]
-
-        def edit(data):
-            if not any(p["host"] == host for p in data["proxies"]):
-                raise ApiError(404, f"{host} is not a proxy of cluster {data['name']}")
-            data["proxies"] = [p for p in data["proxies"] if p["host"] != host]
-        return self._change(r, r.params["name"], edit)
+        return self._change(r, r.params["name"], lambda data: _remove(
+            data["proxies"], "host", host, f"{host} is not a proxy of cluster {data['name']}"))
 
     def _pool(self, data: dict, pool: str) -> dict:
         for p in data["pools"]:
@@ -482,25 +470,13 @@ class ProxyCluster(FabricApp):
         server, spec = r.params["server"], r.body
         if spec.name != server:
             raise ApiError(422, f"name: the body names {spec.name!r}, the path {server!r}", "name")
-
-        def edit(data):
-            ss = self._pool(data, r.params["pool"])["servers"]
-            k = next((j for j, s in enumerate(ss) if s["name"] == server), None)
-            if k is None:
-                ss.append(spec.model_dump())
-            else:
-                ss[k] = spec.model_dump()
-        return self._change(r, r.params["name"], edit)
+        return self._change(r, r.params["name"], lambda data: _upsert(
+            self._pool(data, r.params["pool"])["servers"], "name", spec.model_dump()))
 
     def _delete_server(self, r):
-        server = r.params["server"]
-
-        def edit(data):
-            pool = self._pool(data, r.params["pool"])
-            if not any(s["name"] == server for s in pool["servers"]):
-                raise ApiError(404, f"pool {pool['name']} has no server {server!r}")
-            pool["servers"] = [s for s in pool["servers"] if s["name"] != server]
-        return self._change(r, r.params["name"], edit)
+        server, pool = r.params["server"], r.params["pool"]
+        return self._change(r, r.params["name"], lambda data: _remove(
+            self._pool(data, pool)["servers"], "name", server, f"pool {pool} has no server {server!r}"))
 
     def _summary(self, c: ClusterSpec) -> dict:
         now = time.monotonic()
@@ -587,3 +563,20 @@ def _runtime_of(data: dict) -> dict[str, frozenset]:
     if "pinned" not in data:
         out["pinned"] = out["up"]
     return out
+
+
+def _upsert(items: list[dict], key: str, item: dict) -> None:
+    """Replace the element of ``items`` with ``item``'s ``key``, or append ``item``."""
+    k = next((i for i, x in enumerate(items) if x[key] == item[key]), None)
+    if k is None:
+        items.append(item)
+    else:
+        items[k] = item
+
+
+def _remove(items: list[dict], key: str, value: str, missing: str) -> None:
+    """Remove the element of ``items`` whose ``key`` is ``value`` (404 ``missing`` when none is)."""
+    kept = [x for x in items if x[key] != value]
+    if len(kept) == len(items):
+        raise ApiError(404, missing)
+    items[:] = kept
