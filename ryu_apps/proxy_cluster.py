@@ -56,7 +56,7 @@ from ryu_apps.functions.proxy_cluster.health import (
     heartbeat_flows,
 )
 from ryu_apps.functions.proxy_cluster.intent import ClusterSpec, ProxyClusterIntent, ProxySpec, ServerSpec
-from ryu_apps.functions.proxy_cluster.model import resolve, validate
+from ryu_apps.functions.proxy_cluster.model import resolve, slot_table, validate
 from ryu_apps.functions.proxy_cluster.wire import HEARTBEAT_PORT, BadHeartbeat, parse_frame
 
 LOG = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ AGENT_WAIT_MAX = 30.0
 CHECK = "*checks"
 #: the store collection of each cluster's runtime state (the leader writes, every instance computes from it)
 SHARED = "proxy_cluster.runtime"
-NOTHING = {"up": frozenset(), "pinned": frozenset(), "drained": frozenset(), "retiring": frozenset()}
+NOTHING = {"up": frozenset(), "pinned": frozenset(), "drained": frozenset(), "retiring": frozenset(), "slots": ()}
 
 
 class ProxyCluster(FabricApp):
@@ -151,7 +151,8 @@ class ProxyCluster(FabricApp):
                     pass
         if self.core.leads(self):
             for cname in sorted(names):
-                self._derive(cname)
+                if self._derive(cname):  # (the intent's own result was computed from the old state)
+                    self.core.invalidate(self, {cname})
         old, self._changed = self._changed, hub.Event()
         old.set()
 
@@ -163,16 +164,22 @@ class ProxyCluster(FabricApp):
     def _derive(self, cname: str) -> bool:
         """The leader's view of ``cname`` into :attr:`runtime`; published when it changed. True then."""
         h = self.health.get(cname)
-        new = {"up": frozenset(n for n, j in (h.proxies.items() if h else ()) if j.state == UP),
-               "pinned": h.pinned() if h else frozenset(),
+        old = self.runtime.get(cname, NOTHING)
+        up = frozenset(n for n, j in (h.proxies.items() if h else ()) if j.state == UP)
+        c = next((c for c in self.intent.clusters if c.name == cname), None)
+        members = sorted(p.host for p in (c.proxies if c else ()) if p.state == "active" and p.host in up)
+        new = {"up": up, "pinned": h.pinned() if h else frozenset(),
                "drained": self.drained.get(cname, frozenset()),
-               "retiring": frozenset(host for (cn, host) in self._retiring if cn == cname)}
-        if self.runtime.get(cname) == new:
+               "retiring": frozenset(host for (cn, host) in self._retiring if cn == cname),
+               # which proxy owns each hash slot: changed only as far as the members changed
+               "slots": tuple(slot_table(members, old["slots"]))}
+        if old == new:
             return False
         self.runtime[cname] = new
         # written before it is acted on: followers compute the same flows, a restart starts from it
         try:
-            self.core.save_items(SHARED, {cname: {k: sorted(v) for k, v in new.items()}})
+            self.core.save_items(SHARED, {cname: {k: list(v) if k == "slots" else sorted(v)
+                                                  for k, v in new.items()}})
         except StoreError as exc:
             LOG.error("proxy cluster %s: runtime state not saved (%s): other instances lag", cname, exc)
         return True
@@ -269,7 +276,7 @@ class ProxyCluster(FabricApp):
             # are picked again) and draining ones whose drain timed out; degraded: out of the hash only
             unpinned = frozenset(p.host for p in c.proxies if p.host not in rt["pinned"]) | rt["drained"]
             for states in (compute_cluster(view.topology, c, rmac, unpinned, rt["retiring"], reach,
-                                           unpicked=self.out_of_hash(c)),
+                                           unpicked=self.out_of_hash(c), slots=rt["slots"]),
                            heartbeat_flows(view.topology, c.name, [p.host for p in c.proxies], rmac)):
                 for sw, st in states.items():
                     out.setdefault(sw, SwitchState()).merge(st)
@@ -559,9 +566,10 @@ class ProxyCluster(FabricApp):
 
 def _runtime_of(data: dict) -> dict[str, frozenset]:
     """A published runtime state (lists) as sets; what is missing is empty (pinned: the up ones)."""
-    out = {k: frozenset(data.get(k) or ()) for k in NOTHING}
+    out = {k: frozenset(data.get(k) or ()) for k in NOTHING if k != "slots"}
     if "pinned" not in data:
         out["pinned"] = out["up"]
+    out["slots"] = tuple(data.get("slots") or ())
     return out
 
 

@@ -12,7 +12,7 @@ from ryu_apps.framework.topology import from_dict
 from ryu_apps.framework.view import IntentError
 from ryu_apps.functions.proxy_cluster import haproxy
 from ryu_apps.functions.proxy_cluster.intent import ClusterSpec, ProxyClusterIntent
-from ryu_apps.functions.proxy_cluster.model import resolve, server_id, site_of, validate
+from ryu_apps.functions.proxy_cluster.model import SLOTS, resolve, server_id, site_of, slot_table, validate
 
 
 def _host(i: int, net: int) -> dict:
@@ -188,19 +188,21 @@ def _syn(topo, host, dst="10.9.0.100", dport=80, **extra):
 
 
 def _ends(fab, host, pkt):
-    return sorted(where for where, _, _ in fab.send(host, pkt))
+    """Where ``pkt`` from ``host`` can end up (each place once: the select group's 128 slots
+    fork the walk, several slots per proxy)."""
+    return sorted({where for where, _, _ in fab.send(host, pkt)})
 
 
 def test_new_connections_fork_over_active_proxies_and_get_their_mark(topo):
     fab = _fabric(topo, _cluster())
     ends = fab.send("c1", _syn(topo, "c1"))
-    assert sorted(w for w, _, _ in ends) == ["host:p1", "host:p2"]
+    assert sorted({w for w, _, _ in ends}) == ["host:p1", "host:p2"] and len(ends) == SLOTS   # a path per slot
     for where, pkt, path in ends:
         proxy = where.split(":")[1]
         assert path == ["s1", "s2"] and pkt["eth_dst"] == topo.hosts[proxy].mac
     # IPv6 VIP and the second service port too; other ports and spoofed sources go nowhere
-    marks = sorted(o.packet["ct_mark"] for o in fab.switches["s1"].run(_syn(topo, "c1"), topo.hosts["c1"].port))
-    assert marks == sorted([F.proxy_mark("api", "p1"), F.proxy_mark("api", "p2")])
+    marks = [o.packet["ct_mark"] for o in fab.switches["s1"].run(_syn(topo, "c1"), topo.hosts["c1"].port)]
+    assert sorted(marks.count(F.proxy_mark("api", p)) for p in ("p1", "p2")) == [SLOTS // 2] * 2   # Maglev: even
     assert _ends(fab, "c1", _syn(topo, "c1", dst="fd00:9::100", dport=8080)) == ["host:p1", "host:p2"]
     assert _ends(fab, "c1", _syn(topo, "c1", dport=22)) == ["drop"]
     assert _ends(fab, "c1", _syn(topo, "c1", ipv4_src="10.1.0.77")) == ["drop"]
@@ -276,7 +278,7 @@ def test_outsiders_reach_no_server_proxy_or_collector_address_only_the_vip(topo)
         for addr in _addrs(topo, target):
             _isolated(fab, topo, "col", _syn(topo, "col", dst=addr, dport=8000))
     # the VIP still serves the outsider, both families
-    assert _ends(fab, "c1", _syn(topo, "c1", dport=80)) == ["host:col"] * 2 + ["host:p1", "host:p2"]
+    assert _ends(fab, "c1", _syn(topo, "c1", dport=80)) == ["host:col", "host:p1", "host:p2"]
     assert "host:p2" in _ends(fab, "c1", _syn(topo, "c1", dst="fd00:9::100", dport=8080))
     # without a collector, col is an outsider: barred from the cluster, served by the VIP
     fab = _fabric(topo, _cluster())
@@ -369,7 +371,7 @@ def test_capture_copies_each_request_once_and_leaves_the_original_alone(topo, vi
     # a new connection: every proxy it may be picked for, with one copy each
     ends = fab.send("c1", _syn(topo, "c1", dst=vip, dport=dport))
     copies, rest = _copies_and_rest(ends, topo)
-    assert [w for w, _ in rest] == ["host:p1", "host:p2"] and len(copies) == 2
+    assert sorted({w for w, _ in rest}) == ["host:p1", "host:p2"] and len(copies) == len(rest) == SLOTS
     # what is not VIP traffic is not copied
     assert _ends(fab, "c1", _syn(topo, "c1", dst=vip, dport=22)) == ["drop"]
 
@@ -420,7 +422,7 @@ def test_capture_on_the_proxies_switch_for_local_and_remote_clients(topo_shared)
                                                                    ct_mark=F.proxy_mark("api", "p1"))), topo)
             assert [w for w, _ in rest] == ["host:p1"] and len(copies) == 1
             copies, rest = _copies_and_rest(fab.send(client, _syn(topo, client, dst=vip)), topo)
-            assert [w for w, _ in rest] == ["host:p1", "host:p2"] and len(copies) == 2
+            assert sorted({w for w, _ in rest}) == ["host:p1", "host:p2"] and len(copies) == len(rest) == SLOTS
         reply = _syn(topo, "p2", dst=_addrs(topo, client)[0], dport=40000, tcp_src=80, ipv4_src="10.9.0.100")
         copies, rest = _copies_and_rest(fab.send("p2", reply), topo)
         assert [w for w, _ in rest] == [f"host:{client}"] and len(copies) == 1
@@ -500,9 +502,10 @@ SITES = {"name": "api", "vip4": "10.9.0.100", "ports": [80],
 
 
 def _buckets(fab, sw) -> set[str]:
-    """The proxies ``sw``'s select group spreads over (by the mark each bucket writes)."""
+    """The proxies ``sw``'s select group spreads over (the marks its 128 buckets write)."""
     marks = {F.proxy_mark("api", p): p for p in ("p1", "p2", "p3")}
     g = fab.switches[sw].state.groups[F.group_id("api")]
+    assert len(g.buckets) == SLOTS
     return {marks[a.value] for b in g.buckets for a in b.actions if getattr(a, "field", None) == F.PICKED}
 
 
@@ -543,3 +546,22 @@ def test_a_retiring_server_keeps_its_role_for_isolation(topo):
     assert _ends(kept, "p1", to_a1) == ["host:a1"]
     from_c1 = {**to_a1, "eth_src": topo.hosts["c1"].mac, "ipv4_src": "10.1.0.1"}
     assert _ends(kept, "c1", from_c1) == ["drop"]
+
+
+def test_the_slot_table_is_balanced_and_moves_only_what_a_change_must():
+    """128 slots: each proxy owns an equal share (within one slot); a joining proxy takes exactly
+    its share from the others, a leaving one gives exactly its slots; the same previous table and
+    members give the same table whatever their order (every instance computes alike)."""
+    names = [f"p{i}" for i in range(1, 6)]
+    table = slot_table(names[:2])
+    for n in (3, 4, 5):
+        after = slot_table(names[:n], table)
+        counts = [after.count(k) for k in names[:n]]
+        assert max(counts) - min(counts) <= 1 and sum(counts) == SLOTS
+        moved = sum(a != b for a, b in zip(table, after))
+        assert moved == after.count(names[n - 1]), (n, moved)         # only the newcomer's share moved
+        table = after
+    gone = slot_table(["p1", "p2", "p4", "p5"], table)                   # p3 leaves
+    assert sum(a != b for a, b in zip(table, gone)) == table.count("p3")
+    assert slot_table(list(reversed(names)), table) == slot_table(names, table) == table   # unchanged set: same
+    assert slot_table([]) == [] and set(slot_table(["p1"])) == {"p1"}

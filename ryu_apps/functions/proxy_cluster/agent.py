@@ -428,17 +428,19 @@ class Agent:
 
     def heartbeat_loop(self) -> None:
         """A heartbeat every interval, and one at once when HAProxy's master exits (checked every
-        :data:`WATCH_S`): the controller takes the proxy out of the hash without waiting for ``fall``."""
-        sock, bound, seq, due, was_alive = None, None, 0, 0.0, False
+        :data:`WATCH_S`): the controller takes the proxy out of the hash without waiting for
+        ``fall``.  HAProxy is restarted only after a heartbeat has said it exited (restarted
+        first, it could answer the next check and the controller would never know it died)."""
+        sock, bound, seq, due = None, None, 0, 0.0
+        reported_alive, told_dead = False, False  # what the last heartbeat said
         while not self.stop.is_set():
             hb = (self.view or {}).get("heartbeat") or {}
             interval = (hb.get("interval_ms") or 250) / 1000.0
             now = time.monotonic()
-            alive = self.haproxy.master_pid() is not None
-            died = was_alive and not alive
+            died = reported_alive and self.haproxy.master_pid() is None
             if now >= due or died:
                 due = now + interval
-                if not died:  # say it died first; restart it at the next beat
+                if told_dead:
                     self.supervise()
                 applied = self.applied
                 if applied is not None and hb.get("gateway") and hb.get("source"):
@@ -464,8 +466,9 @@ class Agent:
                         sock.sendto(data, (hb["gateway"], hb["port"]))
                     except OSError as exc:
                         LOG.debug("heartbeat not sent: %s", exc)
-                alive = self.haproxy.master_pid() is not None
-            was_alive = alive
+                    reported_alive, told_dead = why != WHY_EXITED, why == WHY_EXITED
+                else:  # nobody to tell: restart it if it is gone
+                    reported_alive, told_dead = False, applied is not None
             self.stop.wait(max(0.0, min(WATCH_S, due - time.monotonic())))
 
     def run(self) -> None:

@@ -9,21 +9,25 @@ On every switch, per cluster and address family (``lb`` is table 50):
 * ``lb`` **tracks** it in the switch's own conntrack zone (5100), then a
   connection already **pinned** (its ``ct_mark`` names a proxy that is still
   in the cluster, draining or not: 5300) goes to that proxy, anything else is
-  **picked** by the cluster's select group (5200), whose buckets (one per
-  active proxy this switch can reach at its own site - the node it runs on -
-  or, when it reaches none there, one per active proxy it can reach at all)
-  name the proxy in ``reg6`` and look ``lb`` up again, where the
-  connection is committed with that proxy's mark and sent to it (5400).  A change of
-  membership therefore never moves an established connection; one pinned to a
-  proxy that has left is picked again (and reset by its new proxy, quickly);
+  **picked** by the cluster's select group (5200), whose 128 buckets (hash
+  slots) each write their slot's owner's mark to ``reg6`` and look ``lb`` up
+  again, where the connection is committed with that mark and sent to its
+  proxy (5400).  The owners: the cluster's slot table (``model.slot_table``)
+  balanced over the active proxies this switch can reach at its own site (the
+  node it runs on), or over every active proxy it can reach when none is
+  there.  A change of membership never moves an established connection, and
+  gives slots new owners only as far as it must (a third proxy joining takes a
+  third of the slots, nothing more); one pinned to a proxy that has left is
+  picked again (and reset by its new proxy);
 * **carry** (5500): a VIP packet already addressed to a proxy's MAC goes to
   that proxy's port, or to the fabric's next-hop group towards its switch, on
   every switch on the way (transit switches route VIP traffic by proxy MAC:
   the VIP itself names no host);
 * **replies** (ingress, 5100 at a proxy's port; 5050 at fabric ports): a proxy
-  may send from the VIP's service ports (it holds the VIP); replies pass the
-  switch's conntrack zone too, so the client's edge sees both directions of
-  every connection it pinned, then the fabric routes them (5100 in ``lb``);
+  may send from the VIP's service ports (it holds the VIP); at the client's
+  own switch replies pass its conntrack zone too (5150 in ``lb``), so it sees
+  both directions of every connection it pinned; then the fabric routes them
+  (5100 in ``lb``);
 * **isolation** (ingress, 5010, drops: OpenFlow counts what each one drops).
   Roles: the proxies, the servers of its pools, the capture collector, and
   *outsiders*, every other declared host (the clients).  At each sender's own
@@ -60,7 +64,7 @@ from ryu_apps.framework.state import SwitchState
 from ryu_apps.framework.topology import Host, Topology
 from ryu_apps.functions.fabric.flows import UNTAGGED, next_hop_group_ids
 from ryu_apps.functions.proxy_cluster.intent import ClusterSpec, ProxyClusterIntent
-from ryu_apps.functions.proxy_cluster.model import switch_site
+from ryu_apps.functions.proxy_cluster.model import slot_table, switch_site
 from ryu_apps.openflow.ofdata import Bucket, Ct, DecTtl, Flow, Group, GroupAction, Match, Output, Resubmit, SetField
 
 APP = "proxy_cluster"
@@ -77,7 +81,7 @@ K_CAPTURE = 8  # copies of VIP packets towards the collector
 KIND_NAMES = {K_CLIENT: "client", K_REPLY: "reply", K_TRACK: "track", K_PIN: "pin", K_PICK: "pick",
               K_CARRY: "carry", K_ISOLATE: "isolate", K_CAPTURE: "capture"}
 
-P_FABRIC_REPLY, P_EDGE, P_PICK, P_PIN, P_COMMIT, P_CARRY = 5050, 5100, 5200, 5300, 5400, 5500
+P_FABRIC_REPLY, P_EDGE, P_REPLY_TRACK, P_PICK, P_PIN, P_COMMIT, P_CARRY = 5050, 5100, 5150, 5200, 5300, 5400, 5500
 #: isolation drops (ingress, host ports): above the fabric's admission (100-999), which would route
 #: them, and below P_EDGE, so that where they overlap (a proxy's reply from the VIP to a client) the
 #: VIP's own flows win; P_FABRIC_REPLY matches fabric ports only, so the two never meet
@@ -85,7 +89,7 @@ P_ISOLATE = 5010
 #: copies addressed to the collector (lb): above every other lb flow, P_EDGE's reply tracking included,
 #: which would route a reply's copy to the client a second time
 P_CAPTURE = 5600
-#: the register a select bucket writes its proxy's mark to
+#: the register a select bucket writes its slot owner's mark to
 PICKED = "reg6"
 ZONE_BASE = 0x5000
 #: ct_state bits: trk = 0x20
@@ -143,9 +147,11 @@ def _dsts(h: Host) -> Iterable[tuple[int, dict]]:
 def compute_cluster(topology: Topology, c: ClusterSpec, router_mac: str,
                     dead: frozenset[str] = frozenset(), retiring: frozenset[str] = frozenset(),
                     reach: Callable[[str, str], bool] | None = None,
-                    unpicked: frozenset[str] = frozenset()) -> dict[str, SwitchState]:
+                    unpicked: frozenset[str] = frozenset(), slots: tuple = ()) -> dict[str, SwitchState]:
     """Every switch's flows and group for cluster ``c``; ``dead``: proxies out of the hash whose
     pinned connections are released (health); ``unpicked``: out of the hash, pins kept (degraded);
+    ``slots``: the cluster's slot table (:func:`model.slot_table`, kept by the app), each switch's
+    own table derived from it for the proxies it spreads over;
     ``retiring``: hosts just removed from the pools that keep the server role for isolation until
     the proxies' old workers have finished their sessions with them; ``reach(a, b)``: switch ``b``
     is reachable from switch ``a`` over live links (default: always).
@@ -195,8 +201,14 @@ def compute_cluster(topology: Topology, c: ClusterSpec, router_mac: str,
         pins = [h for h in pinned if reach(sw, h.switch)]
         # a bucket only names its proxy (reg6) and looks lb up again, where the commit happens:
         # a ct(commit) inside a select bucket did not keep its mark in OVS 3.1's userspace datapath
-        buckets = tuple(Bucket(actions=(SetField(PICKED, proxy_mark(c.name, h.name)), Resubmit(LB)))
-                        for h in chosen)
+        # always 128 buckets while any proxy is there to pick, bucket i naming slot i's owner: OVS maps
+        # its dp_hash values to buckets anew whenever the bucket list changes shape (two thirds of new
+        # connections moved when a third proxy joined with a bucket per proxy), so only what a bucket
+        # names changes - the cluster's slot table, balanced over the proxies this switch spreads
+        # over, changed only as far as it must
+        owners = slot_table([h.name for h in chosen], slots) if chosen else []
+        buckets = tuple(Bucket(actions=(SetField(PICKED, proxy_mark(c.name, owner)), Resubmit(LB)))
+                        for owner in owners)
         st.add_group(Group(group_id(c.name), "select", buckets))
         if collector is not None and any(h.switch == sw for h in proxies):
             # a copy may have to leave by the port its original came in on (a request from the collector's
@@ -239,12 +251,17 @@ def compute_cluster(topology: Topology, c: ClusterSpec, router_mac: str,
                     st.add_flow(Flow(table=INGRESS, priority=P_FABRIC_REPLY, cookie=ck[K_CARRY], goto=LB,
                                      match=Match(in_port=fp, eth_type=eth_type, **{dst: vip}, ip_proto=TCP,
                                                  tcp_dst=port)))
-            # -- lb: replies tracked, then routed by the fabric
-            st.add_flow(Flow(table=LB, priority=P_EDGE, cookie=ck[K_REPLY],
-                             match=Match(eth_type=eth_type, **{src: vip}, ip_proto=TCP, ct_state=(0, TRK)),
-                             actions=(Ct(zone=zone, table=LB),)))
+            # -- lb: replies routed by the fabric; tracked only at their client's own switch, whose
+            # zone saw the request (elsewhere a lookup would cost a pass and find nothing)
+            for h in clients:
+                addr = _own_addr(h, eth_type)
+                if h.switch == sw and addr is not None:
+                    st.add_flow(Flow(table=LB, priority=P_REPLY_TRACK, cookie=ck[K_REPLY],
+                                     match=Match(eth_type=eth_type, **{src: vip, dst: addr}, ip_proto=TCP,
+                                                 ct_state=(0, TRK)),
+                                     actions=(Ct(zone=zone, table=LB),)))
             st.add_flow(Flow(table=LB, priority=P_EDGE, cookie=ck[K_REPLY], goto=FORWARD,
-                             match=Match(eth_type=eth_type, **{src: vip}, ip_proto=TCP, ct_state=(TRK, TRK))))
+                             match=Match(eth_type=eth_type, **{src: vip}, ip_proto=TCP)))
             # -- lb: a client's packet, not yet addressed to a proxy
             new = dict(eth_type=eth_type, eth_dst=router_mac, ip_proto=TCP, **{dst: vip})
             st.add_flow(Flow(table=LB, priority=P_EDGE, cookie=ck[K_TRACK],

@@ -12,6 +12,7 @@ what ``GET /v1/proxy-clusters/<name>/config`` serves and what
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from typing import Any
 
@@ -30,6 +31,49 @@ MAIN_SITE = "main"
 
 def _err(field: str, msg: str) -> IntentError:
     return IntentError(f"{field}: {msg}", field)
+
+
+#: hash slots of a cluster's select group (OVS maps each of its 128 dp_hash values to one bucket,
+#: and the buckets never change: a slot's connections go elsewhere only when the slot is given
+#: another proxy)
+SLOTS = 128
+
+
+def _h64(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
+def slot_table(members: list[str], previous: list[str | None] | tuple = (), slots: int = SLOTS) -> list[str]:
+    """Which member (proxy) owns each hash slot, starting from the ``previous`` table.
+
+    Balanced: every member owns ``slots // n`` or one more.  Minimal: a slot keeps its owner while
+    that owner is still a member and within its share, so a member that joins takes exactly its
+    share (from the members that had more) and one that leaves gives away exactly its slots; the
+    slots that change owner go, in slot order, to the member under its share that ranks highest
+    for the slot (rendezvous hashing), so the result depends only on ``previous`` and the set of
+    members: every controller instance computes the same table from the same previous one.
+    """
+    if not members:
+        return []
+    members = sorted(set(members))
+    prev = list(previous) if len(previous) == slots else [None] * slots
+    held = {m: sum(1 for o in prev if o == m) for m in members}
+    base, extra = divmod(slots, len(members))
+    # the members holding most keep the extra slots (fewest moves), ties by name
+    ranked = sorted(members, key=lambda m: (-held[m], m))
+    share = {m: base + (1 if i < extra else 0) for i, m in enumerate(ranked)}
+    table: list[str | None] = [None] * slots
+    count = dict.fromkeys(members, 0)
+    for i, owner in enumerate(prev):
+        if owner in count and count[owner] < share[owner]:
+            table[i] = owner
+            count[owner] += 1
+    for i in range(slots):
+        if table[i] is None:
+            owner = max((m for m in members if count[m] < share[m]), key=lambda m: _h64(f"{i}/{m}"))
+            table[i] = owner
+            count[owner] += 1
+    return table  # type: ignore[return-value]
 
 
 def switch_site(topology: Topology, switch: str) -> str:
