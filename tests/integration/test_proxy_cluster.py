@@ -137,6 +137,13 @@ def diag(lab) -> str:
 WINDOW_SLACK_S = 0.25
 
 
+def no_failures(r: dict, lab) -> None:
+    """Zero failed requests, or the failures and what the controller and agents said, in full."""
+    if r["failed"]:
+        print(f"failures: {r['failures']}\n{diag(lab)}")
+    assert r["failed"] == 0, r["failures"][:5]
+
+
 def failures_only_on(result: dict, proxy: str, since: float, window: float) -> list[dict]:
     """Failures that are neither on ``proxy``'s connections nor new connections (or reconnects)
     in the window after the fault at ``since`` (load clock): what must be empty."""
@@ -217,7 +224,7 @@ def test_scale_out_to_four_proxies_and_back_under_load(healthy):
     assert kit.wait_for(lambda: all(proxies(lab)[p]["drain_complete"] for p in ("p3", "p4")), 8), proxies(lab)
     set_proxies(lab, {"p3": None, "p4": None})
     r = load.result()
-    assert r["failed"] == 0, (r["failures"], diag(lab))
+    no_failures(r, lab)
     assert r["moved_conns"] == {}, r["moved_conns"]
     assert r["session_server_changes"] == {}, r["session_server_changes"]
     assert r["by_proxy"].get("p3", 0) > 0 and r["by_proxy"].get("p4", 0) > 0, r["by_proxy"]
@@ -335,7 +342,7 @@ def test_a_server_drains_and_leaves_through_every_proxy_without_a_failed_request
     after = Load(lab, "c2", 2, conns=4, gap_ms=5, new_rate=40, sessions=40).result()
     put_server(lab, "a2", "a2")
     r = load.result()
-    assert r["failed"] == 0, (r["failures"], diag(lab))
+    no_failures(r, lab)
     assert r["moved_conns"] == {}
     # once a2 is gone every session is on a1, whichever proxy answers
     assert after["failed"] == 0 and set(after["by_server"]) == {"a1"}, after
@@ -365,7 +372,7 @@ def test_ten_reloads_of_every_proxy_under_load_fail_no_request(healthy):
     print(f"reloads {reloads}: {r['requests']} requests, {r['failed']} failed, "
           f"{r['closed_by_server']} connections closed gracefully by a reloading proxy")
     assert min(reloads.values()) >= 10, reloads
-    assert r["failed"] == 0, (r["failures"], diag(lab))
+    no_failures(r, lab)
     assert r["moved_conns"] == {} and r["session_server_changes"] == {}, r
 
 
@@ -385,6 +392,14 @@ def stop(proc) -> None:
 def frames(path: Path) -> int:
     cp = subprocess.run(["tcpdump", "-r", str(path), "-n"], capture_output=True, text=True)
     return len([ln for ln in cp.stdout.splitlines() if ln.strip()])
+
+
+def capture_flows(lab, sw: str) -> int:
+    """The capture flows (copies of VIP traffic to the collector) installed on switch ``sw``."""
+    from ryu_apps.framework import cookies
+    cookie = cookies.make("proxy_cluster", 8, "api")
+    return len([ln for ln in lab.ofctl(sw, "dump-flows", f"cookie={cookie:#x}/-1").stdout.splitlines()
+                if "cookie=" in ln])
 
 
 def isolate_drops(lab) -> int:
@@ -443,6 +458,9 @@ def test_isolation_matrix_delivers_zero_frames(healthy, tmp_path):
 def test_capture_copies_both_directions_to_the_collector_readable_by_tshark(healthy, tmp_path):
     lab = healthy
     pcap = tmp_path / "vip.pcap"
+    # the capture group and its flows are in place on every switch before the traffic starts
+    assert kit.wait_for(lambda: all(capture_flows(lab, sw) for sw in ("s1", "s2")), 5), \
+        {sw: capture_flows(lab, sw) for sw in ("s1", "s2", "s3")}
     cap = tcpdump(lab, "k1", "tcp port 80", pcap)
     out = clients(lab, "c1", n=5, conns=4) + clients(lab, "c2", vip=VIP6, n=5, conns=2)
     time.sleep(0.5)
@@ -450,13 +468,18 @@ def test_capture_copies_both_directions_to_the_collector_readable_by_tshark(heal
     assert all(r[0] == 200 for conn in out for r in conn), out
     if shutil.which("tshark") is None:
         pytest.skip("tshark (Debian) is not installed")
-    fields = subprocess.run(["tshark", "-r", str(pcap), "-Y", "http", "-T", "fields", "-e", "ip.src", "-e", "ip.dst",
+    # each HTTP message once: a TCP retransmission is a packet of its own, copied like any other
+    retrans = subprocess.run(["tshark", "-r", str(pcap), "-Y", "tcp.analysis.retransmission"],
+                             capture_output=True, text=True).stdout.count("\n")
+    fields = subprocess.run(["tshark", "-r", str(pcap), "-Y", "http && !tcp.analysis.retransmission", "-T", "fields",
+                             "-e", "ip.src", "-e", "ip.dst",
                              "-e", "ipv6.src", "-e", "ipv6.dst", "-e", "http.request.method", "-e",
                              "http.response.code", "-e", "eth.dst"], capture_output=True, text=True, check=True)
     rows = [ln.split("\t") for ln in fields.stdout.splitlines() if ln.strip()]
     requests = [r for r in rows if r[4] == "GET" and VIP4 in (r[1], r[3]) or r[4] == "GET" and r[3] == VIP6]
     answers = [r for r in rows if r[5] == "200" and (r[0] == VIP4 or r[2] == VIP6)]
-    print(f"capture: {len(rows)} HTTP messages, {len(requests)} requests to the VIP, {len(answers)} answers from it")
+    print(f"capture: {frames(pcap)} frames, {len(rows)} HTTP messages, {len(requests)} requests to the VIP, "
+          f"{len(answers)} answers from it; {retrans} TCP retransmissions")
     # every request and every answer exactly once, as seen between client and proxy, addressed to k1's MAC
     assert len(requests) == 30 and len(answers) == 30, rows
     assert {r[6] for r in rows} == {"02:00:00:05:01:09"}

@@ -145,6 +145,15 @@ class Controller:
         raise OSError(f"no controller answered ({', '.join(self.urls)}): {last}")
 
 
+def _running(pid: int) -> bool:
+    """Is ``pid`` a live process (not a zombie waiting for its parent)?"""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[:1] != ["Z"]
+
+
 class HAProxy:
     """The HAProxy master this agent runs (or adopted), in ``run_dir``."""
 
@@ -155,6 +164,9 @@ class HAProxy:
         self.proc: subprocess.Popen | None = None
         #: masters told to stop (they finish their sessions and exit): no longer this agent's HAProxy
         self.stopping: list[subprocess.Popen | int] = []
+        #: the adopted master: its pidfile is rewritten and its cmdline replaced each time it
+        #: re-executes for a reload, so a read in that instant must not make it look gone
+        self.adopted: int | None = None
 
     def master_pid(self) -> int | None:
         """The running master's pid (ours, or adopted from the pidfile), else None."""
@@ -166,9 +178,14 @@ class HAProxy:
             pid = int(self.pidfile.read_text().split()[0])
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except (OSError, ValueError, IndexError):
-            return None
-        if any(b"haproxy" in c for c in cmd[:1]) and str(self.cfg).encode() in cmd and pid not in self.stopping:
+            pid, cmd = None, []
+        if pid is not None and any(b"haproxy" in c for c in cmd[:1]) and str(self.cfg).encode() in cmd \
+                and pid not in self.stopping:
+            self.adopted = pid
             return pid
+        if self.adopted is not None and self.adopted not in self.stopping and _running(self.adopted):
+            return self.adopted  # known to be ours; mid re-exec
+        self.adopted = None
         return None
 
     def check(self, text: str) -> str | None:
@@ -232,12 +249,12 @@ class HAProxy:
             self.stopping.append(self.proc if self.proc is not None else pid)
             self.proc = None
 
-    def runtime(self, commands: list[str]) -> list[str]:
+    def runtime(self, commands: list[str], timeout: float = 2.0) -> list[str]:
         """Send commands to the admin socket; the answers (HAProxy says nothing on success)."""
         out = []
         for cmd in commands:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.settimeout(2.0)
+                s.settimeout(timeout)
                 s.connect(str(self.dir / "admin.sock"))
                 s.sendall(cmd.encode() + b"\n")
                 s.shutdown(socket.SHUT_WR)
@@ -250,25 +267,26 @@ class HAProxy:
             out.append(b"".join(chunks).decode(errors="replace").strip())
         return out
 
-    def peers_synced(self) -> bool:
+    def peers_synced(self, timeout: float = 2.0) -> bool:
         """Has the worker finished learning the stick tables from its peers (``show peers``:
         resync from the local and the remote peers done, flags 0x1 and 0x2)?"""
         try:
-            first = self.runtime(["show peers"])[0].splitlines()[0]
+            first = self.runtime(["show peers"], timeout)[0].splitlines()[0]
         except (OSError, IndexError):
             return False
         m = re.search(r"\bflags=0x([0-9a-fA-F]+)", first)
         return m is not None and int(m.group(1), 16) & 0x3 == 0x3
 
-    def servers_up(self) -> int:
-        """Servers HAProxy's checks find up (UP or DRAIN: both still serve), over every backend."""
+    def servers_up(self, timeout: float = 2.0) -> int | None:
+        """Servers HAProxy's checks find up (UP or DRAIN: both still serve), over every backend;
+        None when the admin socket did not answer in time (a worker taking over in a reload)."""
         try:
-            csv = self.runtime(["show stat -1 4 -1"])[0]
+            csv = self.runtime(["show stat -1 4 -1"], timeout)[0]
         except (OSError, IndexError):
-            return 0
+            return None
         lines = csv.splitlines()
         if not lines or not lines[0].startswith("# "):
-            return 0
+            return None
         col = lines[0][2:].split(",").index("status")
         statuses = (ln.split(",")[col] for ln in lines[1:] if ln)
         return sum(1 for st in statuses if st in ("UP", "DRAIN") or st.startswith("UP "))  # "UP 1/2": rising
@@ -433,6 +451,7 @@ class Agent:
         first, it could answer the next check and the controller would never know it died)."""
         sock, bound, seq, due = None, None, 0, 0.0
         reported_alive, told_dead = False, False  # what the last heartbeat said
+        last_servers = 0
         while not self.stop.is_set():
             hb = (self.view or {}).get("heartbeat") or {}
             interval = (hb.get("interval_ms") or 250) / 1000.0
@@ -445,16 +464,21 @@ class Agent:
                 applied = self.applied
                 if applied is not None and hb.get("gateway") and hb.get("source"):
                     cluster = applied["cluster"]
-                    ok, why = self.haproxy.healthy(cluster["health_port"], cluster["health_uri"],
-                                                   timeout=interval * 0.6)
+                    # every question to HAProxy gets a share of the interval: a beat that waits
+                    # on a socket being handed over in a reload is a beat the controller misses
+                    ask = interval * 0.25
+                    ok, why = self.haproxy.healthy(cluster["health_port"], cluster["health_uri"], timeout=ask)
                     if ok and self._learning_until:
-                        if self.haproxy.peers_synced() or time.monotonic() > self._learning_until:
+                        if self.haproxy.peers_synced(ask) or time.monotonic() > self._learning_until:
                             self._learning_until = 0.0
                         else:
                             ok, why = False, "learning-peers-tables"
                     seq += 1
                     conns = vip_connections(applied.get("vips", []), cluster["ports"])
-                    servers = self.haproxy.servers_up() if ok else 0
+                    servers = 0
+                    if ok:
+                        got = self.haproxy.servers_up(ask)
+                        last_servers = servers = last_servers if got is None else got  # (no answer: as last said)
                     data = Heartbeat(ok, applied["version"], seq, why or self.error, conns, servers).encode()
                     try:
                         if bound != hb["source"]:
