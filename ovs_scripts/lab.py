@@ -543,12 +543,17 @@ class Lab:
         if controller:
             self._wait_controller(timeout)
 
-        # 10. services in hosts (the proxy agents), once the controller answers
+        # 10. services in hosts (proxy agents, NVMe/TCP targets), once the controller answers
         if controller:
             for host in self.agent_hosts():
                 self.start_agent(host)
             if self.agent_hosts():
                 say(f"proxy agents: {', '.join(self.agent_hosts())}")
+            nvme = self.nvme_services()
+            for host in nvme:
+                self.start_nvme(host)
+            if nvme:
+                say(f"NVMe/TCP targets: {', '.join(nvme)}")
         st.data["status"] = "up"
         st.save()
 
@@ -659,6 +664,50 @@ class Lab:
         if token:
             argv += ["--token-file", token]
         return self._spawn(f"proxy-agent {host}", argv, netns=h.netns, log=self.dir / f"agent-{host}.log")
+
+    #: the RAM namespace of each subsystem a lab target serves (MiB)
+    NVME_NAMESPACE_MIB = 80
+
+    def nvme_services(self) -> dict[str, list[str]]:
+        """Hosts that run this project's NVMe/TCP target (every host a subsystem of
+        ``apps.nvme_zoning`` names) or its discovery controller, and the arguments of each."""
+        raw = self.topology.apps.get("nvme_zoning")
+        if raw is None:
+            return {}
+        from ryu_apps.functions.nvme_zoning.intent import NvmeZoningIntent
+        from ryu_apps.functions.nvme_zoning.model import listeners
+
+        intent = NvmeZoningIntent.model_validate(raw)
+        out: dict[str, list[str]] = {}
+        for lst in listeners(self.topology, intent):
+            args = out.setdefault(lst.host, [])
+            args += ["--listen", f"[{lst.addr}]:{lst.port}" if lst.version == 6 else f"{lst.addr}:{lst.port}"]
+            if lst.discovery:
+                if "--discovery" not in args:
+                    args += ["--discovery", "--entries-url", f"unix:{self.rest_sockets()[0]}:/v1/nvme/discovery"]
+                continue
+            for nqn in lst.subsystems:
+                sub = f"{nqn}={self.NVME_NAMESPACE_MIB}"
+                if sub not in args:
+                    args += ["--subsystem", sub]
+        return out
+
+    def start_nvme(self, host: str, timeout: float = 15.0) -> subprocess.Popen:
+        """Start ``host``'s NVMe/TCP target (and/or discovery controller); returns once every
+        listener listens.  Its log (every Connect it saw) is ``<rundir>/nvme-<host>.log``."""
+        args = self.nvme_services()[host]
+        log = self.dir / f"nvme-{host}.log"
+        argv = [sys.executable, "-m", "ovs_scripts.nvme_target", *args, "--log", str(log)]
+        out = self.dir / f"nvme-{host}.out"
+        proc = self._spawn(f"nvme-target {host}", argv, netns=self.topology.hosts[host].netns, log=out)
+        want = args.count("--listen")
+        deadline = time.monotonic() + timeout
+        while (out.read_text() if out.exists() else "").count("listening on") < want:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise LabError(f"lab {self.name}: the NVMe/TCP target on {host} did not start: "
+                               f"{(out.read_text() if out.exists() else '')[-500:]}")
+            time.sleep(0.05)
+        return proc
 
     def _process(self, what: str) -> dict | None:
         """The newest running process entry named ``what``."""

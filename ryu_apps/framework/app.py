@@ -41,7 +41,7 @@ CORE_API = frozenset({
     "try_intent",        # try_intent(app, candidate, parts=None): compute a candidate, change nothing
     "commit_intent",     # commit_intent(app, candidate, result): make it the intent, apply, persist
     "wait_applied",      # wait_applied(switches, timeout): why not yet, per switch
-    "packet_out",        # packet_out(switch, port, data, in_port=None)
+    "packet_out",        # packet_out(switch, port, data, in_port=None, table=None)
     "request_stats",     # request_stats(app, switch, build): reply to app.on_stats_reply
     "multipart",         # multipart(switch, build): an ofwire dump, bodies returned
     "is_connected",      # is_connected(switch)

@@ -762,7 +762,7 @@ class FabricCore(app_manager.OSKenApp):
             except ValueError as exc:
                 done["bad"].append(f"{where}.data: {exc}")
                 continue
-            if not self.masters(p.switch) or not self._send_packet(p.switch, p.port, data, p.in_port):
+            if not self.masters(p.switch) or not self._send_packet(p.switch, p.port, data, p.in_port, p.table):
                 done["refused"].append(f"{where}: {self.cluster.member} does not master {p.switch} now")
                 continue
             self.relay.counters["packet_outs_received"] += 1
@@ -937,25 +937,33 @@ class FabricCore(app_manager.OSKenApp):
             LOG.debug("%s: bad packet-in on %s:%d: %s", app.APP_NAME, name, pkt.in_port, exc)
 
     # -- the app API (README, "Writing an app"): what apps may call on the core -----------
-    def packet_out(self, switch: str, port: int, data: bytes, in_port: int | None = None) -> bool:
+    def packet_out(self, switch: str, port: int, data: bytes, in_port: int | None = None,
+                   table: int | None = None) -> bool:
         """Send ``data`` out of ``port`` (``TABLE``: through the pipeline, as if it came in on
-        ``in_port``).  False when the switch has no control channel."""
+        ``in_port``); with ``table``: resubmit it to that table as if it came in on ``in_port``
+        (the tables before it are skipped: a packet an app has judged already).  False when the
+        switch has no control channel."""
         dp = self.datapaths.get(switch)
         if dp is None:
             return False
         if not self.masters(switch):  # a cluster: the switch's master sends it
             held = self.cluster.master_of(switch)
-            return held is not None and self.relay.packet_out(held[0], switch, port, data, in_port)
-        return self._send_packet(switch, port, data, in_port)
+            return held is not None and self.relay.packet_out(held[0], switch, port, data, in_port, table)
+        return self._send_packet(switch, port, data, in_port, table)
 
-    def _send_packet(self, switch: str, port: int, data: bytes, in_port: int | None) -> bool:
+    def _send_packet(self, switch: str, port: int, data: bytes, in_port: int | None,
+                     table: int | None = None) -> bool:
         dp = self.datapaths.get(switch)
         if dp is None:
             return False
         parser, ofp = dp.ofproto_parser, dp.ofproto
+        if table is None:
+            actions = [parser.OFPActionOutput(port, 0)]
+        else:  # OVS's resubmit: the packet enters ``table`` with in_port as given
+            actions = [parser.NXActionResubmitTable(table_id=table)]  # (in_port: 0xfff8, the packet-out's)
         dp.send_msg(parser.OFPPacketOut(datapath=dp, buffer_id=ofp.OFP_NO_BUFFER,
                                         in_port=ofp.OFPP_CONTROLLER if in_port is None else in_port,
-                                        actions=[parser.OFPActionOutput(port, 0)], data=data))
+                                        actions=actions, data=data))
         return True
 
     def request_stats(self, app: FabricApp, switch: str, build) -> bool:

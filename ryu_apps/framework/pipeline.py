@@ -12,6 +12,7 @@ Packet walk::
                 +--> 30 oam    (oam_ecmp)          +--> 80 arp_nd --> 90 forward
                 +--> 40 nac    (cloud_router)      |
                 +--> 50 lb     (proxy_cluster)     |
+                +--> 60 zone   (nvme_zoning)       |
                 +----------------------------------+
 
 ``ingress`` belongs to the fabric (host admission, 100-999); each function app
@@ -58,7 +59,7 @@ class Table:
     twins: tuple[str, ...] = ()
 
 
-INGRESS, FENCE, MCAST, OAM, NAC, LB, ARP_ND, FORWARD = 0, 10, 20, 30, 40, 50, 80, 90
+INGRESS, FENCE, MCAST, OAM, NAC, LB, ZONE, ARP_ND, FORWARD = 0, 10, 20, 30, 40, 50, 60, 80, 90
 
 _APP_TABLE_BAND = (100, 9999)
 
@@ -75,8 +76,9 @@ PIPELINE: tuple[Table, ...] = (
                  Band("multicast_standby", 2000, 2999, "IGMP, multicast data and standby requests"),
                  Band("oam_ecmp", 3000, 3999, "replicate probes"),
                  Band("cloud_router", 4000, 4999, "client traffic into the NAC table"),
-                 Band("proxy_cluster", 5000, 5999, "VIP traffic (and proxies' replies from the VIP) into the lb table")),
-          next_tables=(FENCE, MCAST, OAM, NAC, LB, ARP_ND, FORWARD), twins=("oam_ecmp",)),
+                 Band("proxy_cluster", 5000, 5999, "VIP traffic (and proxies' replies from the VIP) into the lb table"),
+                 Band("nvme_zoning", 6000, 6999, "NVMe/TCP to and from subsystem listeners into the zone table")),
+          next_tables=(FENCE, MCAST, OAM, NAC, LB, ZONE, ARP_ND, FORWARD), twins=("oam_ecmp",)),
     Table(FENCE, "fence", "translate clone <-> parent addresses; drop whatever would leave the fence",
           bands=_own("fenced_clone", "fence translation, ARP/ND for parent addresses, fence drops"),
           next_tables=(ARP_ND, FORWARD), twins=("oam_ecmp",)),
@@ -91,6 +93,9 @@ PIPELINE: tuple[Table, ...] = (
           next_tables=(ARP_ND, FORWARD), twins=("oam_ecmp",)),
     Table(LB, "lb", "VIP connections: pick a proxy by hash, pin it by ct_mark, carry it to that proxy",
           bands=_own("proxy_cluster", "conntrack, proxy choice and pinning, delivery towards a proxy"),
+          next_tables=(FORWARD,), twins=("oam_ecmp",)),
+    Table(ZONE, "zone", "NVMe/TCP: admitted connections forward; the rest go to the controller, which reads the Connect",
+          bands=_own("nvme_zoning", "admitted connections (5-tuple pairs), punts of connections not yet admitted"),
           next_tables=(FORWARD,), twins=("oam_ecmp",)),
     Table(ARP_ND, "arp_nd", "answer ARP in the switch; send IPv6 neighbor solicitations to the controller",
           bands=(Band("core", 0, 0, "table miss: drop"),

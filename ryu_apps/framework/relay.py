@@ -64,6 +64,7 @@ class RelayedPacketOut(BaseModel):
     switch: str = Field(min_length=1, max_length=64)
     port: int = Field(ge=0, le=0xFFFFFFFF)
     in_port: int | None = Field(default=None, ge=0, le=0xFFFFFFFF)
+    table: int | None = Field(default=None, ge=0, le=254, description="resubmit to this table instead of output")
     data: str = Field(max_length=MAX_DATA_CHARS, description="the packet, base64")
 
 
@@ -119,10 +120,13 @@ class Relay:
         return self._put(member, ("in", {"app": app, "switch": switch, "in_port": in_port, "table": table,
                                          "cookie": cookie, "data": encode(data)}))
 
-    def packet_out(self, member: str, switch: str, port: int, data: bytes, in_port: int | None) -> bool:
-        """Ask ``member`` (the master of ``switch``) to send ``data`` out of ``port``."""
-        return self._put(member, ("out", {"switch": switch, "port": port, "in_port": in_port,
-                                          "data": encode(data)}))
+    def packet_out(self, member: str, switch: str, port: int, data: bytes, in_port: int | None,
+                   table: int | None = None) -> bool:
+        """Ask ``member`` (the master of ``switch``) to send ``data`` out of ``port`` (or into ``table``)."""
+        entry = {"switch": switch, "port": port, "in_port": in_port, "data": encode(data)}
+        if table is not None:
+            entry["table"] = table
+        return self._put(member, ("out", entry))
 
     def _put(self, member: str, entry: tuple) -> bool:
         from os_ken.lib import hub

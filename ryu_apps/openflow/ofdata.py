@@ -154,6 +154,8 @@ class FieldSpec(NamedTuple):
     hex: bool            # format as hex in ovs-ofctl strings
     move_bits: int       # width of the field as a NXAST_REG_MOVE source/destination
     ofctl_move: str      # ovs-ofctl name in move:/set_field: (in_port_oxm for in_port)
+    #: experimenter OXM (class 0xFFFF): the experimenter id that follows the header (0: none)
+    experimenter: int = 0
 
     @property
     def bits(self) -> int:
@@ -167,19 +169,21 @@ class FieldSpec(NamedTuple):
 
 def _spec(name, cls, num, nbytes, kind, maskable, ofctl, *, writable=True, move=None, max_value=None,
           full_mask=None, clip_mask=False, always_mask=False, hex_=False, move_bits=None,
-          ofctl_move=None) -> FieldSpec:
+          ofctl_move=None, experimenter=0) -> FieldSpec:
     all_ones = (1 << (nbytes * 8)) - 1
     mcls, mnum = move if move is not None else (cls, num)
     return FieldSpec(name, cls, num, nbytes, kind, maskable, ofctl, writable, mcls, mnum,
                      all_ones if max_value is None else max_value,
                      all_ones if full_mask is None else full_mask, clip_mask, always_mask, hex_,
-                     nbytes * 8 if move_bits is None else move_bits, ofctl_move or ofctl)
+                     nbytes * 8 if move_bits is None else move_bits, ofctl_move or ofctl, experimenter)
 
 
 _B = OFPXMC_OPENFLOW_BASIC
 _N0 = OFPXMC_NXM_0
 _N1 = OFPXMC_NXM_1
 _ERIC = OFPXMC_ERICOXM_OF
+_EXP = 0xFFFF                   # OFPXMC_EXPERIMENTER
+ONF_EXPERIMENTER = 0x4F4E4600   # ONF_EXPERIMENTER_ID ("ONF\0")
 
 _FIELD_LIST = [
     # name, class, field, bytes, kind, maskable, ovs-ofctl name
@@ -225,6 +229,10 @@ _FIELD_LIST = [
     # Nicira extensions (os-ken names, see os_ken/ofproto/nicira_ext.py)
     *[_spec(f"reg{i}", _N1, i, 4, "int", True, f"reg{i}", hex_=True) for i in range(8)],
     _spec("nw_ttl", _N1, 29, 1, "int", False, "nw_ttl"),
+    # TCP flags (12 bits), matched with a mask: tcp_flags=(0x001, 0x001) is ovs-ofctl's +fin.  In
+    # OpenFlow 1.3 OVS sends and reports it as the ONF experimenter OXM (ONFOXM_ET_TCP_FLAGS)
+    _spec("tcp_flags", _EXP, 42, 2, "int", True, "tcp_flags", writable=False, max_value=0xFFF, full_mask=0xFFF,
+          hex_=True, move=(_N1, 34), move_bits=12, experimenter=ONF_EXPERIMENTER),
     _spec("tun_ipv4_src", _N1, 31, 4, "ipv4", True, "tun_src"),
     _spec("tun_ipv4_dst", _N1, 32, 4, "ipv4", True, "tun_dst"),
     # OVS keeps 8 ct_state bits and always reports a mask: ct_state=0x22 -> 0x22/0xff.
@@ -255,6 +263,7 @@ _PREREQS: dict[str, list[tuple[str, tuple[int, ...]]]] = {
     "ipv4_src": _IPV4, "ipv4_dst": _IPV4,
     "ipv6_src": _IPV6, "ipv6_dst": _IPV6, "ipv6_flabel": _IPV6,
     "tcp_src": _IP_ANY + [("ip_proto", (6,))], "tcp_dst": _IP_ANY + [("ip_proto", (6,))],
+    "tcp_flags": _IP_ANY + [("ip_proto", (6,))],
     "udp_src": _IP_ANY + [("ip_proto", (17,))], "udp_dst": _IP_ANY + [("ip_proto", (17,))],
     "icmpv4_type": _IPV4 + [("ip_proto", (1,))], "icmpv4_code": _IPV4 + [("ip_proto", (1,))],
     "icmpv6_type": _IPV6 + [("ip_proto", (58,))], "icmpv6_code": _IPV6 + [("ip_proto", (58,))],

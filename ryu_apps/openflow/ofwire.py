@@ -209,12 +209,15 @@ def _oxm_header(cls: int, fld: int, hasmask: int, length: int) -> int:
 #: name -> (header bytes, masked header bytes, value -> bytes)
 _FIELD_ENC: dict[str, tuple[bytes, bytes, Any]] = {}
 for _s in FIELDS.values():
+    # an experimenter OXM's length counts the experimenter id after its header
+    _x = 4 if _s.experimenter else 0
+    _xid = struct.pack("!I", _s.experimenter) if _s.experimenter else b""
     _FIELD_ENC[_s.name] = (
-        struct.pack("!I", _oxm_header(_s.oxm_class, _s.oxm_field, 0, _s.nbytes)),
-        struct.pack("!I", _oxm_header(_s.oxm_class, _s.oxm_field, 1, 2 * _s.nbytes)),
+        struct.pack("!I", _oxm_header(_s.oxm_class, _s.oxm_field, 0, _s.nbytes + _x)) + _xid,
+        struct.pack("!I", _oxm_header(_s.oxm_class, _s.oxm_field, 1, 2 * _s.nbytes + _x)) + _xid,
         _value_encoder(_s),
     )
-del _s
+del _s, _x, _xid
 
 
 def _encode_oxm_tlvs(fields: tuple) -> bytes:
@@ -851,6 +854,10 @@ def _oxm_to_field(hdr: int, payload: bytes) -> tuple[str, Any, Any]:
     spec = FIELDS_BY_OXM.get((cls, fld))
     if spec is None:
         raise DecodeError(f"unsupported OXM field (class {cls:#06x}, field {fld})")
+    if spec.experimenter:
+        if len(payload) < 4 or int.from_bytes(payload[:4], "big") != spec.experimenter:
+            raise DecodeError(f"unsupported experimenter OXM (field {fld}, experimenter {payload[:4].hex()})")
+        payload = payload[4:]
     n = spec.nbytes
     if hdr & 0x100:
         if len(payload) != 2 * n:

@@ -502,6 +502,9 @@ OFCTL_SAMPLE = [
          (Ct(commit=True, zone=5, mark=3), Ct(commit=True, table=4, zone=5, nat="src=10.0.0.1", mark=0xFFFFFFFF),
           Ct(commit=True, nat="", mark=0), Output(2))),
     Flow(6, 26, Match(eth_type=0x86DD), (Ct(commit=True, table=7, nat="dst=[fd00::9]:80", mark=0x10),)),
+    # the zoning app's copies of an admitted connection's FIN (tcp_flags=+fin)
+    Flow(7, 27, Match(eth_type=0x0800, ip_proto=6, tcp_dst=4420, tcp_flags=(0x001, 0x001)),
+         (Output.controller(160),), goto=9),
 ]
 
 
