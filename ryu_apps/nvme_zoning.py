@@ -332,14 +332,23 @@ class NvmeZoning(FabricApp):
         for c, _ in victims:
             self.revoked[c.key] = now + REVOKED_S
         self._forget([c.key for c, _ in victims])
+        # their next segments reach the controller (and are answered with resets) once the pairs
+        # are gone from the switches; idle ends are asked to speak up then
+        hub.spawn(self._challenge_when_applied, [c for c, _ in victims])
         for c, reason in victims:
-            self._challenge(c)
             self.attempts.append({"t": round(time.time(), 3), "event": "revoked", "host": c.host, "why": reason,
                                   "hostnqn": c.hostnqn, "subnqn": c.subnqn, "qid": c.qid, "connection": c.ident})
             LOG.warning("nvme zoning: revoked %s (%s -> %s qid %d): %s (%s)", c.ident, c.hostnqn, c.subnqn,
                         c.qid, reason, why)
         self.counters["revoked"] += len(victims)
         return [c.ident for c, _ in victims]
+
+    def _challenge_when_applied(self, victims: list[Admitted]) -> None:
+        switches = sorted({sw for c in victims for sw in (c.switch, c.target_switch)})
+        self.core.wait_applied(switches, 2.0)
+        for c in victims:
+            if c.key in self.revoked:
+                self._challenge(c)
 
     def _challenge(self, c: Admitted) -> None:
         """Make both ends of a revoked connection say where they are: an ACK far outside their window
