@@ -33,7 +33,8 @@ SIDE_BY_SIDE = ("tests/unit", "tests/integration/test_flowdump.py", "tests/integ
                 "tests/integration/test_simulator_trace_cloud_router.py",
                 "tests/integration/test_simulator_trace_fenced_clone.py",
                 "tests/integration/test_simulator_trace_multicast_standby.py",
-                "tests/integration/test_simulator_trace_oam_ecmp.py")
+                "tests/integration/test_simulator_trace_oam_ecmp.py",
+                "tests/integration/test_nvme_peers.py")
 WORKERS = 2
 
 

@@ -109,7 +109,8 @@ def table(rows: list[Row]) -> str:
 #: the base fabric's scenario modules (``ovs_scripts/demo/<name>.py``), in demo order
 BUILTIN_SCENARIOS = ("chain3", "diamond", "tunnel")
 #: function apps' scenario modules (ovs_scripts/scenarios/<name>.py), in demo order
-FUNCTION_SCENARIOS = ("fenced_clone", "oam_ecmp", "multicast_standby", "cloud_router", "proxy_cluster")
+FUNCTION_SCENARIOS = ("fenced_clone", "oam_ecmp", "multicast_standby", "cloud_router", "proxy_cluster",
+                      "nvme_zoning")
 
 
 def load_scenarios() -> None:

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from ovs_scripts import kit
+from ovs_scripts import kit, nvme_lab
 from ovs_scripts.lab import Lab
+from ovs_scripts.nvme_lab import host_tool, target_connects
 from tests.integration.conftest import RUN_BASE, LabFactory, _skip_reason
 
 pytestmark = pytest.mark.integration
@@ -45,21 +46,7 @@ def call(lab, method, path, body=None):
 
 
 def nvme(lab, host: str, *args: str, timeout: float = 120) -> dict | list:
-    """``python -m ovs_scripts.nvme_host ARGS`` in ``host``'s namespace: its JSON (errors too)."""
-    cp = lab.exec(host, [PY, "-m", "ovs_scripts.nvme_host", *args], check=False, timeout=timeout)
-    try:
-        return json.loads(cp.stdout.strip().splitlines()[-1])
-    except (IndexError, json.JSONDecodeError):
-        raise AssertionError(f"nvme_host {args} on {host}: rc {cp.returncode}: {cp.stdout} {cp.stderr}") from None
-
-
-def target_connects(lab) -> list[dict]:
-    """Every Connect the target on t1 received (its log)."""
-    out = []
-    for ln in (lab.dir / "nvme-t1.log").read_text().splitlines():
-        if " connect {" in ln:
-            out.append(json.loads(ln.split(" connect ", 1)[1]))
-    return out
+    return host_tool(lab, host, *args, timeout=timeout)
 
 
 def connections(lab) -> dict:
@@ -70,43 +57,9 @@ def attempts(lab) -> list[dict]:
     return call(lab, "GET", "/v1/nvme/attempts")[1]
 
 
-#: keeps I/O going over N queues until it fails or is told to stop (SIGTERM); one JSON line at the end
-IO_LOOP = r"""
-import json, os, signal, sys, time
-from ovs_scripts.nvme_host import NvmeHost
-addr, hostnqn, subnqn, queues, base = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
-stop = []
-signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-ops, err, t_err = 0, None, None
-data = os.urandom(64 * 1024)
-try:
-    ctrl = NvmeHost(addr, 4420, hostnqn, timeout=5).connect(subnqn, io_queues=queues)
-    print(json.dumps({"connected": time.time()}), flush=True)
-    while not stop:
-        ctrl.write(base + ops % 64 * 128, data)
-        assert ctrl.read(base + ops % 64 * 128, 128) == data, "read back differs"
-        ops += 1
-except Exception as exc:
-    err, t_err = f"{type(exc).__name__}: {exc}", time.time()
-print(json.dumps({"ops": ops, "error": err, "t_error": t_err}), flush=True)
-"""
-
-
-class IoLoop:
-    """I/O from ``host`` to ``subnqn`` in the background; :meth:`result` stops it (or sees it failed)."""
-
-    def __init__(self, lab, host: str, subnqn: str, addr: str = T4, queues: int = 4):
-        base = 16384 * int(host[1:])  # each host its own 8 MiB of the namespace
-        self.proc = lab.popen(host, [PY, "-c", IO_LOOP, addr, hostnqn(host), subnqn, str(queues), str(base)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        first = self.proc.stdout.readline()
-        assert first.startswith('{"connected"'), (first, self.proc.stderr.read() if self.proc.poll() is not None else "")
-
-    def result(self, timeout: float = 10) -> dict:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        out, err = self.proc.communicate(timeout=timeout)
-        return json.loads(out.strip().splitlines()[-1])
+def IoLoop(lab, host: str, subnqn: str, addr: str = T4, queues: int = 4) -> nvme_lab.IoLoop:
+    """I/O from ``host`` (its own NQN) in its own 8 MiB of the namespace."""
+    return nvme_lab.IoLoop(lab, host, hostnqn(host), subnqn, addr, queues=queues, base_lba=16384 * int(host[1:]))
 
 
 @pytest.fixture(scope="module")
