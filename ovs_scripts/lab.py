@@ -609,6 +609,8 @@ class Lab:
                                       of_port=inst["of_port"], rest_port=inst["rest_port"],
                                       state_dir=str(self.dir / ("controller-state" if i == 0 else f"controller-state-{i}")),
                                       rest_token_file=ctl.get("rest_token_file"))
+            if spec.packet_in_rate is not None:
+                extra += ["--fabric-packet-in-rate", str(spec.packet_in_rate)]
             argv = argv[:3] + extra + argv[3:]
             what = "controller" if i == 0 else f"controller {inst['member']}"
             proc = self._spawn(what, argv, marker=str(self.dir / "topology.yaml"),

@@ -106,8 +106,9 @@ class NvmeZoning(FabricApp):
         self.counters: Counter = Counter()
         #: refused attempts and revocations, newest last (GET /v1/nvme/attempts)
         self.attempts: deque = deque(maxlen=1000)
-        #: admitted connections by key (runtime state, published in the store)
+        #: admitted connections by key (runtime state, published in the store), and by name (the part)
         self.admitted: dict[tuple, Admitted] = {}
+        self.by_ident: dict[str, Admitted] = {}
         #: key -> until when (monotonic): connections whose host sent FIN, or that were revoked
         self.closing: dict[tuple, float] = {}
         self.revoked: dict[tuple, float] = {}
@@ -116,7 +117,7 @@ class NvmeZoning(FabricApp):
             for data in self.core.load_items(SHARED).values():
                 c = _admitted_of(data)
                 if c is not None:
-                    self.admitted[c.key] = c
+                    self._keep(c)
         except StoreError as exc:
             LOG.warning("nvme zoning: admitted connections not read from the store (%s)", exc)
         self.threads.append(hub.spawn(self._clock_loop))
@@ -127,10 +128,19 @@ class NvmeZoning(FabricApp):
             (lst.addr, lst.port): lst for lst in listeners(self.core.topology, self.intent)}
         self.host_at = {(h.switch, h.port): h for h in self.core.topology.hosts.values()}
 
+    def _keep(self, c: Admitted) -> None:
+        self.admitted[c.key] = c
+        self.by_ident[c.ident] = c
+
+    def _drop(self, key: tuple) -> Admitted:
+        c = self.admitted.pop(key)
+        self.by_ident.pop(c.ident, None)
+        return c
+
     # -- the desired state (pure) -------------------------------------------------------
     def parts(self, intent: NvmeZoningIntent) -> Iterable[Hashable]:
         """The base part and one part per admitted connection (its name)."""
-        return (BASE, *(c.ident for c in self.admitted.values()))
+        return (BASE, *self.by_ident)
 
     def compute(self, view: FabricView, intent: NvmeZoningIntent, part: Hashable = WHOLE) -> dict[str, SwitchState]:
         topo = view.topology
@@ -139,10 +149,9 @@ class NvmeZoning(FabricApp):
         out: dict[str, SwitchState] = {}
         if part in (BASE, WHOLE):
             out = base_flows(topo, listeners(topo, intent), intent.limits.punt_rate)
-        for c in self.admitted.values():
-            if part in (WHOLE, c.ident):
-                for sw, st in connection_flows(c).items():
-                    out.setdefault(sw, SwitchState()).merge(st)
+        for c in (self.admitted.values() if part == WHOLE else filter(None, [self.by_ident.get(part)])):
+            for sw, st in connection_flows(c).items():
+                out.setdefault(sw, SwitchState()).merge(st)
         return out
 
     def on_intent_change(self) -> None:
@@ -245,7 +254,7 @@ class NvmeZoning(FabricApp):
         lst = self.listeners[(p.key[2], p.key[3])]
         c = Admitted(p.key[0], p.key[1], p.key[2], p.key[3], hostnqn, subnqn, qid, host, p.switch, p.in_port,
                      p.tseg.eth_src, lst.switch, lst.switch_port, round(time.time(), 3), p.template.hex())
-        self.admitted[c.key] = c
+        self._keep(c)
         try:  # written before it is acted on: a follower (or this controller restarted) keeps the pair
             self.core.save_items(SHARED, {c.ident: c.to_json()})
         except StoreError as exc:
@@ -301,7 +310,7 @@ class NvmeZoning(FabricApp):
 
     def _forget(self, keys: list) -> None:
         """Remove admitted connections: their records (published) and their flows."""
-        gone = [self.admitted.pop(k) for k in keys if k in self.admitted]
+        gone = [self._drop(k) for k in keys if k in self.admitted]
         for k in keys:
             self.closing.pop(k, None)
         if not gone:
@@ -390,18 +399,21 @@ class NvmeZoning(FabricApp):
                 saved = self.core.load_items(SHARED)
             except StoreError:
                 return
-            self.admitted = {c.key: c for c in (_admitted_of(d) for d in saved.values()) if c is not None}
+            self.admitted, self.by_ident = {}, {}
+            for c in (_admitted_of(d) for d in saved.values()):
+                if c is not None:
+                    self._keep(c)
             self.core.invalidate(self)
             return
         if change.name != SHARED or change.key is None:
             return
-        old = next((k for k, c in self.admitted.items() if c.ident == change.key), None)
+        old = self.by_ident.get(change.key)
         if old is not None:
-            del self.admitted[old]
+            self._drop(old.key)
         if change.text is not None:
             c = _admitted_of(json.loads(change.text))
             if c is not None:
-                self.admitted[c.key] = c
+                self._keep(c)
         self.core.invalidate(self, {change.key})
 
     def on_leadership(self, leading: bool) -> None:

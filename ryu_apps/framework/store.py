@@ -57,8 +57,14 @@ class Change:
     revision: int
 
 
+#: a collection's journal is folded into its snapshot once it is larger than this and the snapshot
+JOURNAL_MIN = 64 * 1024
+
+
 class LocalStore:
-    """One JSON file per record (``<dir>/<name>.json``) and per collection (``<dir>/<name>.items.json``).
+    """One JSON file per record (``<dir>/<name>.json``); per collection a snapshot
+    (``<dir>/<name>.items.json``) and a journal of the changes since (``<name>.items.log``, one
+    JSON line per batch), folded into a new snapshot once it is larger than the last one.
 
     Files are replaced atomically (a restart finds the old or the new).  Without a
     directory nothing is kept.  There is no other writer, so nothing is ever watched.
@@ -70,6 +76,8 @@ class LocalStore:
         self.dir = Path(directory) if directory else None
         self._items: dict[str, dict[str, str]] = {}
         self._revs: dict[str, int] = {}
+        self._journal: dict[str, int] = {}    # bytes in each collection's journal
+        self._snapshot: dict[str, int] = {}   # bytes of its last snapshot
 
     @property
     def persistent(self) -> bool:
@@ -101,16 +109,33 @@ class LocalStore:
         return self._revs[name]
 
     def items(self, name: str) -> dict[str, str]:
+        return dict(self._loaded(name))
+
+    def _loaded(self, name: str) -> dict[str, str]:
+        """The collection in memory: its snapshot, then the changes its journal holds since."""
         if name not in self._items:
-            data = {}
-            if self.dir is not None and (self.dir / f"{name}.items.json").exists():
-                data = {k: json.dumps(v, separators=(",", ":"))
-                        for k, v in json.loads((self.dir / f"{name}.items.json").read_text()).items()}
+            data: dict[str, str] = {}
+            if self.dir is not None:
+                snap, log = self.dir / f"{name}.items.json", self.dir / f"{name}.items.log"
+                if snap.exists():
+                    data = {k: json.dumps(v, separators=(",", ":")) for k, v in json.loads(snap.read_text()).items()}
+                if log.exists():
+                    for line in log.read_text().splitlines():
+                        try:
+                            change = json.loads(line)
+                        except ValueError:
+                            break  # a line cut short by a crash: the batch it held is lost, as a whole
+                        for k, v in change.items():
+                            if v is None:
+                                data.pop(k, None)
+                            else:
+                                data[k] = json.dumps(v, separators=(",", ":"))
+                    self._journal[name] = log.stat().st_size
             self._items[name] = data
-        return dict(self._items[name])
+        return self._items[name]
 
     def put_items(self, name: str, items: dict[str, str | None], expect: dict[str, str] | None = None) -> int:
-        current = self._items.setdefault(name, self.items(name))
+        current = self._loaded(name)
         for key, text in (expect or {}).items():
             if current.get(key) != text:
                 raise StoreConflict(f"{name}: {key} changed meanwhile")
@@ -120,8 +145,18 @@ class LocalStore:
             else:
                 current[key] = text
         if self.dir is not None:
-            body = ",".join(f"{json.dumps(k)}:{current[k]}" for k in sorted(current))
-            self._write(f"{name}.items.json", "{" + body + "}")
+            # a batch is one appended journal line (a collection of thousands of items costs a line
+            # per change, not a rewrite); the snapshot is rewritten once the journal outgrows it
+            line = "{" + ",".join(f"{json.dumps(k)}:{'null' if t is None else t}" for k, t in items.items()) + "}\n"
+            self.dir.mkdir(parents=True, exist_ok=True)
+            with open(self.dir / f"{name}.items.log", "a") as log:
+                log.write(line)
+            self._journal[name] = self._journal.get(name, 0) + len(line)
+            if self._journal[name] > max(JOURNAL_MIN, self._snapshot.get(name, 0)):
+                body = "{" + ",".join(f"{json.dumps(k)}:{current[k]}" for k in sorted(current)) + "}"
+                self._write(f"{name}.items.json", body)
+                os.truncate(self.dir / f"{name}.items.log", 0)
+                self._snapshot[name], self._journal[name] = len(body), 0
         return 0
 
     def watch(self, callback: Callable[[Change], None]) -> None:

@@ -61,6 +61,9 @@ class ControllerSpec(_Strict):
     # OVS controller_rate_limit / burst: packet-ins per second the switch lets through.
     rate_limit: int = Field(default=1000, ge=100)
     burst_limit: int = Field(default=100, ge=25)
+    # packet-ins per second the controller handles per switch (--fabric-packet-in-rate; the lab
+    # passes it): None leaves the controller's default
+    packet_in_rate: int | None = Field(default=None, ge=10, le=1000000)
     # seconds a switch may be without a control channel before its data plane is taken for
     # dead too (unless BFD on one of its links says it still forwards); see README, "Liveness"
     switch_hold_down: float = Field(default=3.0, ge=0.5, le=3600)

@@ -285,3 +285,24 @@ def test_bad_pdus_get_their_documented_outcome_and_disturb_no_one(quiet, name, d
         last = attempts(lab)[-1]
         assert last["event"] == "refused", (name, last)
         assert ("no complete Connect" in last["why"]) == (outcome == "timeout"), (name, last)
+
+
+def test_a_controller_restart_keeps_admitted_connections_and_changes_no_flow(quiet):
+    """The admitted pairs are saved before a Connect is released: a restarted controller computes the
+    same flows (no switch changes), I/O running through the restart never notices, and the pairs
+    still end when the host closes."""
+    lab = quiet
+    io = IoLoop(lab, "h1", VOL1, queues=2)
+    time.sleep(0.5)
+    held = {c["id"] for c in connections(lab)["admitted"]}
+    assert len(held) == 3, held
+    lab.restart_controller()
+    assert kit.wait_for(lambda: call(lab, "GET", "/v1/nvme")[0] == 200, 20)
+    changed = {s["name"]: s["last_changes"] for s in call(lab, "GET", "/v1/switches")[1]
+               if any(s["last_changes"].values())}
+    assert not changed, f"the restart changed {changed}"
+    assert {c["id"] for c in connections(lab)["admitted"]} == held
+    time.sleep(0.5)
+    r = io.result()
+    assert r["error"] is None and r["ops"] > 0, r
+    assert kit.wait_for(lambda: not connections(lab)["admitted"], 10), connections(lab)
