@@ -306,3 +306,30 @@ def test_a_controller_restart_keeps_admitted_connections_and_changes_no_flow(qui
     r = io.result()
     assert r["error"] is None and r["ops"] > 0, r
     assert kit.wait_for(lambda: not connections(lab)["admitted"], 10), connections(lab)
+
+
+def test_tls_is_admitted_unread_only_where_every_subsystem_of_the_listener_allows_it(quiet):
+    lab = quiet
+    status, info = call(lab, "GET", "/v1/nvme")
+    intent = info["intent"]
+    hello = bytes.fromhex("16030100a5010000a10303") + bytes(160)
+    try:
+        allow = json.loads(json.dumps(intent))
+        allow["subsystems"][0]["tls"] = "allow"          # vol1 only: vol2 shares the listener
+        status, body = call(lab, "PUT", "/v1/nvme", allow)
+        assert status == 422 and body["field"] == "subsystems[1].tls", body
+        for s in allow["subsystems"]:
+            s["tls"] = "allow"
+        status, body = call(lab, "PUT", "/v1/nvme?wait=1", allow)
+        assert status == 200, body
+        before = call(lab, "GET", "/v1/nvme")[1]["counters"].get("admitted", 0)
+        refused = len([a for a in attempts(lab) if a["event"] == "refused"])
+        _raw(lab, "h1", hello)                            # reaches the target, which refuses it itself
+        assert call(lab, "GET", "/v1/nvme")[1]["counters"].get("admitted", 0) == before + 1
+        assert len([a for a in attempts(lab) if a["event"] == "refused"]) == refused
+    finally:
+        status, body = call(lab, "PUT", "/v1/nvme?wait=1", intent)
+        assert status == 200, body
+    r = _raw(lab, "h1", hello)                            # refused again by default
+    assert r.get("error") == "ConnectionResetError" or r.get("closed"), r
+    assert "TLS" in attempts(lab)[-1]["why"]
