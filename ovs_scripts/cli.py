@@ -103,6 +103,22 @@ def cmd_up(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(ns: argparse.Namespace) -> int:
+    """Exit 0 when every file is fine; 1 (and every problem, one per line on stderr) when not."""
+    from ovs_scripts.check import check
+
+    bad = 0
+    for path in ns.files:
+        errors = check(path)
+        if errors:
+            bad += 1
+            for e in errors:
+                print(e, file=sys.stderr)
+        else:
+            print(f"{path}: ok")
+    return 1 if bad else 0
+
+
 def cmd_down(ns: argparse.Namespace) -> int:
     if getattr(ns, "all", False):
         for name in labmod.list_labs():
@@ -210,6 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rest-token", action="store_true",
                    help="REST writes need a token: the lab writes one to <run dir>/rest-token (mode 600)")
     s.set_defaults(func=cmd_up)
+
+    s = sub.add_parser("check", help="check topology files and their apps' intent without building anything")
+    s.add_argument("files", nargs="+", metavar="FILE", help="topology YAML")
+    s.set_defaults(func=cmd_check)
 
     s = sub.add_parser("down", help="tear a lab down (idempotent; also after a crash)")
     s.add_argument("lab", nargs="?", help="lab name (optional when exactly one lab is up)")

@@ -305,6 +305,12 @@ class Lab:
         then wants ``Authorization: Bearer`` for writes, and the lab's clients send it.
         """
         topo = topo_mod.load(path)
+        if controller:  # the apps' intent, as the controller would find it: before anything is built
+            from ovs_scripts.check import check_topology
+
+            errors = check_topology(topo)
+            if errors:
+                raise LabError("\n".join(errors))
         plan = make_plan(topo)
         base = base_dir(rundir)
         labdir = base / topo.name
