@@ -6,7 +6,7 @@
 SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
-DEB_PACKAGES := openvswitch-switch openvswitch-common iproute2 iputils-ping ethtool socat iperf3 tcpdump procps python3-venv etcd-server etcd-client haproxy wrk tshark keepalived
+DEB_PACKAGES := openvswitch-switch openvswitch-common iproute2 iputils-ping ethtool socat iperf3 tcpdump procps python3-venv etcd-server etcd-client haproxy wrk tshark keepalived chromium chromium-driver
 PYTEST_ARGS ?=
 
 .PHONY: all deps venv demo test unit integration bench clean

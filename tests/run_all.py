@@ -34,7 +34,9 @@ SIDE_BY_SIDE = ("tests/unit", "tests/integration/test_flowdump.py", "tests/integ
                 "tests/integration/test_simulator_trace_fenced_clone.py",
                 "tests/integration/test_simulator_trace_multicast_standby.py",
                 "tests/integration/test_simulator_trace_oam_ecmp.py",
-                "tests/integration/test_nvme_peers.py")
+                "tests/integration/test_nvme_peers.py", "tests/integration/test_demo.py",
+                "tests/integration/test_fabric.py", "tests/integration/test_control_channel.py",
+                "tests/integration/test_manager_start.py", "tests/integration/test_operator_surface.py")
 WORKERS = 2
 
 

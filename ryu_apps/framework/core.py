@@ -36,7 +36,10 @@ from ryu_apps.framework.pipeline import PipelineError
 from ryu_apps.framework.programmer import SwitchProgrammer
 from ryu_apps.framework.relay import Relay, RelayBatch
 from ryu_apps.framework import relay as relays
-from ryu_apps.framework.rest import ApiError, PerParam, RestApi, validation_error
+from ryu_apps.framework.metrics import CONTENT_TYPE as METRICS_TYPE
+from ryu_apps.framework.metrics import Metrics
+from ryu_apps.framework.ofctl_rest import OfctlRest
+from ryu_apps.framework.rest import ApiError, PerParam, Raw, RestApi, validation_error
 from ryu_apps.framework.state import StateConflict, SwitchState
 from ryu_apps.framework.store import Change, EtcdStore, LocalStore, StoreError
 from ryu_apps.framework.topology import Topology, TopologyError, load
@@ -165,6 +168,10 @@ class FabricCore(app_manager.OSKenApp):
         self.store_errors = 0
         self.apps: dict[str, FabricApp] = {}
         self.programmers = {name: SwitchProgrammer(name, sw.dpid) for name, sw in self.topology.switches.items()}
+        self.metrics = Metrics(self)
+        self.ofctl = OfctlRest(self)
+        for name, prog in self.programmers.items():
+            prog.on_synced = self.metrics.sync.labels(name).observe
         self.datapaths: dict[str, object] = {}
         self.down_ports: set[tuple[str, int]] = set()
         # Liveness (README, "Liveness"): losing a switch's control channel is not losing its
@@ -485,6 +492,9 @@ class FabricCore(app_manager.OSKenApp):
             else:
                 cache[part] = switches
         self.generation += 1
+        metrics = getattr(self, "metrics", None)  # (a test's stand-in core may have none)
+        if metrics is not None:
+            metrics.recompute.labels(result.app).observe(result.seconds)
         self.compute_stats[result.app] = {"seconds": round(result.seconds, 5), "parts": result.parts,
                                           "switches": len(result.layers)}
         return changed
@@ -846,7 +856,7 @@ class FabricCore(app_manager.OSKenApp):
     @set_ev_cls(ofp_event.EventOFPPortDescStatsReply, MAIN_DISPATCHER)
     def _port_desc(self, ev):
         name = self._switch_of(ev.msg.datapath)
-        if name is None:
+        if name is None or self.ofctl.owns(ev.msg):  # (a /stats/portdesc answer: not news)
             return
         ofp = ev.msg.datapath.ofproto
         declared = {p.port for p in self.topology.switch_ports(name)}
@@ -1071,7 +1081,7 @@ class FabricCore(app_manager.OSKenApp):
     def _stats_reply(self, ev):
         msg = ev.msg
         name = self._switch_of(msg.datapath)
-        if name is None:
+        if name is None or self.ofctl.take(msg):
             return
         more = msg.flags & msg.datapath.ofproto.OFPMPF_REPLY_MORE
         app = (self.stats_waiters.get if more else self.stats_waiters.pop)((name, msg.xid), None)
@@ -1081,6 +1091,13 @@ class FabricCore(app_manager.OSKenApp):
             app.on_stats_reply(name, msg)
         except Exception:  # noqa: BLE001
             LOG.exception("%s.on_stats_reply failed", app.APP_NAME)
+
+    @set_ev_cls([ofp_event.EventOFPDescStatsReply, ofp_event.EventOFPPortDescStatsReply,
+                 ofp_event.EventOFPGroupDescStatsReply, ofp_event.EventOFPMeterConfigStatsReply], MAIN_DISPATCHER)
+    def _ofctl_reply(self, ev):
+        """Replies to ``/stats`` (Ryu's ofctl_rest) requests; the port list is also read by ``_port_desc``."""
+        if self._switch_of(ev.msg.datapath) is not None:
+            self.ofctl.take(ev.msg)
 
     # -- REST ---------------------------------------------------------------------
     def _switch_or_404(self, name: str) -> str:
@@ -1118,6 +1135,14 @@ class FabricCore(app_manager.OSKenApp):
         api.add("GET", "/v1/pipeline", lambda r: pipeline.describe(), "The table plan and priority bands")
         api.add("GET", "/v1/pipeline/ids", lambda r: pipeline.describe_ids(), "Group and meter id ranges per app")
         api.add("GET", "/v1/health", lambda r: self._health(), "Controller health and packet-in counters")
+        self.ofctl.add_routes(api)
+        api.add("GET", "/ui", lambda r: _ui_file("index.html"), "The live page: topology and each function's view",
+                "meta", content_type="text/html")
+        api.add("GET", "/ui/{name}", lambda r: _ui_file(r.params["name"]), "The live page's static files", "meta",
+                content_type="text/plain")
+        api.add("GET", "/metrics", lambda r: Raw(METRICS_TYPE, self.metrics.text()),
+                "Prometheus metrics (text format): switches, packet-ins, apps' counters, recompute and sync times",
+                "meta", content_type=METRICS_TYPE)
         api.add("GET", "/v1/cluster", lambda r: self._cluster_json(),
                 "The controller cluster: members, which switches each masters, generation ids, lease ages, etcd health")
         api.add("POST", "/v1/cluster/relay", self._relay_in,
@@ -1394,3 +1419,18 @@ class _LeaderRoutes:
             err = payload if isinstance(payload, dict) else {}
             raise ApiError(status, str(err.get("error", payload)), err.get("field"))
         return status, payload
+
+
+#: the live page's files (``ryu_apps/framework/ui/``), served as they are: no build step, no CDN
+UI_DIR = Path(__file__).resolve().parent / "ui"
+_UI_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+             ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".png": "image/png"}
+
+
+def _ui_file(name: str) -> Raw:
+    """A file of the live page; 404 for anything not directly in its directory."""
+    path = UI_DIR / name
+    kind = _UI_TYPES.get(path.suffix)
+    if kind is None or "/" in name or name.startswith(".") or not path.is_file():
+        raise ApiError(404, f"no file {name!r} in the live page")
+    return Raw(kind, path.read_bytes())

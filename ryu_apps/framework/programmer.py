@@ -399,6 +399,8 @@ class SwitchProgrammer:
         self.channel: OFChannel | None = None
         self.last_changes: dict[str, int] = {}
         self.last_sync_seconds = 0.0
+        #: called with the duration of every sync that changed or confirmed the switch (metrics)
+        self.on_synced = None
         self.last_error: str | None = None
         self.syncs = 0
         self.full_syncs = 0
@@ -593,6 +595,8 @@ class SwitchProgrammer:
                 LOG.warning("%s: audit found drift made behind the controller's back, repaired: %s", self.name,
                             {k: v for k, v in self.last_changes.items() if v})
         self.last_sync_seconds = now - start
+        if self.on_synced is not None:
+            self.on_synced(self.last_sync_seconds)
         if self.connect_to_sync_seconds is None and self.connected_at is not None:
             self.connect_to_sync_seconds = now - self.connected_at
         LOG.info("%s: synced v%d in %.3fs%s: %s", self.name, version, self.last_sync_seconds,

@@ -132,6 +132,14 @@ def _depth(data: Any) -> int:
     return deepest
 
 
+@dataclass(frozen=True)
+class Raw:
+    """A handler's answer that is not JSON: sent as ``body`` with ``content_type``."""
+
+    content_type: str
+    body: bytes
+
+
 def parse_json(raw: bytes) -> Any:
     """A request body as JSON, within the limits; ApiError 400 naming the problem otherwise."""
     try:
@@ -289,6 +297,7 @@ class Route:
     status: int = 200
     regex: re.Pattern | None = None
     also: tuple[int, ...] = ()  # other success statuses the handler may answer
+    content_type: str = "application/json"  # of a success (a handler answering otherwise returns Raw)
 
 
 class RestApi:
@@ -305,10 +314,11 @@ class RestApi:
 
     def add(self, method: str, path: str, handler, summary: str, tag: str = "core",
             body: type[BaseModel] | PerParam | str | None = None, status: int = 200,
-            also: tuple[int, ...] = ()) -> None:
+            also: tuple[int, ...] = (), content_type: str = "application/json") -> None:
         """Route ``method path`` to ``handler``; ``status`` (and ``also``) are the success statuses it answers."""
         regex = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", path) + "$")
-        self.routes.append(Route(method.upper(), path, handler, summary, tag, body, status, regex, tuple(also)))
+        self.routes.append(Route(method.upper(), path, handler, summary, tag, body, status, regex, tuple(also),
+                                 content_type))
 
     def param_values(self, prefix: str, values: Callable[[], list[str]]) -> None:
         """Document the values of the last path parameter of ``prefix`` (``/v1/switches/{name}``).
@@ -334,9 +344,13 @@ class RestApi:
         except Exception as exc:  # a bug: say so, keep serving
             LOG.exception("REST handler failed")
             status, payload = 500, {"error": f"{type(exc).__name__}: {exc}"}
-        data = b"" if status == 204 else (json.dumps(payload, indent=1, default=str) + "\n").encode()
+        if isinstance(payload, Raw):  # not JSON: e.g. Prometheus' text format
+            data, ctype = payload.body, payload.content_type
+        else:
+            data = b"" if status == 204 else (json.dumps(payload, indent=1, default=str) + "\n").encode()
+            ctype = "application/json"
         start_response(f"{status} {_REASONS.get(status, '')}",
-                       [("Content-Type", "application/json"), ("Content-Length", str(len(data))), *headers])
+                       [("Content-Type", ctype), ("Content-Length", str(len(data))), *headers])
         return [data]
 
     def dispatch(self, environ) -> tuple[int, Any]:
@@ -415,7 +429,7 @@ class RestApi:
             return {"type": "string"}
 
         def operation(r: Route, path: str, model) -> None:
-            responses: dict[str, Any] = {str(s): {"description": "success", "content": {"application/json": {}}}
+            responses: dict[str, Any] = {str(s): {"description": "success", "content": {r.content_type.split(";")[0]: {}}}
                                          for s in (r.status, *r.also)}
             responses["4XX"] = error
             op: dict[str, Any] = {"summary": r.summary, "tags": [r.tag], "responses": responses}

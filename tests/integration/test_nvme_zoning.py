@@ -333,3 +333,46 @@ def test_tls_is_admitted_unread_only_where_every_subsystem_of_the_listener_allow
     r = _raw(lab, "h1", hello)                            # refused again by default
     assert r.get("error") == "ConnectionResetError" or r.get("closed"), r
     assert "TLS" in attempts(lab)[-1]["why"]
+
+
+def scrape(lab) -> dict[tuple, float]:
+    """``GET /metrics`` read by prometheus_client's own parser: (sample name, labels) -> value."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(lab.state.data["controller"]["rest_url"] + "/metrics", timeout=10) as resp:
+        assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = resp.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def test_metrics_count_what_the_traffic_did(quiet):
+    """Counters move by what the traffic did: 5 admissions for an admin and 4 I/O queues, a refusal,
+    packet-ins handled, the zoning's flows on the host's switch while the queues are open."""
+    lab = quiet
+    before = scrape(lab)
+
+    def delta(after, name, **labels):
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0) - before.get(key, 0)
+
+    io = IoLoop(lab, "h1", VOL1, queues=4)
+    during = scrape(lab)
+    r = io.result()
+    assert r["error"] is None, r
+    nvme(lab, "h2", "connect", "--addr", T4, "--port", "4420", "--hostnqn", hostnqn("h2"), "--subnqn", VOL1)
+    assert kit.wait_for(lambda: not connections(lab)["admitted"], 10)
+    after = scrape(lab)
+    assert delta(after, "fabric_app_events_total", app="nvme_zoning", event="admitted") == 5
+    assert delta(after, "fabric_app_events_total", app="nvme_zoning", event="refused") == 1
+    # about 7 punts per connection (handshake, ICReq, ICResp, the Connect) at two edges, 6 connections
+    assert delta(after, "fabric_packet_ins_total", outcome="handled") >= 6 * 6
+    # the zoning's flows on s1 (h1's edge): the base ones, plus 3 per open connection, then back
+    base = after[("fabric_app_flows", (("app", "nvme_zoning"), ("switch", "s1")))]
+    assert during[("fabric_app_flows", (("app", "nvme_zoning"), ("switch", "s1")))] == base + 5 * 3
+    assert delta(after, "fabric_switch_syncs_total", switch="s1") >= 2
+    assert after[("fabric_switch_synced", (("switch", "s1"),))] == 1
+    # one recompute per admission, and at least one for the pairs removed when the host closed
+    assert delta(after, "fabric_recompute_seconds_count", app="nvme_zoning") >= 6
