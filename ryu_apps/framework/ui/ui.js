@@ -61,7 +61,7 @@
         let report = null;
         if (list.length) {  // the newest report, read again only when a new one appears
           const last = list[list.length - 1];
-          if (cache.oam && cache.oam.id === last.id) report = cache.oam;
+          if (cache.oam && cache.oam.id === last.id && cache.oam.started === last.started) report = cache.oam;
           else report = cache.oam = (await get(`/v1/oam/ecmp/reports/${enc(last.id)}`)).data || null;
         }
         if (!report && !cache.oamExpected) cache.oamExpected = (await get("/v1/oam/ecmp/expected")).data || null;
@@ -159,7 +159,7 @@
         let out = t ? `<p>APs ${pills(t.access_points)} → tunnel devices ${pills(t.tunnel_devices)} → forwarders `
           + `${pills(t.forwarders)} → NACs ${pills(t.nacs)} → uplink ${pills([t.uplink])}</p>`
           : '<p class="note">no tiers set: the cloud router is idle</p>';
-        out += `<p>${esc(c.total)} clients, ${esc(c.located)} located, ${esc(c.quarantined)} quarantined; failed NACs: `
+        out += `<p>${esc(c.total ?? 0)} clients, ${esc(c.located ?? 0)} located, ${esc(c.quarantined ?? 0)} quarantined; failed NACs: `
           + `${(s.failed_nacs || []).length ? `<span class="bad">${esc(s.failed_nacs.join(", "))}</span>` : "none"}</p>`;
         out += "<h3>clients</h3>" + table(["client", "MAC", "host", "AP (switch:port)", "NAC", "policy", "key", "IPv4"],
           v.clients.map((x) => {
@@ -381,7 +381,12 @@
         if (!best || a.score < best.score) best = a;
       }
     }
-    if (!names.length) { svg.setAttribute("viewBox", "0 0 400 40"); el("text", { x: 10, y: 25 }, svg).textContent = "no switches"; return; }
+    if (!names.length) {
+      svg.setAttribute("viewBox", "0 0 400 40");
+      svg.style.maxWidth = "400px";
+      el("text", { x: 10, y: 25, class: "empty" }, svg).textContent = "no switches declared";
+      return;
+    }
     const { layers, col } = best, last = layers.length - 1;
     const side = (n) => (col.get(n) === 0 ? -1 : col.get(n) === last ? 1 : 0);
     const maxSide = Math.max(1, ...names.filter((n) => side(n) !== 0).map((n) => hostsOf.get(n).length));
@@ -424,9 +429,11 @@
       el("title", {}, g);
       el("path", { d: `M${a.x},${a.y} Q${cx},${cy} ${b.x},${b.y}` }, g);
       // port numbers near each end, just beside the line
-      const t = Math.min(0.4, 60 / len), nx = -dy / len * 8, ny = dx / len * 8;
-      const q = (s) => ({ x: (1 - s) ** 2 * a.x + 2 * (1 - s) * s * cx + s * s * b.x + (ny < 0 ? nx : -nx),
-                          y: (1 - s) ** 2 * a.y + 2 * (1 - s) * s * cy + s * s * b.y + (ny < 0 ? ny : -ny) });
+      // (above the line; right of a steep one)
+      const t = Math.min(0.4, 60 / len), ux = -dy / len, uy = dx / len;
+      const sg = uy < -0.3 || (Math.abs(uy) <= 0.3 && ux > 0) ? 1 : -1, mag = Math.abs(uy) > 0.3 ? 8 : 13;
+      const q = (s) => ({ x: (1 - s) ** 2 * a.x + 2 * (1 - s) * s * cx + s * s * b.x + sg * ux * mag,
+                          y: (1 - s) ** 2 * a.y + 2 * (1 - s) * s * cy + s * s * b.y + sg * uy * mag });
       [[q(t), l.a_port], [q(1 - t), l.b_port]].forEach(([p, port]) => { el("text", { class: "port", x: p.x, y: p.y }, g).textContent = port; });
       drawn.links.set(l.name, g);
     }
