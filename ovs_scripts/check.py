@@ -51,6 +51,7 @@ INTENTS: dict[str, tuple[str, str, Callable | None]] = {
     "oam_ecmp": ("ryu_apps.functions.oam_ecmp.intent", "OamIntent", None),
     "proxy_cluster": ("ryu_apps.functions.proxy_cluster.intent", "ProxyClusterIntent",
                       _validator("ryu_apps.functions.proxy_cluster.model")),
+    "static_flows": ("ryu_apps.functions.static_flows.intent", "StaticFlowsIntent", None),
     "nvme_zoning": ("ryu_apps.functions.nvme_zoning.intent", "NvmeZoningIntent",
                     _validator("ryu_apps.functions.nvme_zoning.model")),
 }

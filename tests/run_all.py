@@ -36,7 +36,8 @@ SIDE_BY_SIDE = ("tests/unit", "tests/integration/test_flowdump.py", "tests/integ
                 "tests/integration/test_simulator_trace_oam_ecmp.py",
                 "tests/integration/test_nvme_peers.py", "tests/integration/test_demo.py",
                 "tests/integration/test_fabric.py", "tests/integration/test_control_channel.py",
-                "tests/integration/test_manager_start.py", "tests/integration/test_operator_surface.py")
+                "tests/integration/test_manager_start.py", "tests/integration/test_operator_surface.py",
+                "tests/integration/test_rest_hardening.py")
 WORKERS = 2
 
 

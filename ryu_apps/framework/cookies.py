@@ -46,6 +46,7 @@ APPS: dict[str, int] = {
     "oam_ecmp": 0x06,
     "proxy_cluster": 0x07,
     "nvme_zoning": 0x08,
+    "static_flows": 0x09,  # flows written through Ryu's ofctl_rest (/stats/flowentry)
 }
 #: Ids 0x70-0x7F are for lab and test apps (``register``), never for a fabric function.
 LAB_APP_IDS = range(0x70, 0x80)

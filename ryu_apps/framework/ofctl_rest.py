@@ -6,8 +6,10 @@ answers are the ones Ryu gave (``{"<dpid>": [...]}``, actions as ``"OUTPUT:2"``,
 ``dl_dst``/``nw_src`` names).  What differs from Ryu, and why:
 
 * only the switches of the topology answer, by decimal or ``0x`` hex dpid; another dpid is a 404;
-* reads only here: ``/stats/flowentry/...`` writes would fight the programmer, which removes
-  every flow no app wants (they are refused with 405 naming the reason);
+* writes (``/stats/flowentry/add|modify|modify_strict|delete|delete_strict``, ``clear``) are the
+  intent of the static flows app (``ryu_apps/static_flows.py``): validated, persisted, reconciled;
+  a flow written straight to a switch would be removed by the programmer as one no app wants.
+  Without that app they are refused (405, naming the reason);
 * ``POST /stats/flow/<dpid>`` takes Ryu's filter body (``table_id``, ``out_port``, ``cookie``,
   ``cookie_mask``, ``match``), validated: a malformed one is a 400 naming the key, not a
   controller exception.
@@ -72,9 +74,11 @@ class OfctlRest:
                 "Ryu ofctl_rest: aggregate flow statistics matching a filter body", tag, body="json")
         api.add("GET", "/stats/port/{dpid}", self._handler("port"), "Ryu ofctl_rest: port statistics", tag)
         api.add("GET", "/stats/port/{dpid}/{port}", self._handler("port"), "Ryu ofctl_rest: one port's statistics", tag)
-        for op in ("add", "modify", "modify_strict", "delete", "delete_strict"):
-            api.add("POST", f"/stats/flowentry/{op}", self._refuse_write, "Ryu ofctl_rest write: not supported (405)",
-                    tag, body="json")
+        api.add("DELETE", "/stats/flowentry/clear/{dpid}", self._clear,
+                "Ryu ofctl_rest: delete every static flow of a switch (405 without the static flows app)", tag)
+        api.add("POST", "/stats/flowentry/{op}", self._write,
+                "Ryu ofctl_rest write (add, modify, modify_strict, delete, delete_strict): the static flows "
+                "app's intent (405 without that app)", tag, body="json")
 
     def _switches(self) -> list[int]:
         return sorted(sw.dpid for name, sw in self.core.topology.switches.items() if name in self.core.datapaths)
@@ -122,9 +126,21 @@ class OfctlRest:
                 raise ApiError(400, f"filter: {type(exc).__name__}: {exc}") from None
         return handle
 
-    def _refuse_write(self, r):
-        raise ApiError(405, "ofctl_rest writes are not supported: flows here are each app's computed state, and "
-                            "the programmer removes any flow no app wants; use an app's REST intent instead")
+    def _clear(self, r):
+        dp = self._dp(r.params["dpid"])
+        return self._writer().ofctl_write("delete", {"dpid": dp.id})
+
+    def _writer(self):
+        writer = next((a for a in self.core.apps.values() if hasattr(a, "ofctl_write")), None)
+        if writer is None:
+            raise ApiError(405, "ofctl_rest writes need the static flows app (ryu_apps/static_flows.py): flows "
+                                "here are each app's computed state, and the programmer removes any flow no app wants")
+        return writer
+
+    def _write(self, r):
+        # an app that takes the writes as its intent (ryu_apps/static_flows.py); without one, a flow
+        # written straight to a switch would be removed by the programmer as a flow no app wants
+        return self._writer().ofctl_write(r.params["op"], r.body)
 
 
 # os-ken's ofctl_v1_3 formats the Nicira actions its ofctl_nicira_ext knows and fails on the others

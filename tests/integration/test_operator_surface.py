@@ -56,7 +56,7 @@ def lab(tmp_path_factory):
     import shutil
 
     factory = LabFactory(tmp_path_factory.mktemp("ops"), RUN_BASE / f"ops-{os.getpid()}")
-    lab = factory(TOPO / "diamond.yaml")
+    lab = factory(TOPO / "diamond.yaml", apps={"fabric": {}, "static_flows": {}})
     try:
         hosts = list(lab.topology.hosts.values())
         assert labtools.ping(lab, hosts[0].name, str(hosts[-1].ipv4.ip), 2)   # some counters move
@@ -118,9 +118,56 @@ def test_stats_ports_groups_meters_equal_ovs_ofctl(lab):
         assert meters == sorted(int(x) for x in re.findall(r"meter=(\d+)", lab.ofctl(name, "dump-meters").stdout))
 
 
-def test_ofctl_writes_are_refused_and_explained(lab):
-    status, err = http(lab, "POST", "/stats/flowentry/add", {"dpid": 1, "priority": 1, "actions": []})
-    assert status == 405 and "programmer" in err["error"], err
+H1_TO_H3 = {"dpid": 0x21, "priority": 100, "match": {"in_port": 1, "eth_type": 2048, "ip_proto": 1,
+                                                     "ipv4_dst": "10.2.1.3"},
+            "actions": [{"type": "OUTPUT", "port": 2}]}
+
+
+def static_flow(lab) -> list[str]:
+    return [ln for ln in lab.ofctl("s1", "dump-flows", "table=0").stdout.splitlines() if "priority=7100" in ln]
+
+
+def packets(lab) -> int:
+    status, body = http(lab, "POST", "/stats/flow/33", {"table_id": 0, "priority": 7100})
+    assert status == 200 and len(body["33"]) == 1, body
+    return body["33"][0]["packet_count"]
+
+
+def test_a_static_flow_written_over_stats_carries_traffic_and_survives_a_restart(lab):
+    status, body = http(lab, "POST", "/stats/flowentry/add", H1_TO_H3)
+    assert status == 200, body
+    assert labtools.wait_for(lambda: static_flow(lab), 5), lab.ofctl("s1", "dump-flows").stdout
+    assert "actions=output:2" in static_flow(lab)[0] and "cookie=0x9" in static_flow(lab)[0]
+    assert labtools.ping(lab, "h1", "10.2.1.3", 3)
+    # the static flow carried them (OVS pushes datapath counters to flows about once a second)
+    assert labtools.wait_for(lambda: packets(lab) >= 3, 5), packets(lab)
+    lab.restart_controller()
+    changed = {s["name"]: s["last_changes"] for s in http(lab, "GET", "/v1/switches")[1]
+               if any(s["last_changes"].values())}
+    assert not changed, f"the restart changed {changed}"
+    assert len(static_flow(lab)) == 1
+    before = packets(lab)
+    assert labtools.ping(lab, "h1", "10.2.1.3", 2)
+    assert labtools.wait_for(lambda: packets(lab) >= before + 2, 5), (before, packets(lab))
+    status, body = http(lab, "POST", "/stats/flowentry/delete_strict", H1_TO_H3)
+    assert status == 200 and body["static_flows"] == 0, body
+    assert labtools.wait_for(lambda: not static_flow(lab), 5)
+    assert labtools.ping(lab, "h1", "10.2.1.3", 2)           # the fabric carries it again
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"priority": 5000}, "priority"),
+    ({"table_id": 5}, "table_id"),
+    ({"idle_timeout": 30}, "idle_timeout"),
+    ({"dpid": 99}, "dpid"),
+    ({"actions": [{"type": "GROUP", "group_id": 1}]}, "actions"),
+    ({"match": {"no_such_field": 1}}, "match"),
+])
+def test_bad_static_flows_are_refused_naming_the_field_and_change_nothing(lab, change, field):
+    before = lab.ofctl("s1", "dump-flows").stdout.count("\n")
+    status, err = http(lab, "POST", "/stats/flowentry/add", {**H1_TO_H3, **change})
+    assert status in (400, 422) and err.get("field", "").startswith(field), (change, err)
+    assert lab.ofctl("s1", "dump-flows").stdout.count("\n") == before
 
 
 def test_portdesc_reads_are_not_port_events(lab):
