@@ -43,7 +43,7 @@ from ryu_apps.framework import cookies
 from ryu_apps.framework.app import WHOLE, FabricApp, FabricView, IntentError, PacketIn
 from ryu_apps.framework.core import FabricCore
 from ryu_apps.framework.pipeline import FORWARD, PipelineError
-from ryu_apps.framework.rest import ApiError, validation_error
+from ryu_apps.framework.rest import ApiError, remove_item, upsert_item, validation_error
 from ryu_apps.framework.state import StateConflict, SwitchState
 from ryu_apps.framework.store import StoreError
 from ryu_apps.functions.nvme_zoning import segment
@@ -426,13 +426,16 @@ class NvmeZoning(FabricApp):
         api.add("GET", "/v1/nvme", self._get, "The zoning (subsystems, hosts, zone groups), listeners, counters", tag)
         api.add("PUT", "/v1/nvme", self._put, "Replace the whole zoning at once (connections it no longer "
                 "allows are revoked)", tag, body=NvmeZoningIntent)
-        api.add("PUT", "/v1/nvme/subsystems/{nqn}", self._put_subsystem, "Add or change a subsystem", tag,
+        api.add("PUT", "/v1/nvme/subsystems/{nqn}", lambda r: self._put_nqn(r, "subsystems"),
+                "Add or change a subsystem", tag,
                 body=SubsystemSpec)
-        api.add("DELETE", "/v1/nvme/subsystems/{nqn}", self._delete_subsystem,
+        api.add("DELETE", "/v1/nvme/subsystems/{nqn}",
+                lambda r: self._delete_nqn(r, "subsystems", "no subsystem {nqn!r}"),
                 "Remove a subsystem (and it from every zone): its connections are reset", tag)
-        api.add("PUT", "/v1/nvme/hosts/{nqn}", self._put_host, "Add or change a host NQN (its binding)", tag,
+        api.add("PUT", "/v1/nvme/hosts/{nqn}", lambda r: self._put_nqn(r, "hosts"),
+                "Add or change a host NQN (its binding)", tag,
                 body=HostNqnSpec)
-        api.add("DELETE", "/v1/nvme/hosts/{nqn}", self._delete_host,
+        api.add("DELETE", "/v1/nvme/hosts/{nqn}", lambda r: self._delete_nqn(r, "hosts", "no host {nqn!r} is declared"),
                 "Remove a host NQN's declaration (and it from every zone)", tag)
         api.add("PUT", "/v1/nvme/zone-groups/{group}", self._put_group, "Add or replace a zone group", tag,
                 body=ZoneGroupSpec)
@@ -483,38 +486,24 @@ class NvmeZoning(FabricApp):
     def _put(self, r):
         return self._apply(r.body.model_dump(mode="json"), r)
 
-    def _put_subsystem(self, r):
+    def _put_nqn(self, r, collection: str) -> dict:
+        """PUT of a subsystem or host NQN (``collection``): the body must name the path's NQN."""
         nqn, spec = r.params["nqn"], r.body
         if spec.nqn != nqn:
             raise ApiError(422, f"nqn: the body names {spec.nqn!r}, the path {nqn!r}", "nqn")
         data = self._data()
-        _upsert(data["subsystems"], "nqn", spec.model_dump(mode="json"))
+        upsert_item(data[collection], "nqn", spec.model_dump(mode="json"))
         return self._apply(data, r)
 
-    def _delete_subsystem(self, r):
+    def _delete_nqn(self, r, collection: str, missing: str) -> dict:
+        """DELETE of a subsystem or host NQN: it also leaves every zone (``collection`` names the
+        zones' list of it too)."""
         nqn = r.params["nqn"]
         data = self._data()
-        _remove(data["subsystems"], "nqn", nqn, f"no subsystem {nqn!r}")
+        remove_item(data[collection], "nqn", nqn, missing.format(nqn=nqn))
         for g in data["zone_groups"]:
             for z in g["zones"]:
-                z["subsystems"] = [s for s in z["subsystems"] if s != nqn]
-        return self._apply(data, r)
-
-    def _put_host(self, r):
-        nqn, spec = r.params["nqn"], r.body
-        if spec.nqn != nqn:
-            raise ApiError(422, f"nqn: the body names {spec.nqn!r}, the path {nqn!r}", "nqn")
-        data = self._data()
-        _upsert(data["hosts"], "nqn", spec.model_dump(mode="json"))
-        return self._apply(data, r)
-
-    def _delete_host(self, r):
-        nqn = r.params["nqn"]
-        data = self._data()
-        _remove(data["hosts"], "nqn", nqn, f"no host {nqn!r} is declared")
-        for g in data["zone_groups"]:
-            for z in g["zones"]:
-                z["hosts"] = [h for h in z["hosts"] if h != nqn]
+                z[collection] = [x for x in z[collection] if x != nqn]
         return self._apply(data, r)
 
     def _group(self, data: dict, name: str) -> dict:
@@ -528,12 +517,12 @@ class NvmeZoning(FabricApp):
         if spec.name != name:
             raise ApiError(422, f"name: the body names {spec.name!r}, the path {name!r}", "name")
         data = self._data()
-        _upsert(data["zone_groups"], "name", spec.model_dump(mode="json"))
+        upsert_item(data["zone_groups"], "name", spec.model_dump(mode="json"))
         return self._apply(data, r)
 
     def _delete_group(self, r):
         data = self._data()
-        _remove(data["zone_groups"], "name", r.params["group"], f"no zone group {r.params['group']!r}")
+        remove_item(data["zone_groups"], "name", r.params["group"], f"no zone group {r.params['group']!r}")
         return self._apply(data, r)
 
     def _put_zone(self, r):
@@ -541,13 +530,13 @@ class NvmeZoning(FabricApp):
         if spec.name != name:
             raise ApiError(422, f"name: the body names {spec.name!r}, the path {name!r}", "name")
         data = self._data()
-        _upsert(self._group(data, r.params["group"])["zones"], "name", spec.model_dump(mode="json"))
+        upsert_item(self._group(data, r.params["group"])["zones"], "name", spec.model_dump(mode="json"))
         return self._apply(data, r)
 
     def _delete_zone(self, r):
         data = self._data()
         g = self._group(data, r.params["group"])
-        _remove(g["zones"], "name", r.params["zone"], f"zone group {g['name']} has no zone {r.params['zone']!r}")
+        remove_item(g["zones"], "name", r.params["zone"], f"zone group {g['name']} has no zone {r.params['zone']!r}")
         return self._apply(data, r)
 
     def _revoke_host(self, r):
@@ -592,18 +581,3 @@ def _admitted_of(data: dict) -> Admitted | None:
     except (TypeError, KeyError):
         LOG.warning("nvme zoning: a saved connection is unreadable: %s", str(data)[:200])
         return None
-
-
-def _upsert(items: list[dict], key: str, item: dict) -> None:
-    k = next((i for i, x in enumerate(items) if x[key] == item[key]), None)
-    if k is None:
-        items.append(item)
-    else:
-        items[k] = item
-
-
-def _remove(items: list[dict], key: str, value: str, missing: str) -> None:
-    kept = [x for x in items if x[key] != value]
-    if len(kept) == len(items):
-        raise ApiError(404, missing)
-    items[:] = kept

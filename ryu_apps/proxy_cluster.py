@@ -40,7 +40,7 @@ from ryu_apps.framework import cookies
 from ryu_apps.framework.app import WHOLE, FabricApp, FabricView, IntentError, PacketIn, PortChange, SwitchChange
 from ryu_apps.framework.core import FabricCore
 from ryu_apps.framework.pipeline import PipelineError
-from ryu_apps.framework.rest import ApiError, validation_error
+from ryu_apps.framework.rest import ApiError, remove_item, upsert_item, validation_error
 from ryu_apps.framework.state import StateConflict, SwitchState
 from ryu_apps.framework.store import StoreError
 from ryu_apps.functions.proxy_cluster import haproxy
@@ -460,11 +460,11 @@ class ProxyCluster(FabricApp):
         host, spec = r.params["host"], r.body
         if spec.host != host:
             raise ApiError(422, f"host: the body names {spec.host!r}, the path {host!r}", "host")
-        return self._change(r, r.params["name"], lambda data: _upsert(data["proxies"], "host", spec.model_dump()))
+        return self._change(r, r.params["name"], lambda data: upsert_item(data["proxies"], "host", spec.model_dump()))
 
     def _delete_proxy(self, r):
         host = r.params["host"]
-        return self._change(r, r.params["name"], lambda data: _remove(
+        return self._change(r, r.params["name"], lambda data: remove_item(
             data["proxies"], "host", host, f"{host} is not a proxy of cluster {data['name']}"))
 
     def _pool(self, data: dict, pool: str) -> dict:
@@ -477,12 +477,12 @@ class ProxyCluster(FabricApp):
         server, spec = r.params["server"], r.body
         if spec.name != server:
             raise ApiError(422, f"name: the body names {spec.name!r}, the path {server!r}", "name")
-        return self._change(r, r.params["name"], lambda data: _upsert(
+        return self._change(r, r.params["name"], lambda data: upsert_item(
             self._pool(data, r.params["pool"])["servers"], "name", spec.model_dump()))
 
     def _delete_server(self, r):
         server, pool = r.params["server"], r.params["pool"]
-        return self._change(r, r.params["name"], lambda data: _remove(
+        return self._change(r, r.params["name"], lambda data: remove_item(
             self._pool(data, pool)["servers"], "name", server, f"pool {pool} has no server {server!r}"))
 
     def _summary(self, c: ClusterSpec) -> dict:
@@ -571,20 +571,3 @@ def _runtime_of(data: dict) -> dict[str, frozenset]:
         out["pinned"] = out["up"]
     out["slots"] = tuple(data.get("slots") or ())
     return out
-
-
-def _upsert(items: list[dict], key: str, item: dict) -> None:
-    """Replace the element of ``items`` with ``item``'s ``key``, or append ``item``."""
-    k = next((i for i, x in enumerate(items) if x[key] == item[key]), None)
-    if k is None:
-        items.append(item)
-    else:
-        items[k] = item
-
-
-def _remove(items: list[dict], key: str, value: str, missing: str) -> None:
-    """Remove the element of ``items`` whose ``key`` is ``value`` (404 ``missing`` when none is)."""
-    kept = [x for x in items if x[key] != value]
-    if len(kept) == len(items):
-        raise ApiError(404, missing)
-    items[:] = kept

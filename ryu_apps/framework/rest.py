@@ -132,6 +132,24 @@ def _depth(data: Any) -> int:
     return deepest
 
 
+def upsert_item(items: list[dict], key: str, item: dict) -> None:
+    """Replace the element of ``items`` with ``item``'s ``key``, or append ``item`` (a REST PUT of
+    one element of an intent's list)."""
+    k = next((i for i, x in enumerate(items) if x[key] == item[key]), None)
+    if k is None:
+        items.append(item)
+    else:
+        items[k] = item
+
+
+def remove_item(items: list[dict], key: str, value: str, missing: str) -> None:
+    """Remove the element of ``items`` whose ``key`` is ``value`` (404 ``missing`` when none is)."""
+    kept = [x for x in items if x[key] != value]
+    if len(kept) == len(items):
+        raise ApiError(404, missing)
+    items[:] = kept
+
+
 @dataclass(frozen=True)
 class Raw:
     """A handler's answer that is not JSON: sent as ``body`` with ``content_type``."""
@@ -429,7 +447,8 @@ class RestApi:
             return {"type": "string"}
 
         def operation(r: Route, path: str, model) -> None:
-            responses: dict[str, Any] = {str(s): {"description": "success", "content": {r.content_type.split(";")[0]: {}}}
+            media = r.content_type.split(";")[0]
+            responses: dict[str, Any] = {str(s): {"description": "success", "content": {media: {}}}
                                          for s in (r.status, *r.also)}
             responses["4XX"] = error
             op: dict[str, Any] = {"summary": r.summary, "tags": [r.tag], "responses": responses}
